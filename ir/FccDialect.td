@@ -1,0 +1,47 @@
+//===- FccDialect.td - The fcc dialect ---------------------------*- tablegen -*-===//
+//
+// fcc's own dialect: value-semantics tensor ops for the forward (and, later,
+// backward and optimizer) computations of convolutional networks. Tensors are
+// builtin ranked tensors of f32/f16/bf16, images in NCHW.
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_DIALECT_TD
+#define FCC_DIALECT_TD
+
+include "mlir/IR/OpBase.td"
+include "mlir/IR/AttrTypeBase.td"
+
+def Fcc_Dialect : Dialect {
+  let name = "fcc";
+  let cppNamespace = "::fcc";
+  let summary = "Training-compiler ops for convolutional networks";
+  let description = [{
+    A model is a `func.func` whose arguments are the data inputs and the
+    parameters. Parameter arguments carry a `fcc.param` attribute
+    (`#fcc.param<name = "...", role = weight, trainable = true>`) and, when the
+    model provides initial values, an `fcc.init` elements attribute; data
+    inputs carry `fcc.input = "name"` and results `fcc.output = "name"`.
+  }];
+  let useDefaultAttributePrinterParser = 1;
+  let extraClassDeclaration = [{
+    // Argument/result attribute names used on model functions.
+    static constexpr llvm::StringLiteral kParamAttrName = "fcc.param";
+    static constexpr llvm::StringLiteral kInitAttrName = "fcc.init";
+    static constexpr llvm::StringLiteral kInputAttrName = "fcc.input";
+    static constexpr llvm::StringLiteral kOutputAttrName = "fcc.output";
+  private:
+    void registerAttributes();
+  public:
+  }];
+}
+
+class Fcc_Op<string mnemonic, list<Trait> traits = []>
+    : Op<Fcc_Dialect, mnemonic, traits>;
+
+// Floating-point ranked tensors the ops compute on.
+def Fcc_FloatTensor : RankedTensorOf<[F32, F16, BF16]>;
+def Fcc_Tensor4D : 4DTensorOf<[F32, F16, BF16]>;
+def Fcc_Tensor2D : 2DTensorOf<[F32, F16, BF16]>;
+def Fcc_Tensor1D : 1DTensorOf<[F32, F16, BF16]>;
+
+#endif // FCC_DIALECT_TD

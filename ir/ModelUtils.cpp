@@ -1,0 +1,70 @@
+//===- ModelUtils.cpp - Queries on fcc model functions --------------------===//
+#include "ir/ModelUtils.h"
+#include "ir/ShapeInference.h"
+
+using namespace mlir;
+using namespace fcc;
+
+/// Follows reshapes (1-D convolutions are lifted to 2-D through one) to the
+/// op that consumes a parameter.
+static void collectUses(Value v, llvm::SmallVectorImpl<OpOperand *> &uses) {
+  for (OpOperand &use : v.getUses()) {
+    if (auto r = dyn_cast<ReshapeOp>(use.getOwner()))
+      collectUses(r.getOutput(), uses);
+    else
+      uses.push_back(&use);
+  }
+}
+
+static std::optional<int64_t> weightFanIn(Operation *op) {
+  if (auto conv = dyn_cast<Conv2DOp>(op)) {
+    auto w = cast<ShapedType>(conv.getWeight().getType()).getShape();
+    return w[1] * w[2] * w[3];
+  }
+  if (auto lin = dyn_cast<LinearOp>(op)) {
+    auto w = cast<ShapedType>(lin.getWeight().getType()).getShape();
+    return lin.getTransB() ? w[1] : w[0];
+  }
+  return std::nullopt;
+}
+
+std::optional<int64_t> fcc::computeFanIn(func::FuncOp func, unsigned argIndex) {
+  llvm::SmallVector<OpOperand *> uses;
+  collectUses(func.getArgument(argIndex), uses);
+  for (OpOperand *use : uses) {
+    Operation *op = use->getOwner();
+    if (auto conv = dyn_cast<Conv2DOp>(op))
+      if (use->get() == conv.getWeight() || use->get() == conv.getBias())
+        return weightFanIn(op);
+    if (auto lin = dyn_cast<LinearOp>(op))
+      if (use->get() == lin.getWeight() || use->get() == lin.getBias())
+        return weightFanIn(op);
+  }
+  return std::nullopt;
+}
+
+unsigned fcc::numDataInputs(func::FuncOp func) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < func.getNumArguments(); ++i)
+    if (!getParamAttr(func, i))
+      ++n;
+  return n;
+}
+
+int64_t fcc::countTrainableParameters(func::FuncOp func) {
+  int64_t total = 0;
+  for (unsigned i = 0; i < func.getNumArguments(); ++i)
+    if (auto p = getParamAttr(func, i); p && p.getTrainable())
+      total += numElements(
+          cast<ShapedType>(func.getArgument(i).getType()).getShape());
+  return total;
+}
+
+func::FuncOp fcc::findModelFunction(ModuleOp module, llvm::StringRef name) {
+  if (auto f = module.lookupSymbol<func::FuncOp>(name))
+    return f;
+  auto funcs = module.getOps<func::FuncOp>();
+  if (std::distance(funcs.begin(), funcs.end()) == 1)
+    return *funcs.begin();
+  return nullptr;
+}

@@ -1,0 +1,24 @@
+//===- Passes.h - fcc passes --------------------------------------*- C++ -*-===//
+//
+// Declarations and registration of every fcc pass (one pass per file in
+// passes/, declared in Passes.td).
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_PASSES_PASSES_H
+#define FCC_PASSES_PASSES_H
+
+#include "mlir/Pass/Pass.h"
+#include <memory>
+
+namespace fcc {
+
+#define GEN_PASS_DECL
+#include "passes/Passes.h.inc"
+
+/// Registers every fcc pass with MLIR's global registry (for fcc-opt and
+/// textual pipelines).
+void registerAllPasses();
+
+} // namespace fcc
+
+#endif // FCC_PASSES_PASSES_H

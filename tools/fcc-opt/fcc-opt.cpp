@@ -1,0 +1,18 @@
+//===- fcc-opt.cpp - MLIR optimizer driver with fcc registered ------------===//
+//
+// mlir-opt for fcc: parses IR, runs passes given on the command line, prints
+// the result. Used by the lit tests of every pass and of the verifiers.
+//
+//===----------------------------------------------------------------------===//
+#include "passes/Passes.h"
+#include "tools/Registration.h"
+
+#include "mlir/Tools/mlir-opt/MlirOptMain.h"
+
+int main(int argc, char **argv) {
+  mlir::DialectRegistry registry;
+  fcc::registerAllDialects(registry);
+  fcc::registerAllPasses();
+  return mlir::asMainReturnCode(
+      mlir::MlirOptMain(argc, argv, "fcc optimizer driver\n", registry));
+}
