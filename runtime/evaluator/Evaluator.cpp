@@ -1,0 +1,397 @@
+//===- Evaluator.cpp - Runs fcc model functions on the CPU kernels --------===//
+//
+// Each op of the function body is dispatched to its kernel; values live in a
+// map from SSA value to host tensor. Simple and obviously faithful rather than
+// fast: it is a reference, not a trainer.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/evaluator/Evaluator.h"
+
+#include "fcc/runtime/cpu_kernels.h"
+#include "fcc/runtime/init.h"
+#include "ir/FccDialect.h"
+#include "ir/ModelUtils.h"
+#include "ir/ShapeInference.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/DialectResourceBlobManager.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <cstring>
+
+using namespace mlir;
+using namespace fcc;
+
+int64_t Tensor::numel() const { return numElements(shape); }
+
+Tensor Tensor::zeros(std::vector<int64_t> shape) {
+  Tensor t;
+  t.shape = std::move(shape);
+  t.data.assign(t.numel(), 0.0f);
+  return t;
+}
+
+namespace {
+
+llvm::Error error(const llvm::Twine &msg) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), msg);
+}
+
+std::vector<int64_t> shapeOf(Value v) {
+  auto s = cast<ShapedType>(v.getType()).getShape();
+  return {s.begin(), s.end()};
+}
+
+/// Reads a float32 elements attribute (dense or dense_resource).
+llvm::Expected<Tensor> tensorFromAttr(Attribute attr) {
+  auto type = cast<ShapedType>(cast<TypedAttr>(attr).getType());
+  Tensor t;
+  t.shape = {type.getShape().begin(), type.getShape().end()};
+  if (auto res = dyn_cast<DenseResourceElementsAttr>(attr)) {
+    AsmResourceBlob *blob = res.getRawHandle().getBlob();
+    if (!blob)
+      return error("initial value '" + res.getRawHandle().getKey() +
+                   "' has no data (elided?)");
+    ArrayRef<char> bytes = blob->getData();
+    if (!type.getElementType().isF32() ||
+        int64_t(bytes.size()) != t.numel() * 4)
+      return error("initial value '" + res.getRawHandle().getKey() +
+                   "' is not a float32 blob of the right size");
+    t.data.resize(t.numel());
+    std::memcpy(t.data.data(), bytes.data(), bytes.size());
+    return t;
+  }
+  auto dense = dyn_cast<DenseElementsAttr>(attr);
+  if (!dense)
+    return error("unsupported constant attribute");
+  if (type.getElementType().isF32()) {
+    for (float v : dense.getValues<float>())
+      t.data.push_back(v);
+  } else if (type.getElementType().isInteger(64)) {
+    t.isInt = true;
+    for (int64_t v : dense.getValues<int64_t>())
+      t.ints.push_back(v);
+  } else {
+    return error("unsupported constant element type");
+  }
+  return t;
+}
+
+/// Shapes of a and b right-aligned to `rank` dimensions.
+std::vector<int64_t> alignShape(const std::vector<int64_t> &s, size_t rank) {
+  std::vector<int64_t> out(rank - s.size(), 1);
+  out.insert(out.end(), s.begin(), s.end());
+  return out;
+}
+
+class Interpreter {
+public:
+  Interpreter(func::FuncOp func, const EvalOptions &opts)
+      : func(func), opts(opts) {}
+
+  llvm::Expected<std::vector<Tensor>> run(const std::vector<Tensor> &inputs);
+
+private:
+  llvm::Error eval(Operation *op);
+  const Tensor &get(Value v) { return values.find(v)->second; }
+  Tensor &result(Value v) {
+    Tensor &t = values[v];
+    t = Tensor::zeros(shapeOf(v));
+    return t;
+  }
+  llvm::Error binary(Operation *op, int kind, Value a, Value b, Value out);
+
+  func::FuncOp func;
+  const EvalOptions &opts;
+  llvm::DenseMap<Value, Tensor> values;
+  uint64_t dropoutStream = 0;
+};
+
+llvm::Error Interpreter::binary(Operation *op, int kind, Value a, Value b,
+                                Value out) {
+  const Tensor &x = get(a), &y = get(b);
+  Tensor &z = result(out);
+  size_t rank = z.shape.size();
+  if (rank > FCC_MAX_RANK)
+    return error("rank " + llvm::Twine(rank) + " exceeds the kernel limit");
+  auto xs = alignShape(x.shape, rank), ys = alignShape(y.shape, rank);
+  if (fcc_cpu_binary(kind, x.data.data(), xs.data(), y.data.data(), ys.data(),
+                     z.shape.data(), int(rank), z.data.data()) != FCC_OK)
+    return error(fcc_cpu_last_error());
+  return llvm::Error::success();
+}
+
+llvm::Error Interpreter::eval(Operation *op) {
+  using llvm::Error;
+  return llvm::TypeSwitch<Operation *, Error>(op)
+      .Case<arith::ConstantOp>([&](auto c) -> Error {
+        auto t = tensorFromAttr(c.getValue());
+        if (!t)
+          return t.takeError();
+        values[c.getResult()] = std::move(*t);
+        return Error::success();
+      })
+      .Case<Conv2DOp>([&](Conv2DOp c) -> Error {
+        auto x = shapeOf(c.getInput()), w = shapeOf(c.getWeight());
+        fcc_conv2d_desc d{};
+        d.n = x[0], d.c = x[1], d.h = x[2], d.w = x[3];
+        d.k = w[0], d.r = w[2], d.s = w[3];
+        d.stride_h = c.getStrides()[0], d.stride_w = c.getStrides()[1];
+        d.pad_t = c.getPads()[0], d.pad_l = c.getPads()[1];
+        d.pad_b = c.getPads()[2], d.pad_r = c.getPads()[3];
+        d.dil_h = c.getDilations()[0], d.dil_w = c.getDilations()[1];
+        d.groups = c.getGroups();
+        if (fcc_conv2d_desc_finalize(&d) != FCC_OK)
+          return error(fcc_cpu_last_error());
+        fcc_conv2d_plan *plan = fcc_cpu_conv2d_create(&d);
+        if (!plan)
+          return error(fcc_cpu_last_error());
+        Tensor &y = result(c.getOutput());
+        int rc = fcc_cpu_conv2d_forward(
+            plan, get(c.getInput()).data.data(), get(c.getWeight()).data.data(),
+            c.getBias() ? get(c.getBias()).data.data() : nullptr, y.data.data());
+        fcc_cpu_conv2d_destroy(plan);
+        if (rc != FCC_OK)
+          return error(fcc_cpu_last_error());
+        return Error::success();
+      })
+      .Case<BatchNormOp>([&](BatchNormOp bn) -> Error {
+        auto xs = shapeOf(bn.getInput());
+        int64_t n = xs[0], ch = xs[1], hw = numElements(xs) / (n * ch);
+        float eps = bn.getEpsilon().convertToFloat();
+        const float *x = get(bn.getInput()).data.data();
+        const float *scale = get(bn.getScale()).data.data();
+        const float *shift = get(bn.getShift()).data.data();
+        Tensor &y = result(bn.getOutput());
+        if (!bn.getTraining()) {
+          fcc_cpu_batch_norm_inference(x, scale, shift,
+                                       get(bn.getRunningMean()).data.data(),
+                                       get(bn.getRunningVar()).data.data(), eps,
+                                       n, ch, hw, y.data.data());
+          return Error::success();
+        }
+        std::vector<float> mean(ch), var(ch);
+        fcc_cpu_batch_norm_train_forward(x, scale, shift, eps, n, ch, hw,
+                                         y.data.data(), mean.data(), var.data());
+        Tensor rm = get(bn.getRunningMean()), rv = get(bn.getRunningVar());
+        fcc_cpu_batch_norm_update_running(
+            rm.data.data(), rv.data.data(), mean.data(), var.data(),
+            bn.getMomentum().convertToFloat(), bn.getRunningVarUnbiased(),
+            n * hw, ch);
+        values[bn.getNewRunningStats()[0]] = std::move(rm);
+        values[bn.getNewRunningStats()[1]] = std::move(rv);
+        return Error::success();
+      })
+      .Case<ReluOp>([&](ReluOp r) -> Error {
+        const Tensor &x = get(r.getInput());
+        fcc_cpu_relu_forward(x.data.data(), result(r.getOutput()).data.data(),
+                             x.numel());
+        return Error::success();
+      })
+      .Case<CeluOp>([&](CeluOp r) -> Error {
+        const Tensor &x = get(r.getInput());
+        fcc_cpu_celu_forward(x.data.data(), r.getAlpha().convertToFloat(),
+                             result(r.getOutput()).data.data(), x.numel());
+        return Error::success();
+      })
+      .Case<MaxPool2DOp, AvgPool2DOp>([&](auto p) -> Error {
+        auto x = shapeOf(p.getInput());
+        fcc_pool2d_desc d{};
+        d.n = x[0], d.c = x[1], d.h = x[2], d.w = x[3];
+        d.kh = p.getKernel()[0], d.kw = p.getKernel()[1];
+        d.stride_h = p.getStrides()[0], d.stride_w = p.getStrides()[1];
+        d.pad_t = p.getPads()[0], d.pad_l = p.getPads()[1];
+        d.pad_b = p.getPads()[2], d.pad_r = p.getPads()[3];
+        d.dil_h = d.dil_w = 1;
+        d.ceil_mode = p.getCeilMode();
+        constexpr bool isMax = std::is_same_v<decltype(p), MaxPool2DOp>;
+        if constexpr (isMax) {
+          d.dil_h = p.getDilations()[0], d.dil_w = p.getDilations()[1];
+        } else {
+          d.count_include_pad = p.getCountIncludePad();
+        }
+        if (fcc_pool2d_desc_finalize(&d) != FCC_OK)
+          return error(fcc_cpu_last_error());
+        Tensor &y = result(p.getOutput());
+        if constexpr (isMax)
+          fcc_cpu_max_pool2d_forward(&d, get(p.getInput()).data.data(),
+                                     y.data.data());
+        else
+          fcc_cpu_avg_pool2d_forward(&d, get(p.getInput()).data.data(),
+                                     y.data.data());
+        return Error::success();
+      })
+      .Case<AddOp>([&](AddOp a) -> Error {
+        return binary(op, FCC_BINARY_ADD, a.getLhs(), a.getRhs(), a.getOutput());
+      })
+      .Case<MulOp>([&](MulOp m) -> Error {
+        if (m.getRhs())
+          return binary(op, FCC_BINARY_MUL, m.getLhs(), m.getRhs(),
+                        m.getOutput());
+        const Tensor &x = get(m.getLhs());
+        fcc_cpu_affine(x.data.data(), float(m.getScalar()->convertToDouble()), 0.0f,
+                       result(m.getOutput()).data.data(), x.numel());
+        return Error::success();
+      })
+      .Case<LinearOp>([&](LinearOp l) -> Error {
+        auto a = shapeOf(l.getInput()), w = shapeOf(l.getWeight());
+        int64_t m = l.getTransA() ? a[1] : a[0], k = l.getTransA() ? a[0] : a[1];
+        int64_t n = l.getTransB() ? w[0] : w[1];
+        const float *c = nullptr;
+        int64_t cRows = 0, cCols = 0;
+        if (l.getBias()) {
+          auto bs = shapeOf(l.getBias());
+          c = get(l.getBias()).data.data();
+          cRows = bs.size() == 2 ? bs[0] : 1;
+          cCols = bs.empty() ? 1 : bs.back();
+        }
+        fcc_cpu_gemm(l.getTransA(), l.getTransB(), m, n, k,
+                     l.getAlpha().convertToFloat(), get(l.getInput()).data.data(),
+                     get(l.getWeight()).data.data(),
+                     l.getBeta().convertToFloat(), c, cRows, cCols,
+                     result(l.getOutput()).data.data());
+        return Error::success();
+      })
+      .Case<FlattenOp, ReshapeOp>([&](auto r) -> Error {
+        Tensor t = get(r.getInput());
+        t.shape = shapeOf(r.getOutput());
+        values[r.getOutput()] = std::move(t);
+        return Error::success();
+      })
+      .Case<DropoutOp>([&](DropoutOp d) -> Error {
+        const Tensor &x = get(d.getInput());
+        Tensor &y = result(d.getOutput());
+        if (!d.getTraining()) {
+          y.data = x.data;
+          return Error::success();
+        }
+        std::vector<float> mask(x.numel());
+        fcc_cpu_dropout_mask(opts.seed, dropoutStream++,
+                             d.getRatio().convertToFloat(), mask.data(),
+                             x.numel());
+        fcc_cpu_mul_elementwise(x.data.data(), mask.data(), y.data.data(),
+                                x.numel());
+        return Error::success();
+      })
+      .Case<SoftmaxOp>([&](SoftmaxOp s) -> Error {
+        auto xs = shapeOf(s.getInput());
+        int64_t axis = s.getAxis() < 0 ? s.getAxis() + xs.size() : s.getAxis();
+        int64_t outer = numElements(ArrayRef<int64_t>(xs).take_front(axis));
+        int64_t inner = numElements(ArrayRef<int64_t>(xs).drop_front(axis + 1));
+        fcc_cpu_softmax(get(s.getInput()).data.data(), outer, xs[axis], inner,
+                        result(s.getOutput()).data.data());
+        return Error::success();
+      })
+      .Default([&](Operation *o) -> Error {
+        return error("the evaluator does not support '" +
+                     o->getName().getStringRef() + "'");
+      });
+}
+
+llvm::Expected<std::vector<Tensor>>
+Interpreter::run(const std::vector<Tensor> &inputs) {
+  Block &body = func.getBody().front();
+  unsigned nData = numDataInputs(func);
+  if (inputs.size() != nData)
+    return error("the model has " + llvm::Twine(nData) +
+                 " data inputs but " + llvm::Twine(inputs.size()) +
+                 " were given");
+  unsigned dataIndex = 0;
+  for (unsigned i = 0; i < func.getNumArguments(); ++i) {
+    Value arg = body.getArgument(i);
+    auto expected = shapeOf(arg);
+    ParamAttr p = getParamAttr(func, i);
+    if (!p) {
+      const Tensor &in = inputs[dataIndex++];
+      if (in.shape != expected)
+        return error("data input " + llvm::Twine(dataIndex - 1) + " has shape " +
+                     formatShape(in.shape) + " but the model expects " +
+                     formatShape(expected));
+      values[arg] = in;
+      continue;
+    }
+    auto given = opts.params.find(p.getName().str());
+    if (given != opts.params.end()) {
+      if (given->second.shape != expected)
+        return error("parameter '" + p.getName() + "' given with shape " +
+                     formatShape(given->second.shape) + ", expected " +
+                     formatShape(expected));
+      values[arg] = given->second;
+      continue;
+    }
+    auto init = initialParameterValue(func, i, opts.seed);
+    if (!init)
+      return init.takeError();
+    values[arg] = std::move(*init);
+  }
+  for (Operation &op : body.without_terminator()) {
+    if (auto err = eval(&op))
+      return llvm::createStringError(
+          llvm::inconvertibleErrorCode(),
+          "evaluating '" + op.getName().getStringRef().str() + "': " +
+              llvm::toString(std::move(err)));
+  }
+  std::vector<Tensor> results;
+  for (Value v : body.getTerminator()->getOperands())
+    results.push_back(get(v));
+  return results;
+}
+
+} // namespace
+
+llvm::Expected<Tensor> fcc::initialParameterValue(func::FuncOp func,
+                                                  unsigned argIndex,
+                                                  uint64_t seed) {
+  ParamAttr p = getParamAttr(func, argIndex);
+  if (!p)
+    return error("argument " + llvm::Twine(argIndex) + " is not a parameter");
+  if (auto init = func.getArgAttr(argIndex, FccDialect::kInitAttrName))
+    return tensorFromAttr(init);
+  Tensor t = Tensor::zeros(shapeOf(func.getArgument(argIndex)));
+  int64_t fanIn = 1;
+  if (p.getRole() == ParamRole::weight || p.getRole() == ParamRole::bias) {
+    auto f = computeFanIn(func, argIndex);
+    if (!f)
+      return error("parameter '" + p.getName() +
+                   "' has no initial value and no conv/linear use to derive "
+                   "its initialisation from");
+    fanIn = *f;
+  } else if (p.getRole() == ParamRole::other) {
+    return error("parameter '" + p.getName() +
+                 "' has no initial value and no known role");
+  }
+  std::string name = p.getName().str();
+  if (fcc_param_init(int(p.getRole()), name.c_str(), t.numel(), fanIn, seed,
+                     t.data.data()) != 0)
+    return error("cannot initialise parameter '" + name + "'");
+  return t;
+}
+
+llvm::Expected<std::vector<Tensor>>
+fcc::evaluateNamed(func::FuncOp func, const std::map<std::string, Tensor> &values,
+                   EvalOptions options) {
+  std::vector<Tensor> inputs;
+  for (unsigned i = 0; i < func.getNumArguments(); ++i) {
+    if (ParamAttr p = getParamAttr(func, i)) {
+      auto it = values.find(p.getName().str());
+      if (it != values.end())
+        options.params[it->first] = it->second;
+      continue;
+    }
+    auto name = func.getArgAttrOfType<StringAttr>(i, FccDialect::kInputAttrName);
+    std::string key = name ? name.str() : "";
+    auto it = values.find(key);
+    if (it == values.end())
+      return error("no value for data input '" + key + "'");
+    inputs.push_back(it->second);
+  }
+  return evaluate(func, inputs, options);
+}
+
+llvm::Expected<std::vector<Tensor>>
+fcc::evaluate(func::FuncOp func, const std::vector<Tensor> &inputs,
+              const EvalOptions &options) {
+  return Interpreter(func, options).run(inputs);
+}

@@ -1,0 +1,64 @@
+//===- Commands.h - fcc subcommands ---------------------------------*- C++ -*-===//
+#ifndef FCC_TOOLS_FCC_COMMANDS_H
+#define FCC_TOOLS_FCC_COMMANDS_H
+
+#include "frontend/OnnxImporter.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fcc {
+
+struct CompileOptions {
+  std::string model;
+  std::string output = "-";
+  std::string emit = "fcc";
+  int64_t batch = 512;
+  std::vector<std::string> inputShapes; // NAME=DxDx...
+  std::string dumpIrDir;
+  bool printWeights = false;
+};
+
+struct RunOptions {
+  std::string model;
+  std::vector<std::string> inputs; // [NAME=]FILE.pb
+  bool randomInputs = false;
+  int64_t batch = 1;
+  uint64_t seed = 0;
+  std::string outputDir;
+  int64_t printLimit = 16;
+};
+
+CLI::App *addCompileCommand(CLI::App &app, CompileOptions &opts);
+CLI::App *addRunCommand(CLI::App &app, RunOptions &opts);
+int runCompile(const CompileOptions &opts);
+int runRun(const RunOptions &opts);
+
+/// CLI11 check: a whole number >= 1.
+inline CLI::Validator positiveInteger() {
+  return CLI::Validator(
+      [](std::string &s) -> std::string {
+        try {
+          size_t used = 0;
+          long long v = std::stoll(s, &used);
+          if (used == s.size() && v >= 1)
+            return "";
+        } catch (...) {
+        }
+        return "must be a positive integer, got '" + s + "'";
+      },
+      "INT>=1");
+}
+
+/// Prints "fcc: error: <msg>" to stderr; returns 1 (the exit code).
+int reportError(const std::string &msg);
+
+/// Parses "1x3x32x32"; false if malformed.
+bool parseShape(const std::string &text, std::vector<int64_t> &shape);
+
+} // namespace fcc
+
+#endif // FCC_TOOLS_FCC_COMMANDS_H
