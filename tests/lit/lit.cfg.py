@@ -1,0 +1,20 @@
+# lit configuration for fcc's IR tests: .mlir files run through fcc-opt and
+# .onnxtxt models (ONNX text syntax) run through fcc; both checked with
+# FileCheck. Configured by CMake through lit.site.cfg.py.
+import os
+
+import lit.formats
+
+config.name = "fcc"
+config.test_format = lit.formats.ShTest(execute_external=True)
+config.suffixes = [".mlir", ".onnxtxt", ".test"]
+config.excludes = ["Inputs", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.fcc_binary_dir, "tests", "lit")
+
+# fcc's tools first, then LLVM's FileCheck/not/count.
+path = os.pathsep.join([config.fcc_tools_dir, config.llvm_tools_dir,
+                        config.environment.get("PATH", os.environ["PATH"])])
+config.environment["PATH"] = path
+config.substitutions.append(("%models", config.fcc_models_dir))
+config.substitutions.append(("%python", config.python_executable))
