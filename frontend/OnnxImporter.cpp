@@ -763,8 +763,8 @@ void Importer::importBatchNorm(const onnx::NodeProto &n) {
   if (training) {
     if (xs.size() < 2)
       fail("input must have rank >= 2");
-    types.push_back(f32({xs[1]}));
-    types.push_back(f32({xs[1]}));
+    // New running mean/variance, then the batch mean/variance.
+    types.append(4, f32({xs[1]}));
   }
   auto op = b.create<BatchNormOp>(
       loc, types, ValueRange{x, scale, shift, mean, var},
@@ -778,9 +778,9 @@ void Importer::importBatchNorm(const onnx::NodeProto &n) {
   define(n.output(0), op.getOutput());
   if (training) {
     if (n.output_size() > 1)
-      define(n.output(1), op.getNewRunningStats()[0]);
+      define(n.output(1), op.getNewRunningMean());
     if (n.output_size() > 2)
-      define(n.output(2), op.getNewRunningStats()[1]);
+      define(n.output(2), op.getNewRunningVar());
   }
 }
 

@@ -21,6 +21,14 @@ def Fcc_Dialect : Dialect {
     (`#fcc.param<name = "...", role = weight, trainable = true>`) and, when the
     model provides initial values, an `fcc.init` elements attribute; data
     inputs carry `fcc.input = "name"` and results `fcc.output = "name"`.
+
+    Training programs (see passes/BuildTraining.cpp) add argument attributes
+    `fcc.labels` (with `fcc.input = "labels"`), `fcc.state = "momentum:<param>"`
+    or `"ema:<param>"` for optimizer/EMA state, `fcc.hyper = "<name>"` for
+    run-time hyper-parameters (rank-0 tensors), and result attributes
+    `fcc.updates = <argument index>` (the result is the new value of that
+    argument, updated in place by generated code), `fcc.metric = "loss" |
+    "correct"` and `fcc.grad_of = "<param>"`.
   }];
   let useDefaultAttributePrinterParser = 1;
   let extraClassDeclaration = [{
@@ -29,6 +37,13 @@ def Fcc_Dialect : Dialect {
     static constexpr llvm::StringLiteral kInitAttrName = "fcc.init";
     static constexpr llvm::StringLiteral kInputAttrName = "fcc.input";
     static constexpr llvm::StringLiteral kOutputAttrName = "fcc.output";
+    // Training programs (fcc-build-training).
+    static constexpr llvm::StringLiteral kLabelsAttrName = "fcc.labels";
+    static constexpr llvm::StringLiteral kStateAttrName = "fcc.state";
+    static constexpr llvm::StringLiteral kHyperAttrName = "fcc.hyper";
+    static constexpr llvm::StringLiteral kUpdatesAttrName = "fcc.updates";
+    static constexpr llvm::StringLiteral kMetricAttrName = "fcc.metric";
+    static constexpr llvm::StringLiteral kGradOfAttrName = "fcc.grad_of";
   private:
     void registerAttributes();
   public:

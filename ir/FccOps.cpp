@@ -92,15 +92,15 @@ LogicalResult BatchNormOp::verify() {
   float m = getMomentum().convertToFloat();
   if (!(m >= 0.0f && m <= 1.0f))
     return emitOpError("momentum must be in [0, 1], got ") << m;
-  size_t expectedStats = getTraining() ? 2 : 0;
-  if (getNewRunningStats().size() != expectedStats)
+  size_t expectedStats = getTraining() ? 4 : 0;
+  if (getTrainingStats().size() != expectedStats)
     return emitOpError() << (getTraining() ? "in training mode" : "in inference mode")
                          << " expects " << expectedStats
-                         << " running-statistics results, got "
-                         << getNewRunningStats().size();
-  for (Value v : getNewRunningStats())
+                         << " statistics results, got "
+                         << getTrainingStats().size();
+  for (Value v : getTrainingStats())
     if (shapeOf(v) != ArrayRef<int64_t>{channels})
-      return emitOpError("running-statistics result has shape ")
+      return emitOpError("statistics result has shape ")
              << formatShape(shapeOf(v)) << ", expected " << channels;
   return success();
 }

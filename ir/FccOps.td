@@ -45,9 +45,10 @@ def Fcc_BatchNormOp : Fcc_Op<"batch_norm", [Pure]> {
     running statistics, `y = scale * (x - mean) / sqrt(var + epsilon) + shift`.
 
     Training semantics (`training = true`): normalises with the batch mean and
-    biased batch variance (over every dimension but 1) and has two more
-    results, the updated running statistics
-    `new = (1 - momentum) * running + momentum * batch`.
+    biased batch variance (over every dimension but 1) and has four more
+    results: the updated running statistics
+    `new = (1 - momentum) * running + momentum * batch`, then the batch mean
+    and biased batch variance themselves (which the backward needs).
     `momentum` follows PyTorch's convention (0.1 by default; ONNX's attribute
     of 0.9 means the same). The variance folded into the running variance is
     unbiased (n/(n-1), PyTorch) when `running_var_unbiased`, else biased (ONNX).
@@ -60,12 +61,25 @@ def Fcc_BatchNormOp : Fcc_Op<"batch_norm", [Pure]> {
                        DefaultValuedAttr<BoolAttr, "false">:$training,
                        DefaultValuedAttr<BoolAttr, "true">:$running_var_unbiased);
   let results = (outs Fcc_FloatTensor:$output,
-                      Variadic<Fcc_Tensor1D>:$new_running_stats);
+                      Variadic<Fcc_Tensor1D>:$training_stats);
   let assemblyFormat = [{
     $input `,` $scale `,` $shift `,` $running_mean `,` $running_var attr-dict
     `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    // The training-mode results (null in inference mode).
+    mlir::Value getNewRunningMean() { return trainingStat(0); }
+    mlir::Value getNewRunningVar() { return trainingStat(1); }
+    mlir::Value getBatchMean() { return trainingStat(2); }
+    mlir::Value getBatchVar() { return trainingStat(3); }
+  private:
+    mlir::Value trainingStat(unsigned i) {
+      auto stats = getTrainingStats();
+      return i < stats.size() ? stats[i] : mlir::Value();
+    }
+  public:
+  }];
 }
 
 //===----------------------------------------------------------------------===//
@@ -232,5 +246,7 @@ def Fcc_SoftmaxOp : Fcc_Op<"softmax", [Pure, SameOperandsAndResultType]> {
   let assemblyFormat = "$input attr-dict `:` type($input)";
   let hasVerifier = 1;
 }
+
+include "ir/FccTrainingOps.td"
 
 #endif // FCC_OPS_TD

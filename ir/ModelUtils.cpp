@@ -51,6 +51,27 @@ unsigned fcc::numDataInputs(func::FuncOp func) {
   return n;
 }
 
+std::string fcc::argumentName(func::FuncOp func, unsigned i) {
+  if (ParamAttr p = getParamAttr(func, i))
+    return p.getName().str();
+  for (StringRef attr : {FccDialect::kInputAttrName, FccDialect::kStateAttrName,
+                         FccDialect::kHyperAttrName})
+    if (auto s = func.getArgAttrOfType<StringAttr>(i, attr))
+      return s.str();
+  return "arg" + std::to_string(i);
+}
+
+std::string fcc::resultName(func::FuncOp func, unsigned i) {
+  for (StringRef attr : {FccDialect::kOutputAttrName, FccDialect::kMetricAttrName})
+    if (auto s = func.getResultAttrOfType<StringAttr>(i, attr))
+      return s.str();
+  if (auto s = func.getResultAttrOfType<StringAttr>(i, FccDialect::kGradOfAttrName))
+    return "grad:" + s.str();
+  if (auto a = func.getResultAttrOfType<IntegerAttr>(i, FccDialect::kUpdatesAttrName))
+    return "new:" + argumentName(func, a.getInt());
+  return "result" + std::to_string(i);
+}
+
 int64_t fcc::countTrainableParameters(func::FuncOp func) {
   int64_t total = 0;
   for (unsigned i = 0; i < func.getNumArguments(); ++i)

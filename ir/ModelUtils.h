@@ -22,8 +22,16 @@ namespace fcc {
 /// the same op. std::nullopt if the argument is not used as a weight/bias.
 std::optional<int64_t> computeFanIn(mlir::func::FuncOp func, unsigned argIndex);
 
-/// Number of data inputs (arguments without #fcc.param), which come first.
+/// Number of data inputs (arguments without #fcc.param).
 unsigned numDataInputs(mlir::func::FuncOp func);
+
+/// A name for argument `i`: the parameter name, or the value of fcc.input,
+/// fcc.state or fcc.hyper ("arg<i>" if none).
+std::string argumentName(mlir::func::FuncOp func, unsigned i);
+
+/// A name for result `i`: fcc.output, fcc.metric, "grad:<param>" for
+/// fcc.grad_of, "new:<argument name>" for fcc.updates ("result<i>" if none).
+std::string resultName(mlir::func::FuncOp func, unsigned i);
 
 /// Total number of elements of trainable parameters.
 int64_t countTrainableParameters(mlir::func::FuncOp func);

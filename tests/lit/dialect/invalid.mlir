@@ -66,7 +66,7 @@ func.func @bn_channels(%x: tensor<2x4x3x3xf32>, %s: tensor<3xf32>, %p: tensor<4x
 // -----
 
 func.func @bn_training_results(%x: tensor<2x4x3x3xf32>, %p: tensor<4xf32>) {
-  // expected-error @+1 {{'fcc.batch_norm' op in training mode expects 2 running-statistics results, got 0}}
+  // expected-error @+1 {{'fcc.batch_norm' op in training mode expects 4 statistics results, got 0}}
   %0 = fcc.batch_norm %x, %p, %p, %p, %p {training = true} : (tensor<2x4x3x3xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x3x3xf32>
   return
 }

@@ -14,7 +14,7 @@ func.func @forward(%x: tensor<2x3x8x8xf32> {fcc.input = "input"},
   // CHECK: fcc.conv2d %{{.*}}, %{{.*}} {pads = array<i64: 1, 1, 1, 1>}
   %0 = fcc.conv2d %x, %w {pads = array<i64: 1, 1, 1, 1>} : (tensor<2x3x8x8xf32>, tensor<4x3x3x3xf32>) -> tensor<2x4x8x8xf32>
   // CHECK: fcc.batch_norm {{.*}} {training = true}
-  %1:3 = fcc.batch_norm %0, %s, %b, %m, %v {training = true} : (tensor<2x4x8x8xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf32>, tensor<4xf32>, tensor<4xf32>)
+  %1:5 = fcc.batch_norm %0, %s, %b, %m, %v {training = true} : (tensor<2x4x8x8xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
   // CHECK: fcc.celu %{{.*}} {alpha = 3.000000e-01 : f32}
   %2 = fcc.celu %1#0 {alpha = 0.3 : f32} : tensor<2x4x8x8xf32>
   // CHECK: fcc.relu
