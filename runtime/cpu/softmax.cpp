@@ -87,7 +87,7 @@ extern "C" double fcc_cpu_softmax_xent(const float *logits,
     return nan;
   }
   for (int64_t i = 0; i < n; ++i)
-    if (labels[i] < 0 || labels[i] >= classes) {
+    if (labels[i] != FCC_IGNORE_LABEL && (labels[i] < 0 || labels[i] >= classes)) {
       setError(FCC_ERR_INVALID,
                format("softmax_xent: label %d of row %lld is outside [0, %lld)",
                       int(labels[i]), (long long)i, (long long)classes));
@@ -106,6 +106,13 @@ extern "C" double fcc_cpu_softmax_xent(const float *logits,
   for (int64_t i = 0; i < n; ++i) {
     const float *x = logits + i * classes;
     const int64_t label = labels[i];
+    if (label == FCC_IGNORE_LABEL) { // a padding row: no loss, no gradient
+      rowLoss[i] = 0.0;
+      rowCorrect[i] = 0;
+      if (dlogits)
+        std::fill(dlogits + i * classes, dlogits + (i + 1) * classes, 0.0f);
+      continue;
+    }
     const int64_t argmax = std::max_element(x, x + classes) - x;
     const double max = x[argmax];
     double sumExp = 0.0, sumX = 0.0;

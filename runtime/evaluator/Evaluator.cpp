@@ -19,6 +19,7 @@
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 
+#include <cmath>
 #include <cstring>
 
 using namespace mlir;
@@ -86,6 +87,33 @@ std::vector<int64_t> alignShape(const std::vector<int64_t> &s, size_t rank) {
   return out;
 }
 
+fcc_conv2d_desc convDesc(const std::vector<int64_t> &x,
+                         const std::vector<int64_t> &w, ArrayRef<int64_t> strides,
+                         ArrayRef<int64_t> pads, ArrayRef<int64_t> dilations,
+                         int64_t groups) {
+  fcc_conv2d_desc d{};
+  d.n = x[0], d.c = x[1], d.h = x[2], d.w = x[3];
+  d.k = w[0], d.r = w[2], d.s = w[3];
+  d.stride_h = strides[0], d.stride_w = strides[1];
+  d.pad_t = pads[0], d.pad_l = pads[1], d.pad_b = pads[2], d.pad_r = pads[3];
+  d.dil_h = dilations[0], d.dil_w = dilations[1];
+  d.groups = groups;
+  return d;
+}
+
+fcc_pool2d_desc poolDesc(const std::vector<int64_t> &x, ArrayRef<int64_t> kernel,
+                         ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
+                         bool ceilMode) {
+  fcc_pool2d_desc d{};
+  d.n = x[0], d.c = x[1], d.h = x[2], d.w = x[3];
+  d.kh = kernel[0], d.kw = kernel[1];
+  d.stride_h = strides[0], d.stride_w = strides[1];
+  d.pad_t = pads[0], d.pad_l = pads[1], d.pad_b = pads[2], d.pad_r = pads[3];
+  d.dil_h = d.dil_w = 1;
+  d.ceil_mode = ceilMode;
+  return d;
+}
+
 class Interpreter {
 public:
   Interpreter(func::FuncOp func, const EvalOptions &opts)
@@ -102,6 +130,10 @@ private:
     return t;
   }
   llvm::Error binary(Operation *op, int kind, Value a, Value b, Value out);
+  std::vector<int32_t> labelsOf(Value v) {
+    const Tensor &t = get(v);
+    return std::vector<int32_t>(t.ints.begin(), t.ints.end());
+  }
 
   func::FuncOp func;
   const EvalOptions &opts;
@@ -134,15 +166,9 @@ llvm::Error Interpreter::eval(Operation *op) {
         return Error::success();
       })
       .Case<Conv2DOp>([&](Conv2DOp c) -> Error {
-        auto x = shapeOf(c.getInput()), w = shapeOf(c.getWeight());
-        fcc_conv2d_desc d{};
-        d.n = x[0], d.c = x[1], d.h = x[2], d.w = x[3];
-        d.k = w[0], d.r = w[2], d.s = w[3];
-        d.stride_h = c.getStrides()[0], d.stride_w = c.getStrides()[1];
-        d.pad_t = c.getPads()[0], d.pad_l = c.getPads()[1];
-        d.pad_b = c.getPads()[2], d.pad_r = c.getPads()[3];
-        d.dil_h = c.getDilations()[0], d.dil_w = c.getDilations()[1];
-        d.groups = c.getGroups();
+        fcc_conv2d_desc d =
+            convDesc(shapeOf(c.getInput()), shapeOf(c.getWeight()),
+                     c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
         if (fcc_conv2d_desc_finalize(&d) != FCC_OK)
           return error(fcc_cpu_last_error());
         fcc_conv2d_plan *plan = fcc_cpu_conv2d_create(&d);
@@ -180,8 +206,14 @@ llvm::Error Interpreter::eval(Operation *op) {
             rm.data.data(), rv.data.data(), mean.data(), var.data(),
             bn.getMomentum().convertToFloat(), bn.getRunningVarUnbiased(),
             n * hw, ch);
-        values[bn.getNewRunningStats()[0]] = std::move(rm);
-        values[bn.getNewRunningStats()[1]] = std::move(rv);
+        values[bn.getNewRunningMean()] = std::move(rm);
+        values[bn.getNewRunningVar()] = std::move(rv);
+        Tensor bm, bv;
+        bm.shape = bv.shape = {ch};
+        bm.data = std::move(mean);
+        bv.data = std::move(var);
+        values[bn.getBatchMean()] = std::move(bm);
+        values[bn.getBatchVar()] = std::move(bv);
         return Error::success();
       })
       .Case<ReluOp>([&](ReluOp r) -> Error {
@@ -197,15 +229,9 @@ llvm::Error Interpreter::eval(Operation *op) {
         return Error::success();
       })
       .Case<MaxPool2DOp, AvgPool2DOp>([&](auto p) -> Error {
-        auto x = shapeOf(p.getInput());
-        fcc_pool2d_desc d{};
-        d.n = x[0], d.c = x[1], d.h = x[2], d.w = x[3];
-        d.kh = p.getKernel()[0], d.kw = p.getKernel()[1];
-        d.stride_h = p.getStrides()[0], d.stride_w = p.getStrides()[1];
-        d.pad_t = p.getPads()[0], d.pad_l = p.getPads()[1];
-        d.pad_b = p.getPads()[2], d.pad_r = p.getPads()[3];
-        d.dil_h = d.dil_w = 1;
-        d.ceil_mode = p.getCeilMode();
+        fcc_pool2d_desc d = poolDesc(shapeOf(p.getInput()), p.getKernel(),
+                                     p.getStrides(), p.getPads(),
+                                     p.getCeilMode());
         constexpr bool isMax = std::is_same_v<decltype(p), MaxPool2DOp>;
         if constexpr (isMax) {
           d.dil_h = p.getDilations()[0], d.dil_w = p.getDilations()[1];
@@ -284,6 +310,163 @@ llvm::Error Interpreter::eval(Operation *op) {
                         result(s.getOutput()).data.data());
         return Error::success();
       })
+      .Case<Conv2DGradInputOp, Conv2DGradWeightOp>([&](auto g) -> Error {
+        constexpr bool isInput = std::is_same_v<decltype(g), Conv2DGradInputOp>;
+        std::vector<int64_t> x, w;
+        if constexpr (isInput) {
+          x = shapeOf(g.getInputGrad());
+          w = shapeOf(g.getWeight());
+        } else {
+          x = shapeOf(g.getInput());
+          w = shapeOf(g.getWeightGrad());
+        }
+        fcc_conv2d_desc d = convDesc(x, w, g.getStrides(), g.getPads(),
+                                     g.getDilations(), g.getGroups());
+        if (fcc_conv2d_desc_finalize(&d) != FCC_OK)
+          return error(fcc_cpu_last_error());
+        fcc_conv2d_plan *plan = fcc_cpu_conv2d_create(&d);
+        if (!plan)
+          return error(fcc_cpu_last_error());
+        int rc;
+        if constexpr (isInput)
+          rc = fcc_cpu_conv2d_backward_data(
+              plan, get(g.getOutputGrad()).data.data(),
+              get(g.getWeight()).data.data(),
+              result(g.getInputGrad()).data.data());
+        else
+          rc = fcc_cpu_conv2d_backward_filter(
+              plan, get(g.getInput()).data.data(),
+              get(g.getOutputGrad()).data.data(),
+              result(g.getWeightGrad()).data.data(), nullptr);
+        fcc_cpu_conv2d_destroy(plan);
+        if (rc != FCC_OK)
+          return error(fcc_cpu_last_error());
+        return Error::success();
+      })
+      .Case<BatchNormGradOp>([&](BatchNormGradOp g) -> Error {
+        auto xs = shapeOf(g.getInput());
+        int64_t n = xs[0], ch = xs[1], hw = numElements(xs) / (n * ch);
+        fcc_cpu_batch_norm_backward(
+            get(g.getInput()).data.data(), get(g.getOutputGrad()).data.data(),
+            get(g.getScale()).data.data(), get(g.getBatchMean()).data.data(),
+            get(g.getBatchVar()).data.data(), g.getEpsilon().convertToFloat(),
+            n, ch, hw, result(g.getInputGrad()).data.data(),
+            result(g.getScaleGrad()).data.data(),
+            result(g.getShiftGrad()).data.data());
+        return Error::success();
+      })
+      .Case<ReluGradOp>([&](ReluGradOp g) -> Error {
+        const Tensor &x = get(g.getInput());
+        fcc_cpu_relu_backward(x.data.data(), get(g.getOutputGrad()).data.data(),
+                              result(g.getInputGrad()).data.data(), x.numel());
+        return Error::success();
+      })
+      .Case<CeluGradOp>([&](CeluGradOp g) -> Error {
+        const Tensor &x = get(g.getInput());
+        fcc_cpu_celu_backward(x.data.data(), get(g.getOutputGrad()).data.data(),
+                              g.getAlpha().convertToFloat(),
+                              result(g.getInputGrad()).data.data(), x.numel());
+        return Error::success();
+      })
+      .Case<MaxPool2DGradOp>([&](MaxPool2DGradOp g) -> Error {
+        fcc_pool2d_desc d = poolDesc(shapeOf(g.getInput()), g.getKernel(),
+                                     g.getStrides(), g.getPads(), g.getCeilMode());
+        d.dil_h = g.getDilations()[0], d.dil_w = g.getDilations()[1];
+        if (fcc_pool2d_desc_finalize(&d) != FCC_OK)
+          return error(fcc_cpu_last_error());
+        fcc_cpu_max_pool2d_backward(&d, get(g.getInput()).data.data(),
+                                    get(g.getOutputGrad()).data.data(),
+                                    result(g.getInputGrad()).data.data());
+        return Error::success();
+      })
+      .Case<AvgPool2DGradOp>([&](AvgPool2DGradOp g) -> Error {
+        fcc_pool2d_desc d = poolDesc(shapeOf(g.getInputGrad()), g.getKernel(),
+                                     g.getStrides(), g.getPads(), g.getCeilMode());
+        d.count_include_pad = g.getCountIncludePad();
+        if (fcc_pool2d_desc_finalize(&d) != FCC_OK)
+          return error(fcc_cpu_last_error());
+        fcc_cpu_avg_pool2d_backward(&d, get(g.getOutputGrad()).data.data(),
+                                    result(g.getInputGrad()).data.data());
+        return Error::success();
+      })
+      .Case<ReduceSumOp>([&](ReduceSumOp r) -> Error {
+        std::vector<int64_t> xs = shapeOf(r.getInput()), kept = xs;
+        for (int64_t a : r.getAxes())
+          kept[a] = 1;
+        if (xs.empty()) {
+          result(r.getOutput()).data = get(r.getInput()).data;
+          return Error::success();
+        }
+        if (fcc_cpu_reduce_sum_to(get(r.getInput()).data.data(), xs.data(),
+                                  kept.data(), int(xs.size()),
+                                  result(r.getOutput()).data.data()) != FCC_OK)
+          return error(fcc_cpu_last_error());
+        return Error::success();
+      })
+      .Case<DropoutMaskOp>([&](DropoutMaskOp d) -> Error {
+        Tensor &m = result(d.getMask());
+        fcc_cpu_dropout_mask(uint64_t(get(d.getSeed()).ints.at(0)),
+                             uint64_t(d.getStream()),
+                             d.getRatio().convertToFloat(), m.data.data(),
+                             m.numel());
+        return Error::success();
+      })
+      .Case<SoftmaxXentOp, SoftmaxXentGradOp>([&](auto x) -> Error {
+        auto ls = shapeOf(x.getLogits());
+        std::vector<int32_t> labels = labelsOf(x.getLabels());
+        float smoothing = get(x.getLabelSmoothing()).data.at(0);
+        double loss;
+        if constexpr (std::is_same_v<decltype(x), SoftmaxXentOp>) {
+          loss = fcc_cpu_softmax_xent(get(x.getLogits()).data.data(),
+                                      labels.data(), ls[0], ls[1], smoothing,
+                                      nullptr, nullptr, nullptr);
+          result(x.getLoss()).data = {float(loss)};
+        } else {
+          Tensor &g = result(x.getLogitsGrad());
+          loss = fcc_cpu_softmax_xent(get(x.getLogits()).data.data(),
+                                      labels.data(), ls[0], ls[1], smoothing,
+                                      nullptr, g.data.data(), nullptr);
+          fcc_cpu_affine(g.data.data(), get(x.getLossGrad()).data.at(0), 0.0f,
+                         g.data.data(), g.numel());
+        }
+        if (std::isnan(loss))
+          return error(fcc_cpu_last_error());
+        return Error::success();
+      })
+      .Case<CountCorrectOp>([&](CountCorrectOp c) -> Error {
+        auto ls = shapeOf(c.getLogits());
+        std::vector<int32_t> labels = labelsOf(c.getLabels());
+        result(c.getCount()).data = {float(fcc_cpu_count_correct(
+            get(c.getLogits()).data.data(), labels.data(), ls[0], ls[1]))};
+        return Error::success();
+      })
+      .Case<FlipOp>([&](FlipOp f) -> Error {
+        auto xs = shapeOf(f.getInput());
+        fcc_cpu_flip_w(get(f.getInput()).data.data(), xs[0], xs[1], xs[2],
+                       xs[3], result(f.getOutput()).data.data());
+        return Error::success();
+      })
+      .Case<SgdUpdateOp>([&](SgdUpdateOp u) -> Error {
+        Tensor p = get(u.getParam()), buf = get(u.getMomentumBuffer());
+        auto scalar = [&](Value v) { return get(v).data.at(0); };
+        fcc_cpu_sgd_update(p.data.data(), get(u.getGrad()).data.data(),
+                           buf.data.data(), p.numel(),
+                           scalar(u.getLr()) * u.getLrMult().convertToFloat(),
+                           scalar(u.getMomentum()),
+                           scalar(u.getWeightDecay()) *
+                               u.getWdMult().convertToFloat(),
+                           scalar(u.getNesterov()) != 0.0f);
+        values[u.getNewParam()] = std::move(p);
+        values[u.getNewMomentumBuffer()] = std::move(buf);
+        return Error::success();
+      })
+      .Case<EmaUpdateOp>([&](EmaUpdateOp e) -> Error {
+        Tensor ema = get(e.getEma());
+        fcc_cpu_ema_update(ema.data.data(), get(e.getValue()).data.data(),
+                           get(e.getDecay()).data.at(0), ema.numel());
+        values[e.getNewEma()] = std::move(ema);
+        return Error::success();
+      })
       .Default([&](Operation *o) -> Error {
         return error("the evaluator does not support '" +
                      o->getName().getStringRef() + "'");
@@ -295,8 +478,8 @@ Interpreter::run(const std::vector<Tensor> &inputs) {
   Block &body = func.getBody().front();
   unsigned nData = numDataInputs(func);
   if (inputs.size() != nData)
-    return error("the model has " + llvm::Twine(nData) +
-                 " data inputs but " + llvm::Twine(inputs.size()) +
+    return error("the function has " + llvm::Twine(nData) +
+                 " non-parameter arguments but " + llvm::Twine(inputs.size()) +
                  " were given");
   unsigned dataIndex = 0;
   for (unsigned i = 0; i < func.getNumArguments(); ++i) {
@@ -306,9 +489,13 @@ Interpreter::run(const std::vector<Tensor> &inputs) {
     if (!p) {
       const Tensor &in = inputs[dataIndex++];
       if (in.shape != expected)
-        return error("data input " + llvm::Twine(dataIndex - 1) + " has shape " +
-                     formatShape(in.shape) + " but the model expects " +
+        return error("argument '" + argumentName(func, i) + "' has shape " +
+                     formatShape(in.shape) + " but the function expects " +
                      formatShape(expected));
+      Type et = cast<ShapedType>(arg.getType()).getElementType();
+      if (in.isInt != isa<IntegerType>(et))
+        return error("argument '" + argumentName(func, i) + "' must be " +
+                     (in.isInt ? "floating-point" : "integer"));
       values[arg] = in;
       continue;
     }
@@ -380,11 +567,10 @@ fcc::evaluateNamed(func::FuncOp func, const std::map<std::string, Tensor> &value
         options.params[it->first] = it->second;
       continue;
     }
-    auto name = func.getArgAttrOfType<StringAttr>(i, FccDialect::kInputAttrName);
-    std::string key = name ? name.str() : "";
+    std::string key = argumentName(func, i);
     auto it = values.find(key);
     if (it == values.end())
-      return error("no value for data input '" + key + "'");
+      return error("no value for argument '" + key + "'");
     inputs.push_back(it->second);
   }
   return evaluate(func, inputs, options);

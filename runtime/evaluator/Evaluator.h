@@ -38,14 +38,16 @@ struct EvalOptions {
   std::map<std::string, Tensor> params;
 };
 
-/// Evaluates `func` on the data inputs (one per argument without #fcc.param,
-/// in order). Returns the function's results.
+/// Evaluates `func` given one value per argument without #fcc.param (data
+/// inputs, labels, optimizer state, hyper-parameters), in order; integer
+/// tensors (labels, seeds) use Tensor::ints. Returns the function's results.
 llvm::Expected<std::vector<Tensor>> evaluate(mlir::func::FuncOp func,
                                              const std::vector<Tensor> &inputs,
                                              const EvalOptions &options = {});
 
-/// Like `evaluate`, with the values given by name: data inputs by their
-/// `fcc.input` name, parameters (graph inputs that the importer classified as
+/// Like `evaluate`, with the values given by name (ir/ModelUtils.h,
+/// argumentName): non-parameter arguments by their fcc.input, fcc.state or
+/// fcc.hyper name, parameters (graph inputs that the importer classified as
 /// parameters, e.g. weights fed as inputs) by their parameter name. Data
 /// inputs without a value are an error; parameters fall back to
 /// `options.params`, then their initial value.

@@ -156,9 +156,30 @@ TEST(SoftmaxXent, LabelOutOfRange) {
   EXPECT_TRUE(std::isnan(m));
   EXPECT_TRUE(contains(fcc_cpu_last_error(), "label 2 of row 1"))
       << fcc_cpu_last_error();
-  const int32_t negative[2] = {-1, 0};
+  const int32_t negative[2] = {-2, 0};
   EXPECT_TRUE(std::isnan(fcc_cpu_softmax_xent(x, negative, 2, 2, 0.0f, nullptr,
                                               nullptr, nullptr)));
+}
+
+// Rows labelled FCC_IGNORE_LABEL (padding of a partial batch) add nothing:
+// loss 0, gradient 0, never correct; the mean still divides by n.
+TEST(SoftmaxXent, IgnoredRows) {
+  const float x[6] = {0, 1, 2, 3, 5, -1}; // 3 rows, 2 classes
+  const int32_t labels[3] = {1, FCC_IGNORE_LABEL, 0};
+  float rows[3], grad[6];
+  int64_t correct = -1;
+  double mean =
+      fcc_cpu_softmax_xent(x, labels, 3, 2, 0.0f, rows, grad, &correct);
+  // Row 0: lse(0,1) - 1 = log(1 + e^-1); row 2: lse(5,-1) - 5 = log(1+e^-6).
+  const double r0 = std::log1p(std::exp(-1.0)), r2 = std::log1p(std::exp(-6.0));
+  EXPECT_NEAR(rows[0], r0, 1e-6);
+  EXPECT_EQ(rows[1], 0.0f);
+  EXPECT_NEAR(rows[2], r2, 1e-6);
+  EXPECT_NEAR(mean, (r0 + r2) / 3.0, 1e-6);
+  EXPECT_EQ(correct, 2);
+  EXPECT_EQ(grad[2], 0.0f);
+  EXPECT_EQ(grad[3], 0.0f);
+  EXPECT_EQ(fcc_cpu_count_correct(x, labels, 3, 2), 2);
 }
 
 } // namespace

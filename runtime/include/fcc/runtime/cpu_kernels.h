@@ -187,7 +187,11 @@ void fcc_cpu_softmax(const float *x, int64_t outer, int64_t dim, int64_t inner,
  * loss_per_row[i] = -sum_j q_j log softmax(x_i)_j; returns the mean loss.
  * If dlogits != NULL it receives d(mean loss)/d logits = (softmax - q) / n.
  * If correct != NULL it receives the number of rows whose argmax (first max)
- * equals the label. Labels outside [0, classes) are an error (returns NaN). */
+ * equals the label. A row labelled FCC_IGNORE_LABEL (-1) is padding (the last,
+ * partial test batch): it adds 0 to the loss sum, gets a zero gradient and is
+ * never correct; the mean still divides by n. Other labels outside
+ * [0, classes) are an error (returns NaN). */
+#define FCC_IGNORE_LABEL (-1)
 double fcc_cpu_softmax_xent(const float *logits, const int32_t *labels,
                             int64_t n, int64_t classes, float label_smoothing,
                             float *loss_per_row, float *dlogits,
@@ -203,6 +207,26 @@ void fcc_cpu_dropout_mask(uint64_t seed, uint64_t stream, float ratio,
 /* y = x * mask (elementwise; also the backward: dx = dy * mask). */
 void fcc_cpu_mul_elementwise(const float *x, const float *mask, float *y,
                              int64_t count);
+
+/*--- Optimizer, EMA, metrics, test-time augmentation -----------------------*/
+
+/* PyTorch SGD (dampening 0) on `count` elements, in place on param and buf:
+ *   g' = grad + wd * param;  buf = momentum * buf + g';
+ *   param -= lr * (nesterov ? g' + momentum * buf : buf)
+ * (lr and wd already include the per-group multipliers). */
+void fcc_cpu_sgd_update(float *param, const float *grad, float *buf,
+                        int64_t count, float lr, float momentum, float wd,
+                        int nesterov);
+/* ema = decay * ema + (1 - decay) * value, in place. */
+void fcc_cpu_ema_update(float *ema, const float *value, float decay,
+                        int64_t count);
+/* Number of rows of logits[n, classes] whose first maximum is at the label
+ * (rows labelled FCC_IGNORE_LABEL never count). */
+int64_t fcc_cpu_count_correct(const float *logits, const int32_t *labels,
+                              int64_t n, int64_t classes);
+/* y[n, c, h, w] = x[n, c, h, W - 1 - w] (y must not alias x). */
+void fcc_cpu_flip_w(const float *x, int64_t n, int64_t c, int64_t h, int64_t w,
+                    float *y);
 
 /*--- Counter-based random numbers (shared by init, dropout, augmentation) ---*/
 

@@ -102,7 +102,9 @@ typedef struct fcc_program {
                      const float *images, const int32_t *labels,
                      const fcc_hyper *hyper, float *metrics);
   /* Inference-mode forward on one batch; adds to metrics. With tta != 0 the
-   * logits are averaged with those of the horizontally flipped batch. */
+   * logits are averaged with those of the horizontally flipped batch. The
+   * last test batch may be partial: its padding rows are labelled -1
+   * (FCC_IGNORE_LABEL) and add nothing to the metrics. */
   void (*eval_step)(float *const *params, const float *images,
                     const int32_t *labels, float label_smoothing, int tta,
                     float *metrics);
