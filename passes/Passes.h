@@ -7,7 +7,10 @@
 #ifndef FCC_PASSES_PASSES_H
 #define FCC_PASSES_PASSES_H
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "mlir/Pass/Pass.h"
+#include "ir/FccDialect.h"
 #include <memory>
 
 namespace fcc {

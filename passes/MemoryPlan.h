@@ -1,0 +1,56 @@
+//===- MemoryPlan.h - Where every tensor of a step function lives -*- C++ -*-===//
+//
+// The vocabulary shared by fcc-plan-memory (PlanMemory.cpp) and code
+// generation: how a value is stored, its arena offset, and the verifier of a
+// plan.
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_PASSES_MEMORYPLAN_H
+#define FCC_PASSES_MEMORYPLAN_H
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Value.h"
+#include "llvm/Support/raw_ostream.h"
+
+namespace fcc {
+
+constexpr llvm::StringLiteral kOffsetsAttrName = "fcc.offsets";
+constexpr llvm::StringLiteral kArenaBytesAttrName = "fcc.arena_bytes";
+
+enum class ValueKind {
+  Argument, // a function argument: a buffer the trainer owns
+  View,     // fcc.reshape / fcc.flatten: the operand's memory
+  InPlace,  // returned with fcc.updates: written into that argument's buffer
+  Metric,   // returned with fcc.metric: accumulated into the metrics array
+  Constant, // arith.constant: static data in the generated code
+  Arena     // a temporary at a planned arena offset
+};
+
+ValueKind classifyValue(mlir::Value v);
+
+/// The value whose memory a chain of views refers to.
+mlir::Value viewRoot(mlir::Value v);
+
+/// Bytes of a tensor value.
+int64_t tensorBytes(mlir::Value v);
+
+/// Arena offset of an op result planned by fcc-plan-memory (-1 if none).
+int64_t arenaOffset(mlir::Value v);
+
+/// Whether `op` may write its result over operand `operand` (same bytes).
+bool canWriteInPlace(mlir::Operation *op, unsigned operand);
+
+/// Checks a planned function: every arena tensor lies inside the arena, and
+/// no two tensors that are alive at the same op share bytes (except an
+/// operand that dies at an in-place-capable op and that op's result).
+mlir::LogicalResult verifyMemoryPlan(mlir::func::FuncOp func);
+
+/// Prints the plan of every planned function: each arena tensor with its
+/// size, offset and live range (op indices), the persistent buffers, and the
+/// arena size against the sum of all tensor sizes.
+void printMemoryPlan(mlir::ModuleOp module, llvm::raw_ostream &os);
+
+} // namespace fcc
+
+#endif // FCC_PASSES_MEMORYPLAN_H

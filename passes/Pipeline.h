@@ -1,0 +1,32 @@
+//===- Pipeline.h - fcc's pass pipelines -----------------------------*- C++ -*-===//
+//
+// The pass order of `fcc compile`, by stage. Kept in one place so that the
+// driver, the tests and docs/ARCHITECTURE.md agree.
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_PASSES_PIPELINE_H
+#define FCC_PASSES_PIPELINE_H
+
+#include "mlir/Pass/PassManager.h"
+
+namespace fcc {
+
+enum class Stage {
+  Import,   // the imported forward model, cleaned up
+  Training, // train/eval/EMA step functions
+  Planned   // plus the memory plan (input of code generation)
+};
+
+struct PipelineOptions {
+  Stage stage = Stage::Training;
+  double biasLrMult = 1.0;
+  double biasWdMult = 1.0;
+  bool gradFunction = false; // also emit @loss_and_grads
+  bool inPlace = true;       // memory planning may overwrite dying operands
+};
+
+void buildPipeline(mlir::OpPassManager &pm, const PipelineOptions &options);
+
+} // namespace fcc
+
+#endif // FCC_PASSES_PIPELINE_H
