@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,11 +16,18 @@ namespace fcc {
 struct CompileOptions {
   std::string model;
   std::string output = "-";
-  std::string emit = "fcc";
+  std::string emit = "exe";
+  std::string target = "cpu";
+  std::string recipe = "page24";
   int64_t batch = 512;
   std::vector<std::string> inputShapes; // NAME=DxDx...
   std::string dumpIrDir;
+  std::string keepSource;
   bool printWeights = false;
+  bool verbose = false;
+  bool quiet = false;
+  std::optional<double> biasLrMult;
+  std::optional<double> biasWdMult;
 };
 
 struct RunOptions {
@@ -30,6 +38,8 @@ struct RunOptions {
   uint64_t seed = 0;
   std::string outputDir;
   int64_t printLimit = 16;
+  std::string stage = "fcc";
+  std::string function;
 };
 
 CLI::App *addCompileCommand(CLI::App &app, CompileOptions &opts);

@@ -8,7 +8,12 @@
 #include "tools/fcc/Commands.h"
 
 #include "codegen/DotEmitter.h"
+#include "codegen/Recipe.h"
+#include "codegen/TrainerEmitter.h"
+#include "passes/MemoryPlan.h"
+#include "tools/fcc/Build.h"
 #include "passes/Passes.h"
+#include "passes/Pipeline.h"
 #include "tools/Registration.h"
 
 #include "mlir/IR/AsmState.h"
@@ -47,25 +52,52 @@ bool fcc::parseShape(const std::string &text, std::vector<int64_t> &shape) {
 }
 
 CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
-  CLI::App *c = app.add_subcommand("compile", "Compile an ONNX model");
+  CLI::App *c = app.add_subcommand(
+      "compile", "Compile an ONNX model into a trainer (or an intermediate "
+                 "form with --emit)");
   c->add_option("model", o.model, "ONNX model (.onnx, or .onnxtxt text syntax)")
       ->required();
-  c->add_option("-o,--output", o.output, "Output file ('-' = stdout)");
+  c->add_option("-o,--output", o.output,
+                "Output file: the trainer executable (default: MODEL-trainer), "
+                "or the --emit output ('-' = stdout, the default for text)");
   c->add_option("--emit", o.emit,
-                "What to produce: fcc (imported dialect IR), dot (Graphviz "
-                "picture of the network)")
-      ->check(CLI::IsMember({"fcc", "dot"}));
+                "What to produce: exe (the trainer, default), cpp (its C++ "
+                "source), fcc (imported dialect IR), training (the training "
+                "program), memory-plan (each buffer with size, offset and "
+                "live range), dot (Graphviz picture of the network)")
+      ->check(CLI::IsMember({"exe", "cpp", "fcc", "training", "memory-plan", "dot"}));
+  c->add_option("--target", o.target, "Code generation target")
+      ->check(CLI::IsMember({"cpu"}));
   c->add_option("--batch", o.batch,
-                "Batch size for a symbolic batch dimension of the data inputs")
+                "Batch size (static): fixes a symbolic batch dimension")
       ->check(positiveInteger());
+  std::string recipeHelp = "Training recipe giving the trainer's defaults:";
+  for (const Recipe &r : recipes())
+    recipeHelp += " " + r.name + " (" + r.summary + ");";
+  c->add_option("--recipe", o.recipe, recipeHelp)
+      ->check(CLI::IsMember([] {
+        std::vector<std::string> names;
+        for (const Recipe &r : recipes())
+          names.push_back(r.name);
+        return names;
+      }()));
   c->add_option("--input-shape", o.inputShapes,
                 "Static shape of a data input, NAME=DxDx... (repeatable)");
+  c->add_option("--bias-lr-mult", o.biasLrMult,
+                "Learning-rate multiplier of biases and BatchNorm parameters "
+                "(default: from --recipe)");
+  c->add_option("--bias-wd-mult", o.biasWdMult,
+                "Weight-decay multiplier of biases and BatchNorm parameters "
+                "(default: from --recipe)");
+  c->add_option("--keep-source", o.keepSource,
+                "Keep the generated trainer.cpp (and weights.bin) in DIR");
   c->add_option("--dump-ir-dir", o.dumpIrDir,
                 "Write the IR after import and after every pass to "
                 "DIR/NN-<stage>.mlir");
   c->add_flag("--print-weights", o.printWeights,
               "Print initial weights in full when writing IR to stdout "
               "(otherwise large values are elided there)");
+  c->add_flag("-v,--verbose", o.verbose, "Show the C++ compiler command");
   return c;
 }
 
@@ -115,9 +147,21 @@ int fcc::runCompile(const CompileOptions &o) {
   MLIRContext context(registry);
   context.disableMultithreading(); // small graphs; keeps diagnostics ordered
 
+  // Fail before the work when the output cannot be written.
+  if (o.output != "-") {
+    llvm::StringRef parent = llvm::sys::path::parent_path(o.output);
+    if (!parent.empty() && !llvm::sys::fs::is_directory(parent))
+      return reportError("cannot write '" + o.output + "': no directory '" +
+                         parent.str() + "'");
+  }
+
   auto module = importOnnxFile(context, o.model, importOpts);
   if (!module)
     return reportError(llvm::toString(module.takeError()));
+  // Model-level diagnostics of later passes name the model file.
+  for (auto fn : (**module).getOps<func::FuncOp>())
+    if (isa<UnknownLoc>(fn.getLoc()))
+      fn->setLoc(FileLineColLoc::get(&context, o.model, 0, 0));
 
   int dumpCounter = 0;
   std::unique_ptr<DumpIrInstrumentation> dumper;
@@ -136,11 +180,52 @@ int fcc::runCompile(const CompileOptions &o) {
   if (dumper)
     pm.addInstrumentation(std::make_unique<DumpIrInstrumentation>(
         o.dumpIrDir, dumpCounter));
-  // Import clean-up: folds MatMul + Add into biased linear layers, removes
-  // dead shape glue.
-  pm.addPass(createCanonicalizerPass());
+  std::optional<Recipe> recipe = findRecipe(o.recipe);
+  PipelineOptions pipeline;
+  bool codegen = o.emit == "exe" || o.emit == "cpp";
+  pipeline.stage = o.emit == "fcc" || o.emit == "dot" ? Stage::Import
+                   : o.emit == "training"             ? Stage::Training
+                                                      : Stage::Planned;
+  pipeline.biasLrMult = o.biasLrMult ? *o.biasLrMult : recipe->biasLrMult;
+  pipeline.biasWdMult = o.biasWdMult ? *o.biasWdMult : recipe->biasWdMult;
+  buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");
+
+  std::string modelName = llvm::sys::path::filename(o.model).str();
+  if (codegen) {
+    CodegenOptions cg;
+    cg.target = o.target;
+    cg.modelName = modelName;
+    cg.recipe = *recipe;
+    auto program = generateTrainerSource(**module, cg);
+    if (failed(program))
+      return reportError(o.model + ": code generation failed");
+    if (o.emit == "cpp") {
+      std::string errorMessage;
+      auto out = openOutputFile(o.output, &errorMessage);
+      if (!out)
+        return reportError("cannot write '" + o.output + "': " + errorMessage);
+      out->os() << program->source;
+      out->keep();
+      return 0;
+    }
+    BuildOptions build;
+    build.output = o.output == "-" ? llvm::sys::path::stem(o.model).str() +
+                                         "-trainer"
+                                   : o.output;
+    build.keepSource = o.keepSource;
+    build.target = o.target;
+    build.verbose = o.verbose;
+    if (!o.quiet)
+      std::cerr << "fcc: building " << build.output << " (" << modelName
+                << ", target " << o.target << ", batch " << o.batch
+                << ", recipe " << recipe->name << ", arena "
+                << program->arenaBytes / (1 << 20) << " MiB)\n";
+    if (auto err = buildTrainer(*program, build))
+      return reportError(llvm::toString(std::move(err)));
+    return 0;
+  }
 
   std::string errorMessage;
   auto out = openOutputFile(o.output, &errorMessage);
@@ -149,6 +234,8 @@ int fcc::runCompile(const CompileOptions &o) {
   if (o.emit == "dot") {
     if (failed(emitDot(**module, out->os())))
       return reportError("cannot draw the network");
+  } else if (o.emit == "memory-plan") {
+    printMemoryPlan(**module, out->os());
   } else {
     OpPrintingFlags flags;
     if (o.output == "-" && !o.printWeights)

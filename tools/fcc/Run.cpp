@@ -12,11 +12,13 @@
 #include "ir/ModelUtils.h"
 #include "ir/ShapeInference.h"
 #include "runtime/evaluator/Evaluator.h"
+#include "passes/Pipeline.h"
 #include "tools/Registration.h"
 
 #include "fcc/runtime/cpu_kernels.h"
 
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
 #include "llvm/Support/FileSystem.h"
 
 #include <cstdio>
@@ -41,6 +43,14 @@ CLI::App *fcc::addRunCommand(CLI::App &app, RunOptions &o) {
   c->add_option("--seed", o.seed,
                 "Seed for random inputs and for parameters without initial "
                 "values (PyTorch default initialisation)");
+  c->add_option("--stage", o.stage,
+                "fcc: evaluate the imported model; training: build the "
+                "training program and evaluate one of its functions")
+      ->check(CLI::IsMember({"fcc", "training"}));
+  c->add_option("--function", o.function,
+                "Function to evaluate (default: forward, or train_step at "
+                "--stage training; also eval_step, eval_step_tta, "
+                "ema_update, loss_and_grads)");
   c->add_option("--output-dir", o.outputDir,
                 "Write each output as DIR/output_K.pb");
   c->add_option("--print-limit", o.printLimit,
@@ -84,7 +94,10 @@ int fcc::runRun(const RunOptions &o) {
         graphInputs.push_back(in.name());
   }
 
-  // Read --input files; integer tensors are bound as compile-time constants.
+  // Read --input files. Inputs of the ONNX graph: float tensors are runtime
+  // inputs (their shapes fix the model's), integer tensors are bound as
+  // compile-time constants. Other names are arguments of the evaluated
+  // function (labels, optimizer state, hyper-parameters of --stage training).
   ImportOptions importOpts;
   importOpts.batchSize = o.batch;
   std::map<std::string, Tensor> given;
@@ -101,8 +114,9 @@ int fcc::runRun(const RunOptions &o) {
                            std::to_string(graphInputs.size()) + " inputs");
       name = graphInputs[positional++];
     }
-    if (std::find(graphInputs.begin(), graphInputs.end(), name) ==
-        graphInputs.end())
+    bool graphInput = std::find(graphInputs.begin(), graphInputs.end(),
+                                name) != graphInputs.end();
+    if (!graphInput && o.stage == "fcc")
       return reportError("--input " + spec + ": the model has no input '" +
                          name + "'");
     auto proto = readTensorFile(path);
@@ -114,11 +128,12 @@ int fcc::runRun(const RunOptions &o) {
     } catch (const ImportError &e) {
       return reportError(path + ": " + e.what());
     }
-    if (!host.isFloat()) {
+    if (graphInput && !host.isFloat()) {
       importOpts.boundInputs[name] = host;
       continue;
     }
-    importOpts.inputShapes[name] = host.shape;
+    if (graphInput)
+      importOpts.inputShapes[name] = host.shape;
     given[name] = toTensor(host);
   }
 
@@ -128,20 +143,36 @@ int fcc::runRun(const RunOptions &o) {
   auto module = importOnnxModel(context, model, importOpts, o.model);
   if (!module)
     return reportError(llvm::toString(module.takeError()));
-  func::FuncOp func = findModelFunction(**module);
+  PassManager pm(&context);
+  PipelineOptions pipeline;
+  pipeline.stage = o.stage == "training" ? Stage::Training : Stage::Import;
+  pipeline.gradFunction = true;
+  buildPipeline(pm, pipeline);
+  if (failed(pm.run(**module)))
+    return reportError(o.model + ": the compilation pipeline failed");
+  std::string fname = !o.function.empty() ? o.function
+                      : o.stage == "training" ? "train_step" : "forward";
+  func::FuncOp func = (*module)->lookupSymbol<func::FuncOp>(fname);
+  if (!func)
+    return reportError("--function: no function '" + fname + "' at stage " +
+                       o.stage);
 
   // Random values for the data inputs not given.
   for (unsigned i = 0; i < func.getNumArguments(); ++i) {
     if (getParamAttr(func, i))
       continue;
-    auto name = func.getArgAttrOfType<StringAttr>(i, FccDialect::kInputAttrName)
-                    .str();
+    std::string name = argumentName(func, i);
     if (given.count(name))
       continue;
-    if (!o.randomInputs)
-      return reportError("no value for input '" + name +
-                         "' (give --input " + name + "=FILE.pb or "
-                         "--random-inputs)");
+    if (!o.randomInputs ||
+        !func.getArgAttr(i, FccDialect::kInputAttrName) ||
+        func.getArgAttr(i, FccDialect::kLabelsAttrName))
+      return reportError("no value for input '" + name + "' (give --input " + name +
+                         "=FILE.pb" +
+                         (func.getArgAttr(i, FccDialect::kInputAttrName) &&
+                                  !func.getArgAttr(i, FccDialect::kLabelsAttrName)
+                              ? " or --random-inputs)"
+                              : ")"));
     auto s = cast<ShapedType>(func.getArgument(i).getType()).getShape();
     Tensor t = Tensor::zeros({s.begin(), s.end()});
     for (int64_t k = 0; k < t.numel(); ++k)
@@ -162,9 +193,7 @@ int fcc::runRun(const RunOptions &o) {
       return reportError("--output-dir: cannot create '" + o.outputDir +
                          "': " + ec.message());
   for (auto [k, t] : llvm::enumerate(*outputs)) {
-    auto nameAttr =
-        func.getResultAttrOfType<StringAttr>(k, FccDialect::kOutputAttrName);
-    std::string name = nameAttr ? nameAttr.str() : "output" + std::to_string(k);
+    std::string name = resultName(func, k);
     printTensor(name, t, o.printLimit);
     if (!o.outputDir.empty())
       if (auto err = writeTensorFile(o.outputDir + "/output_" +

@@ -1,0 +1,826 @@
+//===- TrainerEmitter.cpp - Training program -> C++ source ----------------===//
+//
+// Lowering of a planned training module to EmitC, printed as C++.
+//
+// Values become C expressions (see `pointer`): parameters `P[i]`, momentum
+// buffers `M[i]`, EMA copies `E[i]`, the batch `IMG`/`LBL`, hyper-parameters
+// `H->lr`, ..., arena temporaries `A + <float offset>`, constants
+// `kConstK`. Each fcc op becomes one call (rarely two) of a kernel from
+// runtime/include/fcc/runtime/cpu_kernels.h or cpu_codegen.h, preceded by a
+// comment naming the op and its source location. The ABI entry points of
+// program.h store their pointer arguments in those globals and run the body.
+//
+//===----------------------------------------------------------------------===//
+#include "codegen/TrainerEmitter.h"
+
+#include "ir/FccDialect.h"
+#include "ir/ModelUtils.h"
+#include "ir/ShapeInference.h"
+#include "passes/MemoryPlan.h"
+
+#include "fcc/runtime/init.h"
+#include "fcc/runtime/program.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/EmitC/IR/EmitC.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/DialectResourceBlobManager.h"
+#include "mlir/Target/Cpp/CppEmitter.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <cstdio>
+#include <map>
+
+using namespace mlir;
+using namespace fcc;
+
+namespace {
+
+std::string fmtFloat(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  std::string s = buf;
+  if (s.find_first_of(".en") == std::string::npos)
+    s += ".0";
+  return s + "f";
+}
+
+std::string cString(StringRef s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+ArrayRef<int64_t> shapeOf(Value v) {
+  return cast<ShapedType>(v.getType()).getShape();
+}
+
+int64_t countOf(Value v) { return numElements(shapeOf(v)); }
+
+/// Per-parameter facts of the program table.
+struct ParamEntry {
+  std::string name;
+  ParamRole role;
+  bool trainable;
+  SmallVector<int64_t> shape;
+  int64_t fanIn = 0;
+  int64_t blobOffset = -1; // into the weights blob (bytes)
+  float lrMult = 1.0f, wdMult = 1.0f;
+};
+
+class Emitter {
+public:
+  Emitter(ModuleOp planned, const CodegenOptions &opts)
+      : planned(planned), opts(opts), ctx(planned.getContext()), b(ctx) {}
+
+  FailureOr<GeneratedProgram> run();
+
+private:
+  // Values as C expressions.
+  std::string pointer(Value v);
+  std::string scalar(Value v);
+  std::string paramPtr(StringRef name) {
+    return "P[" + std::to_string(paramIndex.at(name.str())) + "]";
+  }
+
+  // Emission helpers.
+  Attribute op(const std::string &text) {
+    return emitc::OpaqueAttr::get(ctx, text);
+  }
+  Attribute num(int64_t v) { return op(std::to_string(v)); }
+  void call(StringRef callee, ArrayRef<Attribute> args) {
+    b.create<emitc::CallOpaqueOp>(loc, TypeRange{}, callee, ValueRange{},
+                                  b.getArrayAttr(args), ArrayAttr());
+  }
+  void checked(StringRef callee, ArrayRef<Attribute> args) {
+    std::string text = callee.str() + "(";
+    for (auto [k, a] : llvm::enumerate(args))
+      text += (k ? ", " : "") + cast<emitc::OpaqueAttr>(a).getValue().str();
+    text += ")";
+    call("fcc_check", {op(text), op(cString(callee))});
+  }
+  void comment(const std::string &text) {
+    b.create<emitc::VerbatimOp>(loc, "// " + text);
+  }
+  /// Declares `static CTYPE NAME[count] = INIT;` among the globals.
+  std::string global(const std::string &prefix, StringRef ctype, int64_t count,
+                     const std::string &init);
+
+  LogicalResult collectParams(func::FuncOp train);
+  LogicalResult emitFunction(func::FuncOp f, StringRef bodyName);
+  LogicalResult emitOp(Operation *op);
+  std::string convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
+                       ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
+                       ArrayRef<int64_t> dilations, int64_t groups);
+  std::string poolDesc(ArrayRef<int64_t> x, ArrayRef<int64_t> kernel,
+                       ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
+                       ArrayRef<int64_t> dilations, bool ceil, bool includePad,
+                       ArrayRef<int64_t> y);
+  std::string shapeArray(ArrayRef<int64_t> shape);
+  std::string abiWrappers();
+
+  ModuleOp planned;
+  const CodegenOptions &opts;
+  MLIRContext *ctx;
+  OpBuilder b;
+  Location loc = UnknownLoc::get(ctx);
+  OwningOpRef<ModuleOp> out;
+  Operation *anchor = nullptr; // globals are inserted before it
+
+  std::vector<ParamEntry> params;
+  std::map<std::string, size_t> paramIndex;
+  std::vector<char> weights;
+  std::map<std::string, std::string> convPlans; // descriptor -> global name
+  std::map<std::string, std::string> pools, shapes;
+  llvm::DenseMap<Value, std::string> constants;
+  std::vector<std::string> planNames;
+  int counter = 0;
+  func::FuncOp current;
+  int64_t arenaBytes = 0;
+  int64_t batch = 0, classes = 0;
+  uint64_t planHash = 0;
+  SmallVector<int64_t> imageShape;
+};
+
+std::string Emitter::global(const std::string &prefix, StringRef ctype,
+                            int64_t count, const std::string &init) {
+  std::string name = prefix + std::to_string(counter++);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPoint(anchor);
+  b.create<emitc::VerbatimOp>(loc, "static " + ctype.str() + " " + name + "[" +
+                                       std::to_string(count) + "] = " + init +
+                                       ";");
+  return name;
+}
+
+std::string Emitter::pointer(Value v) {
+  switch (classifyValue(v)) {
+  case ValueKind::View:
+    return pointer(viewRoot(v));
+  case ValueKind::InPlace: {
+    for (OpOperand &use : v.getUses())
+      if (isa<func::ReturnOp>(use.getOwner())) {
+        auto idx = current.getResultAttrOfType<IntegerAttr>(
+            use.getOperandNumber(), FccDialect::kUpdatesAttrName);
+        return pointer(current.getArgument(idx.getInt()));
+      }
+    llvm_unreachable("in-place value without return");
+  }
+  case ValueKind::Argument: {
+    unsigned i = cast<BlockArgument>(v).getArgNumber();
+    if (ParamAttr p = getParamAttr(current, i))
+      return paramPtr(p.getName());
+    if (auto s = current.getArgAttrOfType<StringAttr>(i, FccDialect::kStateAttrName)) {
+      auto [kind, name] = s.getValue().split(':');
+      return (kind == "momentum" ? "M[" : "E[") +
+             std::to_string(paramIndex.at(name.str())) + "]";
+    }
+    if (current.getArgAttr(i, FccDialect::kLabelsAttrName))
+      return "LBL";
+    if (current.getArgAttr(i, FccDialect::kInputAttrName))
+      return "IMG";
+    return "<bad-argument>";
+  }
+  case ValueKind::Constant: {
+    auto it = constants.find(v);
+    if (it != constants.end())
+      return it->second;
+    auto c = cast<arith::ConstantOp>(v.getDefiningOp());
+    auto dense = cast<DenseElementsAttr>(c.getValue());
+    std::string init = "{";
+    for (auto [k, f] : llvm::enumerate(dense.getValues<float>()))
+      init += (k ? ", " : "") + fmtFloat(f);
+    init += "}";
+    return constants[v] = global("kConst", "const float", countOf(v), init);
+  }
+  case ValueKind::Arena:
+    return "(A + " + std::to_string(arenaOffset(v) / 4) + ")";
+  case ValueKind::Metric:
+    return "<metric>";
+  }
+  return "<bad>";
+}
+
+std::string Emitter::scalar(Value v) {
+  if (auto a = dyn_cast<BlockArgument>(v)) {
+    auto h = current.getArgAttrOfType<StringAttr>(a.getArgNumber(),
+                                                  FccDialect::kHyperAttrName);
+    if (!h)
+      return "<bad-scalar>";
+    StringRef n = h.getValue();
+    if (current.getName() == "ema_update" && n == "decay")
+      return "DECAY";
+    if (current.getName().starts_with("eval_step") && n == "label_smoothing")
+      return "LS";
+    return "H->" + n.str();
+  }
+  if (auto c = v.getDefiningOp<arith::ConstantOp>())
+    if (auto d = dyn_cast<DenseElementsAttr>(c.getValue()))
+      return fmtFloat(d.getSplatValue<float>());
+  return "<bad-scalar>";
+}
+
+std::string Emitter::shapeArray(ArrayRef<int64_t> shape) {
+  std::string init = "{";
+  for (auto [k, d] : llvm::enumerate(shape))
+    init += (k ? ", " : "") + std::to_string(d);
+  init += "}";
+  auto it = shapes.find(init);
+  if (it != shapes.end())
+    return it->second;
+  std::string name =
+      global("kShape", "const int64_t", std::max<int64_t>(shape.size(), 1),
+             shape.empty() ? "{1}" : init);
+  return shapes[init] = name;
+}
+
+std::string Emitter::convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
+                              ArrayRef<int64_t> s, ArrayRef<int64_t> p,
+                              ArrayRef<int64_t> d, int64_t groups) {
+  std::string desc = llvm::formatv(
+      "{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, "
+      "{13}, {14}, {15}, 0, 0}",
+      x[0], x[1], x[2], x[3], w[0], w[2], w[3], s[0], s[1], p[0], p[1], p[2],
+      p[3], d[0], d[1], groups);
+  auto it = convPlans.find(desc);
+  if (it != convPlans.end())
+    return it->second;
+  std::string name = "conv" + std::to_string(planNames.size());
+  planNames.push_back(name);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPoint(anchor);
+  b.create<emitc::VerbatimOp>(loc, "static fcc_conv2d_desc " + name +
+                                       "_desc = " + desc + ";");
+  b.create<emitc::VerbatimOp>(loc, "static fcc_conv2d_plan *" + name + ";");
+  return convPlans[desc] = name;
+}
+
+std::string Emitter::poolDesc(ArrayRef<int64_t> x, ArrayRef<int64_t> k,
+                              ArrayRef<int64_t> s, ArrayRef<int64_t> p,
+                              ArrayRef<int64_t> d, bool ceil, bool includePad,
+                              ArrayRef<int64_t> y) {
+  std::string desc = llvm::formatv(
+      "{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, "
+      "{13}, {14}, {15}, {16}, {17}}",
+      x[0], x[1], x[2], x[3], k[0], k[1], s[0], s[1], p[0], p[1], p[2], p[3],
+      d[0], d[1], int(ceil), int(includePad), y[2], y[3]);
+  auto it = pools.find(desc);
+  if (it != pools.end())
+    return it->second;
+  std::string name = "pool" + std::to_string(pools.size());
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPoint(anchor);
+  b.create<emitc::VerbatimOp>(loc, "static fcc_pool2d_desc " + name + " = " +
+                                       desc + ";");
+  return pools[desc] = name;
+}
+
+LogicalResult Emitter::collectParams(func::FuncOp train) {
+  for (unsigned i = 0; i < train.getNumArguments(); ++i) {
+    ParamAttr p = getParamAttr(train, i);
+    if (!p)
+      continue;
+    ParamEntry e;
+    e.name = p.getName().str();
+    e.role = p.getRole();
+    e.trainable = p.getTrainable();
+    auto shape = shapeOf(train.getArgument(i));
+    if (shape.size() > FCC_MAX_PARAM_RANK)
+      return train.emitError("parameter '") << e.name << "' has rank "
+                                            << shape.size()
+                                            << "; trainers support up to 4";
+    e.shape.assign(shape.begin(), shape.end());
+    if (auto f = computeFanIn(train, i))
+      e.fanIn = *f;
+    for (Operation *user : train.getArgument(i).getUsers())
+      if (auto u = dyn_cast<SgdUpdateOp>(user))
+        if (u.getParam() == train.getArgument(i)) {
+          e.lrMult = u.getLrMult().convertToFloat();
+          e.wdMult = u.getWdMult().convertToFloat();
+        }
+    if (auto init = train.getArgAttrOfType<DenseResourceElementsAttr>(
+            i, FccDialect::kInitAttrName)) {
+      AsmResourceBlob *blob = init.getRawHandle().getBlob();
+      if (!blob)
+        return train.emitError("initial value of '") << e.name << "' is elided";
+      while (weights.size() % 64)
+        weights.push_back(0);
+      e.blobOffset = weights.size();
+      ArrayRef<char> data = blob->getData();
+      weights.insert(weights.end(), data.begin(), data.end());
+    }
+    paramIndex[e.name] = params.size();
+    params.push_back(std::move(e));
+  }
+  return success();
+}
+
+LogicalResult Emitter::emitOp(Operation *o) {
+  loc = o->getLoc();
+  std::string where;
+  if (auto nl = dyn_cast<NameLoc>(o->getLoc()))
+    where = " (" + nl.getName().str() + ")";
+  return llvm::TypeSwitch<Operation *, LogicalResult>(o)
+      .Case<ReshapeOp, FlattenOp, arith::ConstantOp>(
+          [](auto) { return success(); }) // views / static data
+      .Case<Conv2DOp>([&](Conv2DOp c) {
+        comment("conv2d" + where);
+        std::string plan =
+            convPlan(shapeOf(c.getInput()), shapeOf(c.getWeight()),
+                     c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
+        checked("fcc_cpu_conv2d_forward",
+                {op(plan), op(pointer(c.getInput())), op(pointer(c.getWeight())),
+                 op(c.getBias() ? pointer(c.getBias()) : "NULL"),
+                 op(pointer(c.getOutput()))});
+        return success();
+      })
+      .Case<Conv2DGradInputOp>([&](Conv2DGradInputOp c) {
+        comment("conv2d input gradient" + where);
+        std::string plan =
+            convPlan(shapeOf(c.getInputGrad()), shapeOf(c.getWeight()),
+                     c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
+        checked("fcc_cpu_conv2d_backward_data",
+                {op(plan), op(pointer(c.getOutputGrad())),
+                 op(pointer(c.getWeight())), op(pointer(c.getInputGrad()))});
+        return success();
+      })
+      .Case<Conv2DGradWeightOp>([&](Conv2DGradWeightOp c) {
+        comment("conv2d weight gradient" + where);
+        std::string plan =
+            convPlan(shapeOf(c.getInput()), shapeOf(c.getWeightGrad()),
+                     c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
+        checked("fcc_cpu_conv2d_backward_filter",
+                {op(plan), op(pointer(c.getInput())),
+                 op(pointer(c.getOutputGrad())), op(pointer(c.getWeightGrad())),
+                 op("NULL")});
+        return success();
+      })
+      .Case<BatchNormOp>([&](BatchNormOp bn) -> LogicalResult {
+        auto xs = shapeOf(bn.getInput());
+        int64_t n = xs[0], c = xs[1], hw = numElements(xs) / (n * c);
+        std::string eps = fmtFloat(bn.getEpsilon().convertToFloat());
+        if (!bn.getTraining()) {
+          comment("batch_norm (inference)" + where);
+          call("fcc_cpu_batch_norm_inference",
+               {op(pointer(bn.getInput())), op(pointer(bn.getScale())),
+                op(pointer(bn.getShift())), op(pointer(bn.getRunningMean())),
+                op(pointer(bn.getRunningVar())), op(eps), num(n), num(c),
+                num(hw), op(pointer(bn.getOutput()))});
+          return success();
+        }
+        comment("batch_norm (training)" + where);
+        call("fcc_cpu_batch_norm_train_forward",
+             {op(pointer(bn.getInput())), op(pointer(bn.getScale())),
+              op(pointer(bn.getShift())), op(eps), num(n), num(c), num(hw),
+              op(pointer(bn.getOutput())), op(pointer(bn.getBatchMean())),
+              op(pointer(bn.getBatchVar()))});
+        // New running statistics are normally the old buffers, updated in
+        // place; otherwise start from a copy of the old values.
+        std::string rm = pointer(bn.getNewRunningMean());
+        std::string rv = pointer(bn.getNewRunningVar());
+        if (rm != pointer(bn.getRunningMean()))
+          call("fcc_copy_f32", {op(rm), op(pointer(bn.getRunningMean())), num(c)});
+        if (rv != pointer(bn.getRunningVar()))
+          call("fcc_copy_f32", {op(rv), op(pointer(bn.getRunningVar())), num(c)});
+        call("fcc_cpu_batch_norm_update_running",
+             {op(rm), op(rv), op(pointer(bn.getBatchMean())),
+              op(pointer(bn.getBatchVar())),
+              op(fmtFloat(bn.getMomentum().convertToFloat())),
+              num(bn.getRunningVarUnbiased()), num(n * hw), num(c)});
+        return success();
+      })
+      .Case<BatchNormGradOp>([&](BatchNormGradOp g) {
+        auto xs = shapeOf(g.getInput());
+        int64_t n = xs[0], c = xs[1], hw = numElements(xs) / (n * c);
+        comment("batch_norm backward" + where);
+        call("fcc_cpu_batch_norm_backward",
+             {op(pointer(g.getInput())), op(pointer(g.getOutputGrad())),
+              op(pointer(g.getScale())), op(pointer(g.getBatchMean())),
+              op(pointer(g.getBatchVar())),
+              op(fmtFloat(g.getEpsilon().convertToFloat())), num(n), num(c),
+              num(hw), op(pointer(g.getInputGrad())),
+              op(pointer(g.getScaleGrad())), op(pointer(g.getShiftGrad()))});
+        return success();
+      })
+      .Case<ReluOp>([&](ReluOp r) {
+        comment("relu" + where);
+        call("fcc_cpu_relu_forward", {op(pointer(r.getInput())),
+                                      op(pointer(r.getOutput())),
+                                      num(countOf(r.getInput()))});
+        return success();
+      })
+      .Case<ReluGradOp>([&](ReluGradOp r) {
+        comment("relu backward" + where);
+        call("fcc_cpu_relu_backward",
+             {op(pointer(r.getInput())), op(pointer(r.getOutputGrad())),
+              op(pointer(r.getInputGrad())), num(countOf(r.getInput()))});
+        return success();
+      })
+      .Case<CeluOp>([&](CeluOp r) {
+        comment("celu" + where);
+        call("fcc_cpu_celu_forward",
+             {op(pointer(r.getInput())), op(fmtFloat(r.getAlpha().convertToFloat())),
+              op(pointer(r.getOutput())), num(countOf(r.getInput()))});
+        return success();
+      })
+      .Case<CeluGradOp>([&](CeluGradOp r) {
+        comment("celu backward" + where);
+        call("fcc_cpu_celu_backward",
+             {op(pointer(r.getInput())), op(pointer(r.getOutputGrad())),
+              op(fmtFloat(r.getAlpha().convertToFloat())),
+              op(pointer(r.getInputGrad())), num(countOf(r.getInput()))});
+        return success();
+      })
+      .Case<MaxPool2DOp>([&](MaxPool2DOp p) {
+        comment("max_pool2d" + where);
+        std::string d = poolDesc(shapeOf(p.getInput()), p.getKernel(),
+                                 p.getStrides(), p.getPads(), p.getDilations(),
+                                 p.getCeilMode(), false, shapeOf(p.getOutput()));
+        call("fcc_cpu_max_pool2d_forward",
+             {op("&" + d), op(pointer(p.getInput())), op(pointer(p.getOutput()))});
+        return success();
+      })
+      .Case<MaxPool2DGradOp>([&](MaxPool2DGradOp p) {
+        comment("max_pool2d backward" + where);
+        std::string d = poolDesc(shapeOf(p.getInput()), p.getKernel(),
+                                 p.getStrides(), p.getPads(), p.getDilations(),
+                                 p.getCeilMode(), false,
+                                 shapeOf(p.getOutputGrad()));
+        call("fcc_cpu_max_pool2d_backward",
+             {op("&" + d), op(pointer(p.getInput())),
+              op(pointer(p.getOutputGrad())), op(pointer(p.getInputGrad()))});
+        return success();
+      })
+      .Case<AvgPool2DOp>([&](AvgPool2DOp p) {
+        comment("avg_pool2d" + where);
+        SmallVector<int64_t> dense = {1, 1};
+        std::string d = poolDesc(shapeOf(p.getInput()), p.getKernel(),
+                                 p.getStrides(), p.getPads(), dense,
+                                 p.getCeilMode(), p.getCountIncludePad(),
+                                 shapeOf(p.getOutput()));
+        call("fcc_cpu_avg_pool2d_forward",
+             {op("&" + d), op(pointer(p.getInput())), op(pointer(p.getOutput()))});
+        return success();
+      })
+      .Case<AvgPool2DGradOp>([&](AvgPool2DGradOp p) {
+        comment("avg_pool2d backward" + where);
+        SmallVector<int64_t> dense = {1, 1};
+        std::string d = poolDesc(shapeOf(p.getInputGrad()), p.getKernel(),
+                                 p.getStrides(), p.getPads(), dense,
+                                 p.getCeilMode(), p.getCountIncludePad(),
+                                 shapeOf(p.getOutputGrad()));
+        call("fcc_cpu_avg_pool2d_backward",
+             {op("&" + d), op(pointer(p.getOutputGrad())),
+              op(pointer(p.getInputGrad()))});
+        return success();
+      })
+      .Case<AddOp>([&](AddOp a) {
+        comment("add" + where);
+        auto ys = shapeOf(a.getOutput());
+        auto align = [&](Value v) {
+          SmallVector<int64_t> s(ys.size() - shapeOf(v).size(), 1);
+          s.append(shapeOf(v).begin(), shapeOf(v).end());
+          return shapeArray(s);
+        };
+        checked("fcc_cpu_binary",
+                {op("FCC_BINARY_ADD"), op(pointer(a.getLhs())), op(align(a.getLhs())),
+                 op(pointer(a.getRhs())), op(align(a.getRhs())),
+                 op(shapeArray(ys)), num(ys.size()), op(pointer(a.getOutput()))});
+        return success();
+      })
+      .Case<MulOp>([&](MulOp m) {
+        comment("mul" + where);
+        if (!m.getRhs()) {
+          call("fcc_cpu_affine",
+               {op(pointer(m.getLhs())),
+                op(fmtFloat(m.getScalar()->convertToDouble())), op("0.0f"),
+                op(pointer(m.getOutput())), num(countOf(m.getLhs()))});
+          return success();
+        }
+        auto ys = shapeOf(m.getOutput());
+        auto align = [&](Value v) {
+          SmallVector<int64_t> s(ys.size() - shapeOf(v).size(), 1);
+          s.append(shapeOf(v).begin(), shapeOf(v).end());
+          return shapeArray(s);
+        };
+        checked("fcc_cpu_binary",
+                {op("FCC_BINARY_MUL"), op(pointer(m.getLhs())), op(align(m.getLhs())),
+                 op(pointer(m.getRhs())), op(align(m.getRhs())),
+                 op(shapeArray(ys)), num(ys.size()), op(pointer(m.getOutput()))});
+        return success();
+      })
+      .Case<LinearOp>([&](LinearOp l) {
+        comment("linear" + where);
+        auto a = shapeOf(l.getInput()), w = shapeOf(l.getWeight());
+        int64_t m = l.getTransA() ? a[1] : a[0], k = l.getTransA() ? a[0] : a[1];
+        int64_t n = l.getTransB() ? w[0] : w[1];
+        int64_t cRows = 0, cCols = 0;
+        if (l.getBias()) {
+          auto bs = shapeOf(l.getBias());
+          cRows = bs.size() == 2 ? bs[0] : 1;
+          cCols = bs.empty() ? 1 : bs.back();
+        }
+        call("fcc_cpu_gemm",
+             {num(l.getTransA()), num(l.getTransB()), num(m), num(n), num(k),
+              op(fmtFloat(l.getAlpha().convertToFloat())),
+              op(pointer(l.getInput())), op(pointer(l.getWeight())),
+              op(fmtFloat(l.getBeta().convertToFloat())),
+              op(l.getBias() ? pointer(l.getBias()) : "NULL"), num(cRows),
+              num(cCols), op(pointer(l.getOutput()))});
+        return success();
+      })
+      .Case<ReduceSumOp>([&](ReduceSumOp r) {
+        comment("reduce_sum" + where);
+        SmallVector<int64_t> xs(shapeOf(r.getInput())), kept = xs;
+        for (int64_t a : r.getAxes())
+          kept[a] = 1;
+        checked("fcc_cpu_reduce_sum_to",
+                {op(pointer(r.getInput())), op(shapeArray(xs)),
+                 op(shapeArray(kept)), num(xs.size()), op(pointer(r.getOutput()))});
+        return success();
+      })
+      .Case<DropoutOp>([&](DropoutOp d) -> LogicalResult {
+        if (d.getTraining())
+          return d.emitOpError("training-mode dropout must be lowered by "
+                               "fcc-build-training");
+        call("fcc_copy_f32", {op(pointer(d.getOutput())),
+                              op(pointer(d.getInput())),
+                              num(countOf(d.getInput()))});
+        return success();
+      })
+      .Case<DropoutMaskOp>([&](DropoutMaskOp d) {
+        comment("dropout mask" + where);
+        call("fcc_cpu_dropout_mask",
+             {op(scalar(d.getSeed())), num(d.getStream()),
+              op(fmtFloat(d.getRatio().convertToFloat())),
+              op(pointer(d.getMask())), num(countOf(d.getMask()))});
+        return success();
+      })
+      .Case<SoftmaxXentOp>([&](SoftmaxXentOp x) -> LogicalResult {
+        if (classifyValue(x.getLoss()) != ValueKind::Metric)
+          return x.emitOpError("code generation needs the loss to be a metric "
+                               "result");
+        comment("loss (accumulated into metrics)" + where);
+        auto ls = shapeOf(x.getLogits());
+        call("fcc_metric_loss",
+             {op("METRICS"), op(pointer(x.getLogits())),
+              op(pointer(x.getLabels())), num(ls[0]), num(ls[1]),
+              op(scalar(x.getLabelSmoothing()))});
+        return success();
+      })
+      .Case<CountCorrectOp>([&](CountCorrectOp x) -> LogicalResult {
+        if (classifyValue(x.getCount()) != ValueKind::Metric)
+          return x.emitOpError("code generation needs the count to be a "
+                               "metric result");
+        auto ls = shapeOf(x.getLogits());
+        call("fcc_metric_correct",
+             {op("METRICS"), op(pointer(x.getLogits())),
+              op(pointer(x.getLabels())), num(ls[0]), num(ls[1])});
+        return success();
+      })
+      .Case<SoftmaxXentGradOp>([&](SoftmaxXentGradOp x) {
+        comment("loss gradient" + where);
+        auto ls = shapeOf(x.getLogits());
+        call("fcc_softmax_xent_grad",
+             {op(pointer(x.getLogits())), op(pointer(x.getLabels())),
+              num(ls[0]), num(ls[1]), op(scalar(x.getLabelSmoothing())),
+              op(scalar(x.getLossGrad())), op(pointer(x.getLogitsGrad()))});
+        return success();
+      })
+      .Case<SoftmaxOp>([&](SoftmaxOp s) {
+        comment("softmax" + where);
+        auto xs = shapeOf(s.getInput());
+        int64_t axis = s.getAxis() < 0 ? s.getAxis() + xs.size() : s.getAxis();
+        call("fcc_cpu_softmax",
+             {op(pointer(s.getInput())), num(numElements(xs.take_front(axis))),
+              num(xs[axis]), num(numElements(xs.drop_front(axis + 1))),
+              op(pointer(s.getOutput()))});
+        return success();
+      })
+      .Case<FlipOp>([&](FlipOp f) {
+        comment("horizontal flip" + where);
+        auto xs = shapeOf(f.getInput());
+        call("fcc_cpu_flip_w", {op(pointer(f.getInput())), num(xs[0]),
+                                num(xs[1]), num(xs[2]), num(xs[3]),
+                                op(pointer(f.getOutput()))});
+        return success();
+      })
+      .Case<SgdUpdateOp>([&](SgdUpdateOp u) -> LogicalResult {
+        std::string p = pointer(u.getParam()), m = pointer(u.getMomentumBuffer());
+        if (pointer(u.getNewParam()) != p ||
+            pointer(u.getNewMomentumBuffer()) != m)
+          return u.emitOpError("code generation updates parameters in place; "
+                               "the results must be returned as updates of "
+                               "the operands");
+        std::string lrMult = u.getLrMult().convertToFloat() == 1.0f
+                                 ? ""
+                                 : " * " + fmtFloat(u.getLrMult().convertToFloat());
+        std::string wdMult = u.getWdMult().convertToFloat() == 1.0f
+                                 ? ""
+                                 : " * " + fmtFloat(u.getWdMult().convertToFloat());
+        call("fcc_cpu_sgd_update",
+             {op(p), op(pointer(u.getGrad())), op(m), num(countOf(u.getParam())),
+              op(scalar(u.getLr()) + lrMult), op(scalar(u.getMomentum())),
+              op(scalar(u.getWeightDecay()) + wdMult),
+              op(scalar(u.getNesterov()) + " != 0.0f")});
+        return success();
+      })
+      .Case<EmaUpdateOp>([&](EmaUpdateOp e) -> LogicalResult {
+        std::string ema = pointer(e.getEma());
+        if (pointer(e.getNewEma()) != ema)
+          return e.emitOpError("code generation updates the EMA in place");
+        call("fcc_cpu_ema_update", {op(ema), op(pointer(e.getValue())),
+                                    op(scalar(e.getDecay())),
+                                    num(countOf(e.getEma()))});
+        return success();
+      })
+      .Default([&](Operation *other) {
+        return other->emitOpError("has no CPU code generation");
+      });
+}
+
+LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
+  current = f;
+  auto arena = f->getAttrOfType<IntegerAttr>(kArenaBytesAttrName);
+  if (!arena)
+    return f.emitError("has no memory plan; run fcc-plan-memory first");
+  arenaBytes = std::max(arenaBytes, arena.getInt());
+  b.setInsertionPointToEnd(out->getBody());
+  auto fn = b.create<emitc::FuncOp>(f.getLoc(), bodyName,
+                                    b.getFunctionType({}, {}));
+  fn.setSpecifiersAttr(b.getStrArrayAttr({"static"}));
+  Block *entry = fn.addEntryBlock();
+  b.setInsertionPointToStart(entry);
+  // Constants first so their globals exist before use.
+  for (Operation &o : f.getBody().front().without_terminator())
+    if (failed(emitOp(&o)))
+      return failure();
+  b.create<emitc::ReturnOp>(f.getLoc(), Value());
+  return success();
+}
+
+FailureOr<GeneratedProgram> Emitter::run() {
+  auto train = planned.lookupSymbol<func::FuncOp>("train_step");
+  auto eval = planned.lookupSymbol<func::FuncOp>("eval_step");
+  auto evalTta = planned.lookupSymbol<func::FuncOp>("eval_step_tta");
+  auto ema = planned.lookupSymbol<func::FuncOp>("ema_update");
+  if (!train || !eval || !evalTta || !ema)
+    return planned.emitError("code generation needs @train_step, @eval_step, "
+                             "@eval_step_tta and @ema_update "
+                             "(run fcc-build-training)"),
+           failure();
+  if (failed(collectParams(train)))
+    return failure();
+  for (unsigned i = 0; i < train.getNumArguments(); ++i) {
+    if (train.getArgAttr(i, FccDialect::kLabelsAttrName))
+      batch = shapeOf(train.getArgument(i))[0];
+    else if (!getParamAttr(train, i) &&
+             train.getArgAttr(i, FccDialect::kInputAttrName))
+      imageShape.assign(shapeOf(train.getArgument(i)).begin(),
+                        shapeOf(train.getArgument(i)).end());
+  }
+  for (Operation &o : eval.getBody().front())
+    if (auto x = dyn_cast<SoftmaxXentOp>(o))
+      classes = shapeOf(x.getLogits())[1];
+
+  // The plan's identity (checkpoints refuse other plans): a hash of the
+  // planned program without its initial values.
+  {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    planned->print(os, OpPrintingFlags().elideLargeResourceString(0));
+    planHash = fcc_fnv1a64(text.c_str());
+  }
+  out = ModuleOp::create(loc);
+  b.setInsertionPointToStart(out->getBody());
+  b.create<emitc::VerbatimOp>(
+      loc, llvm::formatv("// Generated by fcc from {0} (target {1}, batch {2}). "
+                         "Do not edit.\n// Each call below is one fcc op of "
+                         "the training program; A is the planned arena.",
+                         opts.modelName, opts.target, batch)
+               .str());
+  b.create<emitc::IncludeOp>(loc, "fcc/runtime/cpu_codegen.h", false);
+  b.create<emitc::IncludeOp>(loc, "fcc/runtime/init.h", false);
+  b.create<emitc::VerbatimOp>(
+      loc, "static float *A; // arena\n"
+           "static float *const *P; // parameters (and running statistics)\n"
+           "static float *const *M; // momentum buffers\n"
+           "static float *const *E; // EMA copies\n"
+           "static const float *IMG; // batch, NCHW\n"
+           "static const int32_t *LBL; // labels\n"
+           "static const fcc_hyper *H;\n"
+           "static float *METRICS;\n"
+           "static float LS, DECAY;");
+  // Anchor: globals (descriptors, shapes, constants) are inserted before it.
+  anchor = b.create<emitc::VerbatimOp>(loc, "// -- step functions --");
+
+  if (failed(emitFunction(train, "train_step_body")) ||
+      failed(emitFunction(eval, "eval_step_body")) ||
+      failed(emitFunction(evalTta, "eval_step_tta_body")) ||
+      failed(emitFunction(ema, "ema_update_body")))
+    return failure();
+
+  b.setInsertionPointToEnd(out->getBody());
+  b.create<emitc::VerbatimOp>(loc, abiWrappers());
+
+  GeneratedProgram result;
+  llvm::raw_string_ostream os(result.source);
+  if (failed(emitc::translateToCpp(*out, os)))
+    return failure();
+  result.weights = std::move(weights);
+  result.arenaBytes = arenaBytes;
+  result.planHash = planHash;
+  return result;
+}
+
+std::string Emitter::abiWrappers() {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  if (!weights.empty())
+    os << "// Initial weights, embedded from " << opts.weightsFile << ".\n"
+       << "__asm__(\".section .rodata\\n.balign 64\\n"
+          ".global fcc_initial_weights\\nfcc_initial_weights:\\n.incbin \\\""
+       << opts.weightsFile << "\\\"\\n.previous\\n\");\n"
+       << "extern \"C\" const char fcc_initial_weights[];\n";
+  os << "static const fcc_param_info kParams[" << params.size() << "] = {\n";
+  for (const ParamEntry &p : params) {
+    os << "  {" << cString(p.name) << ", " << int(p.role) << ", "
+       << int(p.trainable) << ", " << p.shape.size() << ", {";
+    for (size_t k = 0; k < 4; ++k)
+      os << (k ? ", " : "") << (k < p.shape.size() ? p.shape[k] : 0);
+    os << "}, " << numElements(p.shape) << ", " << p.fanIn << ", ";
+    if (p.blobOffset >= 0)
+      os << "(const float *)(fcc_initial_weights + " << p.blobOffset << ")";
+    else
+      os << "NULL";
+    os << ", " << fmtFloat(p.lrMult) << ", " << fmtFloat(p.wdMult) << "},\n";
+  }
+  os << "};\n\n";
+  os << "static char last_error_text[256];\n"
+        "static const char *last_error(void) { return last_error_text; }\n\n"
+        "static int setup(void) {\n"
+     << "  A = fcc_arena_alloc(" << arenaBytes << ");\n"
+     << "  if (!A) {\n    snprintf(last_error_text, sizeof last_error_text, "
+        "\"cannot allocate the %lld-byte arena\", (long long)"
+     << arenaBytes << ");\n    return 1;\n  }\n";
+  for (const std::string &name : planNames)
+    os << "  " << name << " = fcc_cpu_conv2d_create(&" << name << "_desc);\n"
+       << "  if (!" << name << ") {\n    snprintf(last_error_text, sizeof "
+          "last_error_text, \"" << name << ": %s\", fcc_cpu_last_error());\n"
+          "    return 1;\n  }\n";
+  for (const auto &[desc, name] : pools)
+    os << "  if (fcc_pool2d_desc_finalize(&" << name << ") != FCC_OK) {\n"
+       << "    snprintf(last_error_text, sizeof last_error_text, \"" << name
+       << ": %s\", fcc_cpu_last_error());\n    return 1;\n  }\n";
+  os << "  return 0;\n}\n\n"
+        "static void teardown(void) {\n";
+  for (const std::string &name : planNames)
+    os << "  fcc_cpu_conv2d_destroy(" << name << ");\n  " << name
+       << " = NULL;\n";
+  os << "  free(A);\n  A = NULL;\n}\n\n";
+  os << "static void train_step(float *const *params, float *const *momentum,\n"
+        "                       const float *images, const int32_t *labels,\n"
+        "                       const fcc_hyper *hyper, float *metrics) {\n"
+        "  P = params; M = momentum; IMG = images; LBL = labels; H = hyper;\n"
+        "  METRICS = metrics;\n  train_step_body();\n}\n\n"
+        "static void eval_step(float *const *params, const float *images,\n"
+        "                      const int32_t *labels, float label_smoothing,\n"
+        "                      int tta, float *metrics) {\n"
+        "  P = params; IMG = images; LBL = labels; LS = label_smoothing;\n"
+        "  METRICS = metrics;\n"
+        "  if (tta) eval_step_tta_body(); else eval_step_body();\n}\n\n"
+        "static void ema_update(float *const *ema, float *const *params,\n"
+        "                       float decay) {\n"
+        "  E = ema; P = params; DECAY = decay;\n  ema_update_body();\n}\n\n";
+  const Recipe &r = opts.recipe;
+  os << "extern \"C\" const fcc_program *fcc_generated_program(void) {\n"
+     << "  static const fcc_program program = {\n"
+     << "    FCC_PROGRAM_ABI_VERSION, " << cString(opts.modelName) << ", "
+     << cString(opts.target) << ", 0x" << llvm::utohexstr(planHash)
+     << "ULL,\n"
+     << "    " << batch << ", " << imageShape[1] << ", " << imageShape[2]
+     << ", " << imageShape[3] << ", " << classes << ",\n"
+     << "    " << params.size() << ", kParams, " << arenaBytes << ",\n"
+     << "    {" << cString(r.name) << ", " << r.epochs << ", "
+     << cString(r.lrKnots) << ", " << fmtFloat(r.momentum) << ", "
+     << int(r.nesterov) << ", " << fmtFloat(r.weightDecay) << ", "
+     << fmtFloat(r.labelSmoothing) << ", " << fmtFloat(r.emaDecay) << ", "
+     << r.emaEvery << ", " << int(r.tta) << ", " << r.cutout << ", "
+     << int(r.flip) << ", " << r.cropPad << "},\n"
+     << "    setup, teardown, last_error, train_step, eval_step, ema_update};\n"
+     << "  return &program;\n}";
+  return s;
+}
+
+} // namespace
+
+FailureOr<GeneratedProgram>
+fcc::generateTrainerSource(ModuleOp planned, const CodegenOptions &options) {
+  planned.getContext()->loadDialect<emitc::EmitCDialect>();
+  return Emitter(planned, options).run();
+}
