@@ -1,0 +1,80 @@
+//===- Backend.h - Where the trainer's state and batches live -------------===//
+//
+// The device-specific part of the trainer, behind a small interface so that
+// the CUDA target can reuse everything else (options, data loading, the
+// schedule, the loop, metrics output):
+//  - state buffers (parameters, momentum, EMA copies) in the program's target
+//    memory, with upload/download/copy;
+//  - the datasets, handed over once as bytes; a batch is built where the
+//    steps run (gather, normalise, augment with host-drawn ExampleAugment);
+//  - the metrics accumulator the entry points add to, and reading it back
+//    (a GPU backend reads it rarely; the CPU backend after every step).
+// The internal header of runtime/trainer; not part of the program ABI.
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_TRAINER_BACKEND_H
+#define FCC_TRAINER_BACKEND_H
+
+#include "Augment.h"
+#include "Data.h"
+
+#include "fcc/runtime/program.h"
+
+#include <memory>
+#include <string>
+
+namespace fcc::trainer {
+
+class Backend {
+public:
+  virtual ~Backend() = default;
+
+  // "cpu (2 threads)".
+  virtual std::string describe() const = 0;
+
+  // A zero-filled buffer of `count` floats in target memory, owned by the
+  // backend until it is destroyed.
+  virtual float *allocate(int64_t count) = 0;
+  virtual void upload(float *dst, const float *host, int64_t count) = 0;
+  virtual void download(float *host, const float *src, int64_t count) = 0;
+  virtual void copy(float *dst, const float *src, int64_t count) = 0;
+  virtual void fillZero(float *dst, int64_t count) = 0;
+
+  // Called once before any batch. The backend keeps its own copy of (or
+  // reference to) the images; `train`/`test` outlive the backend.
+  virtual void setData(const ImageSet &train, const ImageSet &test,
+                       const Normalisation &norm, int64_t batch) = 0;
+
+  // Builds a training batch: slot i = augment(normalise(train[indices[i]]),
+  // draws[i]). count == the program's batch.
+  virtual void loadTrainBatch(const int64_t *indices,
+                              const ExampleAugment *draws,
+                              const AugmentConfig &config, int64_t count) = 0;
+  // Builds a test batch: slot i = normalise(test[indices[i]]); slots from
+  // `valid` on are padding (the last, partial batch) and get the label
+  // FCC_IGNORE_LABEL so that the metrics skip them.
+  virtual void loadTestBatch(const int64_t *indices, int64_t count,
+                             int64_t valid) = 0;
+  // The batch buffers (target memory) the steps read.
+  virtual const float *batchImages() const = 0;
+  virtual const int32_t *batchLabels() const = 0;
+
+  // FCC_NUM_METRICS floats in target memory that the entry points add to.
+  virtual float *metrics() = 0;
+  // Copies the accumulated metrics to the host and zeroes the accumulator.
+  virtual void takeMetrics(double out[FCC_NUM_METRICS]) = 0;
+  // True when takeMetrics() is cheap enough to call after every step
+  // (per-step divergence checks and a running loss in the progress bar).
+  virtual bool cheapMetrics() const = 0;
+  // Waits for queued work (timing); a no-op on the CPU.
+  virtual void synchronize() {}
+};
+
+// The backend for a program's target ("cpu"); nullptr when this build has
+// none for it.
+std::unique_ptr<Backend> makeBackend(const std::string &target);
+std::unique_ptr<Backend> makeCpuBackend();
+
+} // namespace fcc::trainer
+
+#endif // FCC_TRAINER_BACKEND_H

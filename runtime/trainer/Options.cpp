@@ -1,0 +1,329 @@
+//===- Options.cpp - Command line of a generated trainer ------------------===//
+//
+// Implements Options.h. Numeric flags are read as strings and converted here
+// so that every message has the form "--flag: what is wrong (got VALUE)"
+// instead of CLI11's generic conversion errors.
+//
+//===----------------------------------------------------------------------===//
+#include "Options.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <ostream>
+
+namespace fcc::trainer {
+
+namespace {
+
+// Shortest decimal form that reads back as the same float.
+std::string shortestFloat(float v) {
+  char buf[32];
+  for (int precision = 1; precision <= 9; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
+    if (std::strtof(buf, nullptr) == v)
+      break;
+  }
+  return buf;
+}
+
+int64_t toInteger(const std::string &flag, const std::string &text) {
+  errno = 0;
+  char *end = nullptr;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE)
+    throw UsageError(flag + ": '" + text + "' is not an integer");
+  return v;
+}
+
+double toNumber(const std::string &flag, const std::string &text) {
+  char *end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0')
+    throw UsageError(flag + ": '" + text + "' is not a number");
+  if (!std::isfinite(v))
+    throw UsageError(flag + ": '" + text + "' is not finite");
+  return v;
+}
+
+// Checks that `path` can be written (creating it, without truncating it).
+void checkWritable(const std::string &flag, const std::string &path) {
+  if (path.empty())
+    throw UsageError(flag + ": empty file name");
+  std::ofstream probe(path, std::ios::app);
+  if (!probe)
+    throw UsageError(flag + ": cannot open '" + path +
+                     "' for writing: " + std::strerror(errno));
+}
+
+// The raw text of the flags whose defaults come from the recipe.
+struct RawFlags {
+  std::string epochs, lrKnots, momentum, wd, labelSmoothing, ema, emaEvery,
+      cutout, seed, trainLimit, testLimit, runs, targetAcc, threads;
+};
+
+void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
+              Options &o) {
+  auto given = [&](const char *flag) { return app.count(flag) > 0; };
+
+  if (given("--epochs")) {
+    int64_t v = toInteger("--epochs", raw.epochs);
+    if (v < 1 || v > 1000000)
+      throw UsageError("--epochs: must be at least 1 (got " + raw.epochs +
+                       ")");
+    o.epochs = int(v);
+  }
+  try {
+    o.lr = LrSchedule::parse(o.lrKnots);
+  } catch (const std::invalid_argument &e) {
+    throw UsageError(std::string("--lr-knots: ") + e.what() +
+                     (given("--lr-knots") ? "" : " (the compiled default)"));
+  }
+  auto fraction = [&](const char *flag, const std::string &text, float &out,
+                      bool includeOne, const char *hint) {
+    if (!given(flag))
+      return;
+    double v = toNumber(flag, text);
+    if (v < 0 || v > 1 || (v == 1 && !includeOne))
+      throw UsageError(std::string(flag) + ": must be in [0, " +
+                       (includeOne ? "1]" : "1)") + " (got " + text + ")" +
+                       hint);
+    out = float(v);
+  };
+  fraction("--momentum", raw.momentum, o.momentum, false, "");
+  fraction("--label-smoothing", raw.labelSmoothing, o.labelSmoothing, false,
+           "");
+  fraction("--ema", raw.ema, o.ema, false, "; 0 turns EMA off");
+  if (given("--wd")) {
+    double v = toNumber("--wd", raw.wd);
+    if (v < 0)
+      throw UsageError("--wd: must not be negative (got " + raw.wd + ")");
+    o.weightDecay = float(v);
+  }
+  if (given("--ema-every")) {
+    int64_t v = toInteger("--ema-every", raw.emaEvery);
+    if (v < 1 || v > 1000000)
+      throw UsageError("--ema-every: must be at least 1 (got " +
+                       raw.emaEvery + ")");
+    o.emaEvery = int(v);
+  }
+  if (given("--cutout")) {
+    int64_t v = toInteger("--cutout", raw.cutout);
+    int64_t most = std::max(p.height, p.width);
+    if (v < 0 || v > most)
+      throw UsageError("--cutout: must be between 0 (off) and the image "
+                       "size " + std::to_string(most) + " (got " +
+                       raw.cutout + ")");
+    o.cutout = int(v);
+  }
+  if (given("--seed")) {
+    errno = 0;
+    char *end = nullptr;
+    unsigned long long v = std::strtoull(raw.seed.c_str(), &end, 10);
+    if (raw.seed.empty() || raw.seed[0] == '-' || *end != '\0' ||
+        errno == ERANGE)
+      throw UsageError("--seed: '" + raw.seed +
+                       "' is not a non-negative integer");
+    o.seed = v;
+  }
+  auto limit = [&](const char *flag, const std::string &text, int64_t &out) {
+    if (!given(flag))
+      return;
+    int64_t v = toInteger(flag, text);
+    if (v < 1)
+      throw UsageError(std::string(flag) + ": must be at least 1 (got " +
+                       text + ")");
+    out = v;
+  };
+  limit("--train-limit", raw.trainLimit, o.trainLimit);
+  limit("--test-limit", raw.testLimit, o.testLimit);
+  if (given("--runs")) {
+    int64_t v = toInteger("--runs", raw.runs);
+    if (v < 1 || v > 100000)
+      throw UsageError("--runs: must be at least 1 (got " + raw.runs + ")");
+    o.runs = int(v);
+  }
+  if (given("--target-acc")) {
+    double v = toNumber("--target-acc", raw.targetAcc);
+    if (v < 0 || v > 1)
+      throw UsageError("--target-acc: must be a fraction in [0, 1], e.g. "
+                       "0.94 (got " + raw.targetAcc + ")");
+    o.targetAcc = v;
+  }
+  if (given("--threads")) {
+    int64_t v = toInteger("--threads", raw.threads);
+    if (v < 0 || v > 4096)
+      throw UsageError("--threads: must be 0 (all cores) or a positive "
+                       "count (got " + raw.threads + ")");
+    o.threads = int(v);
+  }
+  if (given("--metrics"))
+    checkWritable("--metrics", o.metricsPath);
+  if (given("--tsv"))
+    checkWritable("--tsv", o.tsvPath);
+  if (o.data.empty())
+    throw UsageError("--data: required: a CIFAR-10 binary or MNIST IDX "
+                     "directory (see --help)");
+}
+
+const char *orEmpty(const char *s) { return s ? s : ""; }
+
+} // namespace
+
+int parseOptions(const fcc_program &p, const std::string &name, int argc,
+                 char **argv, Options &o, std::ostream &out,
+                 std::ostream &err) {
+  const fcc_recipe &d = p.defaults;
+  o = Options();
+  o.epochs = d.epochs;
+  o.lrKnots = orEmpty(d.lr_knots);
+  o.momentum = d.momentum;
+  o.nesterov = d.nesterov != 0;
+  o.weightDecay = d.weight_decay;
+  o.labelSmoothing = d.label_smoothing;
+  o.ema = d.ema_decay;
+  o.emaEvery = d.ema_every > 0 ? d.ema_every : 1;
+  o.tta = d.tta != 0;
+  o.cutout = d.cutout;
+  o.flip = d.flip != 0;
+  o.cropPad = d.crop_pad;
+
+  std::string shape = std::to_string(p.channels) + "x" +
+                      std::to_string(p.height) + "x" + std::to_string(p.width);
+  CLI::App app("Trains " + std::string(orEmpty(p.model)) +
+                   " (compiled by fcc for target " + orEmpty(p.target) +
+                   ", batch " + std::to_string(p.batch) + ", " + shape +
+                   " images, " + std::to_string(p.classes) +
+                   " classes, recipe " + orEmpty(d.name) +
+                   "). Defaults come from the compiled recipe.",
+               name);
+  app.set_help_flag("-h,--help", "Print this help and exit");
+  app.get_formatter()->column_width(30);
+  app.footer(
+      "Data: DIR holds the CIFAR-10 binary release (data_batch_1.bin .. "
+      "data_batch_5.bin, whichever are present, and test_batch.bin; also "
+      "found in DIR/cifar-10-batches-bin) or MNIST/Fashion-MNIST IDX files "
+      "(train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+      "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally "
+      ".gz). Images are normalised with the per-channel mean and std of the "
+      "training images used.\n"
+      "--metrics writes one JSON object per epoch and run; --tsv writes "
+      "DAWNBench lines 'epoch<TAB>hours<TAB>top1Accuracy' (hours of "
+      "training so far, accuracy in percent; a leading 'run' column when "
+      "--runs > 1).\n"
+      "Exit codes: 0 success, 1 bad usage or data, 2 no device, 3 training "
+      "diverged.");
+
+  RawFlags raw;
+  bool flagFlip = o.flip, noCrop = false;
+  app.add_option("--data", o.data,
+                 "Dataset directory (CIFAR-10 binary or MNIST IDX)")
+      ->type_name("DIR");
+  app.add_option("--epochs", raw.epochs, "Number of training epochs")
+      ->type_name("N")
+      ->default_str(std::to_string(d.epochs));
+  app.add_option("--lr-knots", o.lrKnots,
+                 "Learning rate, piecewise linear in (fractional) epochs")
+      ->type_name("E:LR,...")
+      ->default_str(orEmpty(d.lr_knots));
+  app.add_option("--momentum", raw.momentum, "SGD momentum")
+      ->type_name("M")
+      ->default_str(shortestFloat(d.momentum));
+  app.add_flag("--nesterov,!--no-nesterov", o.nesterov,
+               std::string("Nesterov momentum (default: ") +
+                   (d.nesterov ? "on" : "off") + ")");
+  app.add_option("--wd", raw.wd, "Weight decay (L2)")
+      ->type_name("WD")
+      ->default_str(shortestFloat(d.weight_decay));
+  app.add_option("--label-smoothing", raw.labelSmoothing,
+                 "Label smoothing of the cross-entropy loss")
+      ->type_name("LS")
+      ->default_str(shortestFloat(d.label_smoothing));
+  app.add_option("--ema", raw.ema,
+                 "EMA of the weights, per-step decay in [0, 1); 0 = off; "
+                 "evaluation uses the EMA weights")
+      ->type_name("DECAY")
+      ->default_str(shortestFloat(d.ema_decay));
+  app.add_option("--ema-every", raw.emaEvery,
+                 "Update the EMA every K steps (with decay^K)")
+      ->type_name("K")
+      ->default_str(std::to_string(o.emaEvery));
+  app.add_flag("--tta,!--no-tta", o.tta,
+               std::string("Test-time augmentation: average the logits with "
+                           "those of the flipped images (default: ") +
+                   (d.tta ? "on" : "off") + ")");
+  app.add_option("--cutout", raw.cutout,
+                 "Cutout square size in pixels; 0 = off")
+      ->type_name("N")
+      ->default_str(std::to_string(d.cutout));
+  app.add_flag("!--no-flip", flagFlip,
+               std::string("No random horizontal flips (default: flips ") +
+                   (d.flip ? "on" : "off") + ")");
+  app.add_flag("--no-crop", noCrop,
+               "No random crops (default: reflect-pad by " +
+                   std::to_string(d.crop_pad) + " and crop" +
+                   (d.crop_pad ? "" : ", i.e. off") + ")");
+  app.add_option("--seed", raw.seed,
+                 "Random seed (initialisation, shuffling, augmentation, "
+                 "dropout); run i of --runs uses seed S+i")
+      ->type_name("S")
+      ->default_str("0");
+  app.add_option("--train-limit", raw.trainLimit,
+                 "Use only the first N training images")
+      ->type_name("N")
+      ->default_str("all");
+  app.add_option("--test-limit", raw.testLimit,
+                 "Use only the first N test images")
+      ->type_name("N")
+      ->default_str("all");
+  app.add_option("--runs", raw.runs,
+                 "Train N times (seeds S .. S+N-1) and report the "
+                 "distribution of the final test accuracy")
+      ->type_name("N")
+      ->default_str("1");
+  app.add_option("--target-acc", raw.targetAcc,
+                 "Report which runs reach this test accuracy (a fraction, "
+                 "e.g. 0.94) and when")
+      ->type_name("A");
+  app.add_option("--metrics", o.metricsPath,
+                 "Write one JSON object per epoch (JSON lines) to FILE")
+      ->type_name("FILE");
+  app.add_option("--tsv", o.tsvPath,
+                 "Write DAWNBench-style TSV (epoch, hours, top1Accuracy) to "
+                 "FILE")
+      ->type_name("FILE");
+  app.add_option("--threads", raw.threads,
+                 "CPU threads; 0 = all cores (or OMP_NUM_THREADS)")
+      ->type_name("N")
+      ->default_str("0");
+  app.add_flag("--quiet", o.quiet,
+               "Print only the final summary (and errors)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp &) {
+    out << app.help();
+    return 0;
+  } catch (const CLI::ParseError &e) {
+    err << name << ": error: " << e.what() << "\n"
+        << "Run '" << name << " --help' for the flags.\n";
+    return 1;
+  }
+  o.flip = flagFlip;
+  if (noCrop)
+    o.cropPad = 0;
+  try {
+    validate(p, app, raw, o);
+  } catch (const UsageError &e) {
+    err << name << ": error: " << e.what() << "\n";
+    return 1;
+  }
+  return -1;
+}
+
+} // namespace fcc::trainer

@@ -1,0 +1,60 @@
+//===- Options.h - Command line of a generated trainer --------------------===//
+//
+// The flags of a trainer (CLI11). Their defaults come from the recipe that
+// was compiled into the program (fcc_program::defaults) and are printed by
+// --help. Every value is validated here; a bad one is a UsageError whose
+// message starts with the flag ("--ema: must be in [0, 1) (got 1.5)").
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_TRAINER_OPTIONS_H
+#define FCC_TRAINER_OPTIONS_H
+
+#include "Schedule.h"
+
+#include "fcc/runtime/program.h"
+
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace fcc::trainer {
+
+class UsageError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  std::string data;
+  int epochs = 1;
+  std::string lrKnots;
+  LrSchedule lr;
+  float momentum = 0, weightDecay = 0, labelSmoothing = 0;
+  bool nesterov = false;
+  float ema = 0;  // per-step decay; 0 = off
+  int emaEvery = 1;
+  bool tta = false;
+  int cutout = 0;
+  bool flip = false;
+  int cropPad = 0;
+  uint64_t seed = 0;
+  int64_t trainLimit = -1, testLimit = -1; // -1 = all images
+  int runs = 1;
+  std::optional<double> targetAcc;
+  std::string metricsPath, tsvPath;
+  int threads = 0; // 0 = the default (all cores / OMP_NUM_THREADS)
+  bool quiet = false;
+};
+
+// Parses argv. Returns -1 when training should go on, otherwise the exit
+// code to return (0 after --help, 1 after an error, which has been printed
+// to `err` as "NAME: error: ..."). `name` is the trainer's name for messages.
+int parseOptions(const fcc_program &program, const std::string &name,
+                 int argc, char **argv, Options &options, std::ostream &out,
+                 std::ostream &err);
+
+} // namespace fcc::trainer
+
+#endif // FCC_TRAINER_OPTIONS_H

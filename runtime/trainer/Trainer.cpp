@@ -1,0 +1,469 @@
+//===- Trainer.cpp - The training driver of generated trainers ------------===//
+//
+// Implements Trainer.h: the loop around a compiled fcc_program.
+//
+//  settings -> data (validated, limited, statistics of the training images)
+//  -> backend + program setup -> for each run: initialise the parameters
+//  (compiled initial values, or PyTorch's defaults seeded by the run's seed),
+//  zero the momentum, copy the EMA; for each epoch: Philox shuffle, full
+//  batches only (drop_last, like cifar10-fast), lr from --lr-knots at the
+//  fractional epoch of the step, EMA every k steps; then evaluate on the whole
+//  test set (the last batch padded with ignored rows) with the EMA weights
+//  when --ema is on, print a table row and write --metrics / --tsv.
+//
+//===----------------------------------------------------------------------===//
+#include "Trainer.h"
+
+#include "Augment.h"
+#include "Backend.h"
+#include "Data.h"
+#include "Metrics.h"
+#include "Options.h"
+
+#include "fcc/runtime/cpu_kernels.h"
+#include "fcc/runtime/init.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fcc::trainer {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string baseName(const char *path) {
+  std::string s = path ? path : "trainer";
+  size_t slash = s.find_last_of('/');
+  return slash == std::string::npos ? s : s.substr(slash + 1);
+}
+
+// Shortest text that reads back as the same float (0.9f -> "0.9").
+std::string shortest(float v) {
+  char buf[32];
+  for (int precision = 1; precision <= 9; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
+    if (std::strtof(buf, nullptr) == v)
+      break;
+  }
+  return buf;
+}
+
+std::string fmt(const char *format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), format, v);
+  return buf;
+}
+
+// The persistent state of one training run, in target memory.
+struct State {
+  std::vector<float *> params, momentum, ema;
+};
+
+class Driver {
+public:
+  Driver(const fcc_program &p, std::string name, std::ostream &out,
+         std::ostream &err, bool progress)
+      : p_(p), name_(std::move(name)), out_(out), err_(err),
+        progress_(progress) {}
+
+  int main(int argc, char **argv);
+
+private:
+  int fail(int code, const std::string &message) {
+    err_ << name_ << ": error: " << message << "\n";
+    return code;
+  }
+  void say(const std::string &line) {
+    if (!o_.quiet)
+      out_ << line << "\n" << std::flush;
+  }
+  int checkProgram();
+  int loadData();
+  void printSettings();
+  void allocateState();
+  int initialiseRun(uint64_t seed);
+  // Returns kExitOk or kExitDiverged; fills `summary`.
+  int trainRun(int run, uint64_t seed, RunSummary &summary);
+  void evaluate(float *const *params, double &loss, double &acc);
+
+  const fcc_program &p_;
+  std::string name_;
+  std::ostream &out_, &err_;
+  bool progress_;
+  Options o_;
+  Dataset data_;
+  Normalisation norm_;
+  std::unique_ptr<Backend> backend_;
+  State state_;
+  AugmentConfig augment_;
+  JsonLinesWriter json_;
+  TsvWriter tsv_;
+};
+
+int Driver::checkProgram() {
+  if (p_.abi_version != FCC_PROGRAM_ABI_VERSION)
+    return fail(kExitUsage,
+                "the compiled program has ABI version " +
+                    std::to_string(p_.abi_version) +
+                    " but this trainer library expects " +
+                    std::to_string(FCC_PROGRAM_ABI_VERSION) +
+                    "; recompile with a matching fcc");
+  if (p_.batch < 1 || p_.classes < 1 || p_.channels < 1 || p_.height < 1 ||
+      p_.width < 1 || !p_.train_step || !p_.eval_step || !p_.ema_update ||
+      !p_.setup)
+    return fail(kExitUsage, "the compiled program is incomplete (batch, "
+                            "shape or entry points missing)");
+  return kExitOk;
+}
+
+int Driver::loadData() {
+  try {
+    data_ = loadDataset(o_.data);
+    checkImageShape(data_, p_.channels, p_.height, p_.width);
+  } catch (const DataError &e) {
+    return fail(kExitUsage, e.what());
+  }
+  if (o_.trainLimit > 0)
+    data_.train.truncate(o_.trainLimit);
+  if (o_.testLimit > 0)
+    data_.test.truncate(o_.testLimit);
+  for (const ImageSet *set : {&data_.train, &data_.test})
+    for (int32_t label : set->labels)
+      if (label >= p_.classes)
+        return fail(kExitUsage,
+                    o_.data + ": label " + std::to_string(label) +
+                        " does not fit the model's " +
+                        std::to_string(p_.classes) + " classes");
+  if (data_.train.count < p_.batch)
+    return fail(kExitUsage,
+                o_.data + ": " + std::to_string(data_.train.count) +
+                    " training images" +
+                    (o_.trainLimit > 0 ? " (after --train-limit)" : "") +
+                    " do not fill one batch of " + std::to_string(p_.batch) +
+                    " (the batch size is fixed at compile time: fcc compile "
+                    "--batch)");
+  if (data_.test.count < 1)
+    return fail(kExitUsage, o_.data + ": no test images");
+  norm_ = channelStatistics(data_.train);
+  return kExitOk;
+}
+
+void Driver::printSettings() {
+  int64_t stepsPerEpoch = data_.train.count / p_.batch;
+  say("model     " + std::string(p_.model ? p_.model : "?") + "  (" +
+      std::to_string(p_.num_params) + " parameter tensors, " +
+      std::to_string(p_.classes) + " classes)");
+  say("target    " + std::string(p_.target ? p_.target : "?") + " on " +
+      backend_->describe() + ", batch " + std::to_string(p_.batch) +
+      ", scratch arena " + fmt("%.1f MB", double(p_.arena_bytes) / 1e6));
+  say("recipe    " + std::string(p_.defaults.name ? p_.defaults.name : "?") +
+      ": epochs " + std::to_string(o_.epochs) + ", lr-knots " +
+      o_.lr.toString() + ", momentum " + shortest(o_.momentum) +
+      (o_.nesterov ? " (nesterov)" : "") + ", wd " +
+      shortest(o_.weightDecay) + ", label-smoothing " +
+      shortest(o_.labelSmoothing) + ", ema " +
+      (o_.ema > 0 ? shortest(o_.ema) + " every " +
+                        std::to_string(o_.emaEvery)
+                  : std::string("off")) +
+      ", tta " + (o_.tta ? "on" : "off"));
+  say("augment   " +
+      (augment_.pad ? "reflect-pad " + std::to_string(augment_.pad) +
+                          " + random crop"
+                    : std::string("no crop")) +
+      (augment_.flip ? ", random flip" : ", no flip") +
+      (augment_.cutout ? ", cutout " + std::to_string(augment_.cutout)
+                       : std::string(", no cutout")));
+  say("data      " + data_.dir + " (" + data_.format + "): " +
+      std::to_string(data_.train.count) + " train images (" +
+      std::to_string(stepsPerEpoch) + " steps/epoch, " +
+      std::to_string(data_.train.count - stepsPerEpoch * p_.batch) +
+      " left over per epoch), " + std::to_string(data_.test.count) +
+      " test images");
+  std::string seeds = std::to_string(o_.seed);
+  if (o_.runs > 1)
+    seeds += ".." + std::to_string(o_.seed + uint64_t(o_.runs) - 1) + " (" +
+             std::to_string(o_.runs) + " runs)";
+  say("seed      " + seeds);
+}
+
+void Driver::allocateState() {
+  int n = p_.num_params;
+  state_.params.assign(size_t(n), nullptr);
+  state_.momentum.assign(size_t(n), nullptr);
+  state_.ema.assign(size_t(n), nullptr);
+  for (int i = 0; i < n; ++i) {
+    const fcc_param_info &info = p_.params[i];
+    state_.params[size_t(i)] = backend_->allocate(info.numel);
+    if (info.trainable)
+      state_.momentum[size_t(i)] = backend_->allocate(info.numel);
+    if (o_.ema > 0)
+      state_.ema[size_t(i)] = backend_->allocate(info.numel);
+  }
+}
+
+int Driver::initialiseRun(uint64_t seed) {
+  std::vector<float> host;
+  for (int i = 0; i < p_.num_params; ++i) {
+    const fcc_param_info &info = p_.params[i];
+    float *dst = state_.params[size_t(i)];
+    if (info.init) {
+      backend_->upload(dst, info.init, info.numel);
+    } else {
+      host.assign(size_t(info.numel), 0.0f);
+      if (fcc_param_init(info.role, info.name, info.numel, info.fan_in, seed,
+                         host.data()) != 0)
+        return fail(kExitUsage, std::string("cannot initialise parameter '") +
+                                    info.name + "' (role " +
+                                    std::to_string(info.role) + ", fan-in " +
+                                    std::to_string(info.fan_in) + ")");
+      backend_->upload(dst, host.data(), info.numel);
+    }
+    if (state_.momentum[size_t(i)])
+      backend_->fillZero(state_.momentum[size_t(i)], info.numel);
+    if (state_.ema[size_t(i)])
+      backend_->copy(state_.ema[size_t(i)], dst, info.numel);
+  }
+  return kExitOk;
+}
+
+void Driver::evaluate(float *const *params, double &loss, double &acc) {
+  const int64_t batch = p_.batch, count = data_.test.count;
+  std::vector<int64_t> indices(static_cast<size_t>(batch));
+  double metrics[FCC_NUM_METRICS] = {}, sums[FCC_NUM_METRICS] = {};
+  backend_->takeMetrics(metrics); // start from zero
+  for (int64_t first = 0; first < count; first += batch) {
+    int64_t valid = std::min(batch, count - first);
+    for (int64_t i = 0; i < batch; ++i)
+      indices[size_t(i)] = first + std::min(i, valid - 1);
+    backend_->loadTestBatch(indices.data(), batch, valid);
+    p_.eval_step(params, backend_->batchImages(), backend_->batchLabels(),
+                 o_.labelSmoothing, o_.tta ? 1 : 0, backend_->metrics());
+    if (backend_->cheapMetrics()) {
+      backend_->takeMetrics(metrics);
+      for (int k = 0; k < FCC_NUM_METRICS; ++k)
+        sums[k] += metrics[k];
+    }
+  }
+  if (!backend_->cheapMetrics()) {
+    backend_->takeMetrics(metrics);
+    for (int k = 0; k < FCC_NUM_METRICS; ++k)
+      sums[k] += metrics[k];
+  }
+  loss = sums[FCC_METRIC_LOSS_SUM] / double(count);
+  acc = sums[FCC_METRIC_CORRECT] / double(count);
+}
+
+int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
+  const int64_t batch = p_.batch;
+  const int64_t stepsPerEpoch = data_.train.count / batch;
+  const bool cheap = backend_->cheapMetrics();
+  std::vector<ExampleAugment> draws(static_cast<size_t>(batch));
+  float *const *params = state_.params.data();
+  float *const *momentum = state_.momentum.data();
+  float *const *evalParams =
+      o_.ema > 0 ? state_.ema.data() : state_.params.data();
+  const float emaDecay =
+      o_.ema > 0 ? float(std::pow(double(o_.ema), double(o_.emaEvery))) : 0;
+
+  summary = RunSummary();
+  summary.run = run;
+  summary.seed = seed;
+  if (o_.runs > 1)
+    say("run " + std::to_string(run) + " of " + std::to_string(o_.runs) +
+        " (seed " + std::to_string(seed) + ")");
+  say(tableHeader());
+  ProgressBar bar(out_, progress_ && !o_.quiet);
+
+  fcc_hyper hyper{};
+  hyper.momentum = o_.momentum;
+  hyper.weight_decay = o_.weightDecay;
+  hyper.nesterov = o_.nesterov ? 1.0f : 0.0f;
+  hyper.label_smoothing = o_.labelSmoothing;
+  hyper.loss_scale = 1.0f;
+
+  double totalTime = 0;
+  int64_t step = 0;
+  for (int epoch = 1; epoch <= o_.epochs; ++epoch) {
+    Clock::time_point start = Clock::now();
+    std::vector<int64_t> order =
+        epochOrder(data_.train.count, Shard{}, seed, epoch - 1);
+    double sums[FCC_NUM_METRICS] = {}, metrics[FCC_NUM_METRICS] = {};
+    backend_->takeMetrics(metrics); // start from zero
+    for (int64_t s = 0; s < stepsPerEpoch; ++s, ++step) {
+      const int64_t *indices = order.data() + s * batch;
+      for (int64_t i = 0; i < batch; ++i)
+        draws[size_t(i)] =
+            drawAugmentation(augment_, p_.height, p_.width, seed, epoch - 1,
+                             indices[i]);
+      backend_->loadTrainBatch(indices, draws.data(), augment_, batch);
+      hyper.lr = float(o_.lr.atStep(step, stepsPerEpoch));
+      hyper.seed = stepSeed(seed, step);
+      p_.train_step(params, momentum, backend_->batchImages(),
+                    backend_->batchLabels(), &hyper, backend_->metrics());
+      if (o_.ema > 0 && (step + 1) % o_.emaEvery == 0)
+        p_.ema_update(state_.ema.data(), params, emaDecay);
+      if (cheap) {
+        backend_->takeMetrics(metrics);
+        for (int k = 0; k < FCC_NUM_METRICS; ++k)
+          sums[k] += metrics[k];
+        if (!std::isfinite(metrics[FCC_METRIC_LOSS_SUM])) {
+          bar.clear();
+          return fail(kExitDiverged,
+                      "training diverged: the loss of step " +
+                          std::to_string(step) + " (epoch " +
+                          std::to_string(epoch) + ", lr " +
+                          formatShortest(hyper.lr) +
+                          ") is not finite; lower the learning rate "
+                          "(--lr-knots)");
+        }
+        double seen = double((s + 1) * batch);
+        bar.update(epoch, o_.epochs, s + 1, stepsPerEpoch,
+                   sums[FCC_METRIC_LOSS_SUM] / seen,
+                   seen / std::max(secondsSince(start), 1e-9));
+      }
+    }
+    if (!cheap) {
+      backend_->takeMetrics(metrics);
+      for (int k = 0; k < FCC_NUM_METRICS; ++k)
+        sums[k] += metrics[k];
+    }
+    backend_->synchronize();
+    double epochTime = secondsSince(start);
+    totalTime += epochTime;
+    bar.clear();
+
+    EpochRecord r;
+    r.run = run;
+    r.seed = seed;
+    r.epoch = epoch;
+    r.lr = o_.lr.atStep(step, stepsPerEpoch);
+    double trained = double(stepsPerEpoch * batch);
+    r.trainLoss = sums[FCC_METRIC_LOSS_SUM] / trained;
+    r.trainAcc = sums[FCC_METRIC_CORRECT] / trained;
+    r.skippedSteps = int64_t(sums[FCC_METRIC_SKIPPED]);
+    r.steps = stepsPerEpoch;
+    r.trainImages = stepsPerEpoch * batch;
+    r.testImages = data_.test.count;
+    r.epochTime = epochTime;
+    r.totalTime = totalTime;
+    if (!std::isfinite(r.trainLoss))
+      return fail(kExitDiverged,
+                  "training diverged in epoch " + std::to_string(epoch) +
+                      ": the training loss is not finite; lower the "
+                      "learning rate (--lr-knots)");
+    Clock::time_point evalStart = Clock::now();
+    evaluate(evalParams, r.testLoss, r.testAcc);
+    r.evalTime = secondsSince(evalStart);
+
+    say(tableRow(r));
+    json_.add(r);
+    tsv_.add(r);
+    summary.epochs = epoch;
+    summary.testAcc = r.testAcc;
+    summary.testLoss = r.testLoss;
+    summary.trainTime = totalTime;
+    summary.trainImages += r.trainImages;
+    if (o_.targetAcc && summary.targetEpoch == 0 &&
+        r.testAcc >= *o_.targetAcc) {
+      summary.targetEpoch = epoch;
+      summary.targetTime = totalTime;
+    }
+  }
+  out_ << runSummaryLine(summary, o_.targetAcc) << "\n" << std::flush;
+  return kExitOk;
+}
+
+int Driver::main(int argc, char **argv) {
+  int rc = parseOptions(p_, name_, argc, argv, o_, out_, err_);
+  if (rc >= 0)
+    return rc;
+  if ((rc = checkProgram()) != kExitOk)
+    return rc;
+  if (o_.threads > 0)
+    fcc_cpu_set_num_threads(o_.threads);
+  std::string target = p_.target ? p_.target : "";
+  backend_ = makeBackend(target);
+  if (!backend_)
+    return fail(kExitNoDevice, "this trainer has no backend for target '" +
+                                   target + "' (built without it)");
+  if ((rc = loadData()) != kExitOk)
+    return rc;
+  augment_.pad = o_.cropPad;
+  augment_.flip = o_.flip;
+  augment_.cutout = o_.cutout;
+  printSettings();
+  if (!o_.metricsPath.empty() && !json_.open(o_.metricsPath))
+    return fail(kExitUsage, "--metrics: cannot write '" + o_.metricsPath + "'");
+  if (!o_.tsvPath.empty() && !tsv_.open(o_.tsvPath, o_.runs > 1))
+    return fail(kExitUsage, "--tsv: cannot write '" + o_.tsvPath + "'");
+
+  if (p_.setup() != 0) {
+    std::string why = p_.last_error ? p_.last_error() : "unknown error";
+    return fail(target == "cpu" ? kExitUsage : kExitNoDevice,
+                "setting up the program failed: " + why);
+  }
+  struct Teardown {
+    const fcc_program &p;
+    ~Teardown() {
+      if (p.teardown)
+        p.teardown();
+    }
+  } teardown{p_};
+
+  backend_->setData(data_.train, data_.test, norm_, p_.batch);
+  allocateState();
+  std::vector<RunSummary> summaries;
+  for (int run = 1; run <= o_.runs; ++run) {
+    uint64_t seed = o_.seed + uint64_t(run - 1);
+    if ((rc = initialiseRun(seed)) != kExitOk)
+      return rc;
+    RunSummary summary;
+    if ((rc = trainRun(run, seed, summary)) != kExitOk)
+      return rc;
+    summaries.push_back(summary);
+  }
+  if (o_.runs > 1)
+    out_ << distributionSummary(summaries, o_.targetAcc) << "\n";
+  return kExitOk;
+}
+
+} // namespace
+
+int run(const fcc_program *program, int argc, char **argv, std::ostream &out,
+        std::ostream &err, bool progress) {
+  std::string name = baseName(argc > 0 ? argv[0] : nullptr);
+  if (!program) {
+    err << name << ": error: no compiled program\n";
+    return kExitUsage;
+  }
+  try {
+    Driver driver(*program, name, out, err, progress);
+    return driver.main(argc, argv);
+  } catch (const std::bad_alloc &) {
+    err << name << ": error: out of memory\n";
+    return kExitUsage;
+  } catch (const std::exception &e) {
+    err << name << ": error: " << e.what() << "\n";
+    return kExitUsage;
+  }
+}
+
+int run(const fcc_program *program, int argc, char **argv) {
+  return run(program, argc, argv, std::cout, std::cerr,
+             isatty(STDOUT_FILENO) != 0);
+}
+
+} // namespace fcc::trainer
