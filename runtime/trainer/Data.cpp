@@ -191,7 +191,12 @@ ImageSet parseIdxImages(const std::string &name,
                     " images of " + std::to_string(rows) + "x" +
                     std::to_string(cols) + " pixels; expected no empty "
                     "dimension");
-  int64_t expected = 16 + n * rows * cols;
+  if (rows > 4096 || cols > 4096)
+    throw DataError(name + ": header says images of " + std::to_string(rows) +
+                    "x" + std::to_string(cols) +
+                    " pixels; more than 4096 per side is not an image set "
+                    "fcc trains on");
+  int64_t expected = 16 + n * rows * cols; // < 2^32 * 2^24: no overflow
   if (int64_t(bytes.size()) != expected)
     throw DataError(name + ": header says " + std::to_string(n) +
                     " images of " + std::to_string(rows) + "x" +

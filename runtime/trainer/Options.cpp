@@ -74,7 +74,7 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
   if (given("--epochs")) {
     int64_t v = toInteger("--epochs", raw.epochs);
     if (v < 1 || v > 1000000)
-      throw UsageError("--epochs: must be at least 1 (got " + raw.epochs +
+      throw UsageError("--epochs: must be between 1 and 1000000 (got " + raw.epochs +
                        ")");
     o.epochs = int(v);
   }
@@ -108,7 +108,7 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
   if (given("--ema-every")) {
     int64_t v = toInteger("--ema-every", raw.emaEvery);
     if (v < 1 || v > 1000000)
-      throw UsageError("--ema-every: must be at least 1 (got " +
+      throw UsageError("--ema-every: must be between 1 and 1000000 (got " +
                        raw.emaEvery + ")");
     o.emaEvery = int(v);
   }
@@ -145,7 +145,7 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
   if (given("--runs")) {
     int64_t v = toInteger("--runs", raw.runs);
     if (v < 1 || v > 100000)
-      throw UsageError("--runs: must be at least 1 (got " + raw.runs + ")");
+      throw UsageError("--runs: must be between 1 and 100000 (got " + raw.runs + ")");
     o.runs = int(v);
   }
   if (given("--target-acc")) {
