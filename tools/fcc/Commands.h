@@ -40,6 +40,7 @@ struct RunOptions {
   int64_t printLimit = 16;
   std::string stage = "fcc";
   std::string function;
+  double biasLrMult = 1.0, biasWdMult = 1.0;
 };
 
 CLI::App *addCompileCommand(CLI::App &app, CompileOptions &opts);

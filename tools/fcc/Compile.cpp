@@ -98,6 +98,7 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
               "Print initial weights in full when writing IR to stdout "
               "(otherwise large values are elided there)");
   c->add_flag("-v,--verbose", o.verbose, "Show the C++ compiler command");
+  c->add_flag("-q,--quiet", o.quiet, "No progress line while building");
   return c;
 }
 

@@ -51,6 +51,14 @@ CLI::App *fcc::addRunCommand(CLI::App &app, RunOptions &o) {
                 "Function to evaluate (default: forward, or train_step at "
                 "--stage training; also eval_step, eval_step_tta, "
                 "ema_update, loss_and_grads)");
+  c->add_option("--bias-lr-mult", o.biasLrMult,
+                "At --stage training: learning-rate multiplier of biases and "
+                "BatchNorm parameters")
+      ->check(CLI::PositiveNumber);
+  c->add_option("--bias-wd-mult", o.biasWdMult,
+                "At --stage training: weight-decay multiplier of biases and "
+                "BatchNorm parameters")
+      ->check(CLI::NonNegativeNumber);
   c->add_option("--output-dir", o.outputDir,
                 "Write each output as DIR/output_K.pb");
   c->add_option("--print-limit", o.printLimit,
@@ -147,6 +155,8 @@ int fcc::runRun(const RunOptions &o) {
   PipelineOptions pipeline;
   pipeline.stage = o.stage == "training" ? Stage::Training : Stage::Import;
   pipeline.gradFunction = true;
+  pipeline.biasLrMult = o.biasLrMult;
+  pipeline.biasWdMult = o.biasWdMult;
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");
