@@ -8,7 +8,7 @@ import lit.formats
 config.name = "fcc"
 config.test_format = lit.formats.ShTest(execute_external=True)
 config.suffixes = [".mlir", ".onnxtxt", ".test"]
-config.excludes = ["Inputs", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
+config.excludes = ["Inputs", "check_metrics.py", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.fcc_binary_dir, "tests", "lit")
 
@@ -18,3 +18,4 @@ path = os.pathsep.join([config.fcc_tools_dir, config.llvm_tools_dir,
 config.environment["PATH"] = path
 config.substitutions.append(("%models", config.fcc_models_dir))
 config.substitutions.append(("%python", config.python_executable))
+config.substitutions.append(("%data", os.path.join(os.path.dirname(config.fcc_models_dir), "tests", "data")))
