@@ -133,12 +133,15 @@ LogicalResult planFunction(func::FuncOp func, bool inPlace) {
               it->second->end, index[info->getEndOperation(r, &op)]);
       }
 
-  // Two tensors may share bytes unless both are alive at some op; a tensor
+  // Two tensors may share bytes unless both are alive at some op. A tensor
   // that dies as the operand of an in-place-capable op may hand its bytes to
-  // that op's result.
-  auto conflict = [&](const Interval &a, const Interval &b) {
+  // that op's result, but only all of them: the result must then sit at
+  // exactly the operand's offset (an elementwise kernel that writes element
+  // i over a shifted copy of its input would clobber inputs not yet read).
+  enum class Relation { Disjoint, InPlace, Conflict };
+  auto relation = [&](const Interval &a, const Interval &b) {
     if (a.end < b.start || b.end < a.start)
-      return false;
+      return Relation::Disjoint;
     for (auto [x, y] : {std::pair{&a, &b}, std::pair{&b, &a}})
       if (inPlace && x->end == y->start) {
         Operation *op = y->value.getDefiningOp();
@@ -146,9 +149,12 @@ LogicalResult planFunction(func::FuncOp func, bool inPlace) {
           if (viewRoot(use.get()) == x->value &&
               canWriteInPlace(op, use.getOperandNumber()) &&
               x->value.getType() == y->value.getType())
-            return false;
+            return Relation::InPlace;
       }
-    return true;
+    return Relation::Conflict;
+  };
+  auto overlaps = [](int64_t offset, int64_t bytes, const Interval *p) {
+    return offset < p->offset + p->bytes && p->offset < offset + bytes;
   };
 
   std::vector<Interval *> order;
@@ -160,17 +166,39 @@ LogicalResult planFunction(func::FuncOp func, bool inPlace) {
   std::vector<Interval *> placed;
   int64_t arena = 0;
   for (Interval *iv : order) {
-    std::vector<Interval *> clash;
-    for (Interval *p : placed)
-      if (conflict(*iv, *p))
+    std::vector<Interval *> clash, partners;
+    for (Interval *p : placed) {
+      Relation r = relation(*iv, *p);
+      if (r == Relation::Conflict)
         clash.push_back(p);
-    std::sort(clash.begin(), clash.end(),
-              [](Interval *a, Interval *b) { return a->offset < b->offset; });
-    int64_t offset = 0;
-    for (Interval *c : clash) {
-      if (offset + iv->bytes <= c->offset)
+      else if (r == Relation::InPlace)
+        partners.push_back(p);
+    }
+    // First choice: exactly over an in-place partner.
+    int64_t offset = -1;
+    for (Interval *partner : partners) {
+      int64_t at = partner->offset;
+      bool fits = llvm::none_of(clash, [&](Interval *c) {
+        return overlaps(at, iv->bytes, c);
+      }) && llvm::all_of(partners, [&](Interval *q) {
+        return q->offset == at || !overlaps(at, iv->bytes, q);
+      });
+      if (fits) {
+        offset = at;
         break;
-      offset = std::max(offset, c->offset + c->bytes);
+      }
+    }
+    if (offset < 0) {
+      // Lowest offset free of every tensor alive at the same time.
+      clash.insert(clash.end(), partners.begin(), partners.end());
+      std::sort(clash.begin(), clash.end(),
+                [](Interval *a, Interval *b) { return a->offset < b->offset; });
+      offset = 0;
+      for (Interval *c : clash) {
+        if (offset + iv->bytes <= c->offset)
+          break;
+        offset = std::max(offset, c->offset + c->bytes);
+      }
     }
     iv->offset = offset;
     arena = std::max(arena, offset + iv->bytes);
