@@ -9,14 +9,18 @@
 // results written back into an argument (fcc.updates) take no arena space.
 
 // %a (1 KiB) is live until %b reads it. %b (512 B) must not overlap it, so it
-// goes at 1024. When %c is computed %a is dead: %c reuses offset 0. The
-// reshape is a view of %c and the last result goes straight to the argument
-// it updates.
+// goes at 1024. %b dies at %c, an elementwise op: %c is written over it
+// (in place, exactly at %b's offset). Without in-place updates %c takes the
+// lowest free offset instead: %a is dead by then, so 0. The reshape is a view
+// of %c and the last result goes straight to the argument it updates.
 // CHECK-LABEL: func.func @reuse
 // CHECK-SAME: fcc.arena_bytes = 1536
 // CHECK:      fcc.relu %arg0 {fcc.offsets = array<i64: 0>}
 // CHECK-NEXT: fcc.linear {{.*}} {fcc.offsets = array<i64: 1024>}
-// CHECK-NEXT: fcc.relu {{.*}} {fcc.offsets = array<i64: 0>}
+// CHECK-NEXT: fcc.relu {{.*}} {fcc.offsets = array<i64: 1024>}
+// NOINPLACE-LABEL: func.func @reuse
+// NOINPLACE:      fcc.linear {{.*}} {fcc.offsets = array<i64: 1024>}
+// NOINPLACE-NEXT: fcc.relu {{.*}} {fcc.offsets = array<i64: 0>}
 // CHECK-NEXT: fcc.reshape {{.*}} {fcc.offsets = array<i64: -1>}
 // CHECK-NEXT: fcc.relu {{.*}} {fcc.offsets = array<i64: -1>}
 func.func @reuse(%x: tensor<4x64xf32>, %w: tensor<32x64xf32>, %out: tensor<128xf32>) -> (tensor<128xf32> {fcc.updates = 2 : i64}) {
