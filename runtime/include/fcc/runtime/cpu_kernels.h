@@ -115,6 +115,64 @@ void fcc_cpu_batch_norm_backward(const float *x, const float *dy,
                                  int64_t c, int64_t hw, float *dx,
                                  float *dscale, float *dshift);
 
+/*--- Fused BatchNorm + activation (+ max pool) (+ residual) -- fused.cpp ----*/
+
+/* Activations of the fused kernels (fcc.bn_act's `activation`). */
+enum { FCC_ACT_NONE = 0, FCC_ACT_RELU = 1, FCC_ACT_CELU = 2 };
+
+/* y = [max_pool(] act(batch_norm(x)) [)] [+ residual], with the numerics of
+ * the unfused kernels (fcc_cpu_batch_norm_*, fcc_cpu_relu/celu_forward,
+ * fcc_cpu_max_pool2d_forward, fcc_cpu_binary). The pool, if any, has no
+ * padding, dilation 1 and floor rounding. */
+typedef struct fcc_bn_act_desc {
+  int64_t n, c, h, w;           /* input x, NCHW */
+  int activation;               /* FCC_ACT_* */
+  float alpha;                  /* CELU */
+  float eps;
+  int64_t pool_kh, pool_kw;     /* 0, 0: no pooling */
+  int64_t pool_sh, pool_sw;
+  int64_t oh, ow;               /* output spatial size (filled by finalize) */
+} fcc_bn_act_desc;
+
+/* Checks the descriptor and fills oh/ow. */
+int fcc_bn_act_desc_finalize(fcc_bn_act_desc *d);
+
+/* Training forward: one read of x for the batch statistics (shifted sums in
+ * double), one sweep that normalises, activates, pools and adds the residual
+ * (may be NULL), writing only y [n, c, oh, ow], batch_mean[c] and the biased
+ * batch_var[c]. Running statistics: fcc_cpu_batch_norm_update_running. */
+void fcc_cpu_bn_act_train_forward(const fcc_bn_act_desc *d, const float *x,
+                                  const float *scale, const float *shift,
+                                  const float *residual, float *y,
+                                  float *batch_mean, float *batch_var);
+
+/* Inference forward with the running statistics (residual may be NULL). */
+void fcc_cpu_bn_act_inference(const fcc_bn_act_desc *d, const float *x,
+                              const float *scale, const float *shift,
+                              const float *mean, const float *var,
+                              const float *residual, float *y);
+
+/* Backward of the training forward given dy [n, c, oh, ow] and its batch
+ * statistics: recomputes the normalised and activated values from x, routes
+ * dy to the first maximum of each pooling window, applies the activation's
+ * derivative and the BatchNorm backward. dx [n, c, h, w] is overwritten (it
+ * also serves as scratch); dscale/dshift may be NULL. The residual's
+ * gradient is dy itself. */
+void fcc_cpu_bn_act_backward(const fcc_bn_act_desc *d, const float *x,
+                             const float *dy, const float *scale,
+                             const float *shift, const float *batch_mean,
+                             const float *batch_var, float *dx, float *dscale,
+                             float *dshift);
+
+/* Folds an inference BatchNorm over k channels into the convolution before
+ * it: m = scale / sqrt(var + eps); w_out[k, :] = w[k, :] * m[k] (per_k =
+ * C/G*R*S elements each); b_out[k] = (b[k] - mean[k]) * m[k] + shift[k], with
+ * b = NULL meaning zeros. w_out may alias w, b_out may alias b. */
+void fcc_cpu_fold_bn(const float *w, const float *b, const float *scale,
+                     const float *shift, const float *mean, const float *var,
+                     float eps, int64_t k, int64_t per_k, float *w_out,
+                     float *b_out);
+
 /*--- Activations (elementwise, count elements) -------------------------------*/
 
 void fcc_cpu_relu_forward(const float *x, float *y, int64_t count);
@@ -208,6 +266,27 @@ void fcc_cpu_dropout_mask(uint64_t seed, uint64_t stream, float ratio,
 void fcc_cpu_mul_elementwise(const float *x, const float *mask, float *y,
                              int64_t count);
 
+/*--- Half precision (emulated) and loss scaling ---------------------------*/
+
+/* Element types of fcc_cpu_cast. */
+#define FCC_DTYPE_F32 0
+#define FCC_DTYPE_F16 1
+#define FCC_DTYPE_BF16 2
+
+/* The nearest fp16 / bf16 value of x (round to nearest, ties to even;
+ * overflow to infinity; fp16 subnormals; NaN stays NaN), as a float. The CPU
+ * target keeps half-precision tensors in float buffers holding only such
+ * values: that is exactly 16-bit storage. */
+float fcc_round_f16(float x);
+float fcc_round_bf16(float x);
+/* In place over count floats. */
+void fcc_cpu_round_f16(float *x, int64_t count);
+void fcc_cpu_round_bf16(float *x, int64_t count);
+/* y = x converted to `to` (FCC_DTYPE_*), i.e. rounded for a narrower type. */
+void fcc_cpu_cast(const float *x, float *y, int64_t count, int to);
+/* 1 if every element is finite, else 0. */
+int fcc_cpu_all_finite(const float *x, int64_t count);
+
 /*--- Optimizer, EMA, metrics, test-time augmentation -----------------------*/
 
 /* PyTorch SGD (dampening 0) on `count` elements, in place on param and buf:
@@ -217,6 +296,13 @@ void fcc_cpu_mul_elementwise(const float *x, const float *mask, float *y,
 void fcc_cpu_sgd_update(float *param, const float *grad, float *buf,
                         int64_t count, float lr, float momentum, float wd,
                         int nesterov);
+/* The same with dynamic loss scaling: the gradient is divided by grad_scale
+ * first, and nothing changes when apply == 0 (a step whose gradients
+ * overflowed is skipped). */
+void fcc_cpu_sgd_update_scaled(float *param, const float *grad, float *buf,
+                               int64_t count, float lr, float momentum,
+                               float wd, int nesterov, float grad_scale,
+                               int apply);
 /* ema = decay * ema + (1 - decay) * value, in place. */
 void fcc_cpu_ema_update(float *ema, const float *value, float decay,
                         int64_t count);
