@@ -240,3 +240,28 @@ LogicalResult SoftmaxOp::verify() {
                                 << rank << " input";
   return success();
 }
+
+LogicalResult CastOp::verify() {
+  if (shapeOf(getInput()) != shapeOf(getOutput()))
+    return emitOpError("changes the shape from ")
+           << formatShape(shapeOf(getInput())) << " to "
+           << formatShape(shapeOf(getOutput()))
+           << "; a cast only changes the element type";
+  return success();
+}
+
+/// cast(x : T -> T) = x; cast(cast(x : A -> B) : B -> A) = x when B is at
+/// least as wide as A in range and precision (f16 -> f32 -> f16,
+/// bf16 -> f32 -> bf16): the round trip is exact. Narrowing first is a
+/// rounding and never folds.
+OpFoldResult CastOp::fold(FoldAdaptor) {
+  Type in = elementTypeOf(getInput()), out = elementTypeOf(getOutput());
+  if (in == out)
+    return getInput();
+  if (auto inner = getInput().getDefiningOp<CastOp>()) {
+    Type original = elementTypeOf(inner.getInput());
+    if (original == out && in.isF32())
+      return inner.getInput();
+  }
+  return {};
+}

@@ -247,6 +247,28 @@ def Fcc_SoftmaxOp : Fcc_Op<"softmax", [Pure, SameOperandsAndResultType]> {
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Precision
+//===----------------------------------------------------------------------===//
+
+def Fcc_CastOp : Fcc_Op<"cast", [Pure]> {
+  let summary = "Converts a tensor to another float type (same shape)";
+  let description = [{
+    Round to nearest, ties to even, when the result type is narrower (f32 ->
+    f16/bf16, f16 <-> bf16); exact when it is wider. fcc-insert-half makes
+    every change of precision an explicit cast. Folds away when the types
+    are equal and when a value is widened and narrowed back
+    (`cast(cast(x : f16 -> f32) : f32 -> f16) == x`); a narrowing followed by
+    a widening is a real rounding and stays.
+  }];
+  let arguments = (ins Fcc_FloatTensor:$input);
+  let results = (outs Fcc_FloatTensor:$output);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($output)";
+  let hasVerifier = 1;
+  let hasFolder = 1;
+}
+
 include "ir/FccTrainingOps.td"
+include "ir/FccFusedOps.td"
 
 #endif // FCC_OPS_TD

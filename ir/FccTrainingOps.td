@@ -193,18 +193,22 @@ def Fcc_FlipOp : Fcc_Op<"flip", [Pure, SameOperandsAndResultType]> {
 // Optimizer
 //===----------------------------------------------------------------------===//
 
-def Fcc_SgdUpdateOp : Fcc_Op<"sgd_update", [Pure,
+def Fcc_SgdUpdateOp : Fcc_Op<"sgd_update", [Pure, AttrSizedOperandSegments,
     AllTypesMatch<["param", "grad", "momentum_buffer", "new_param",
                    "new_momentum_buffer"]>]> {
   let summary = "SGD with momentum (optionally Nesterov) and L2 weight decay";
   let description = [{
     PyTorch's SGD (dampening 0), with per-group multipliers:
     ```
-    g'   = grad + (weight_decay * wd_mult) * param
+    g'   = grad / grad_scale + (weight_decay * wd_mult) * param
     buf' = momentum * buf + g'
     d    = nesterov != 0 ? g' + momentum * buf' : buf'
     p'   = param - (lr * lr_mult) * d
     ```
+    With dynamic loss scaling (fp16) the optional `grad_scale` operand is the
+    loss scale the gradient carries and the optional `apply` operand (from
+    fcc.grads_finite) is 0 when any gradient of the step overflowed: then
+    the parameter and the buffer stay as they are (the step is skipped).
     Results are the new parameter and the new momentum buffer; code
     generation updates both in place.
   }];
@@ -212,14 +216,30 @@ def Fcc_SgdUpdateOp : Fcc_Op<"sgd_update", [Pure,
                        Fcc_FloatTensor:$momentum_buffer, Fcc_Scalar:$lr,
                        Fcc_Scalar:$momentum, Fcc_Scalar:$weight_decay,
                        Fcc_Scalar:$nesterov,
+                       Optional<Fcc_Scalar>:$grad_scale,
+                       Optional<Fcc_Scalar>:$apply,
                        DefaultValuedAttr<F32Attr, "1.0f">:$lr_mult,
                        DefaultValuedAttr<F32Attr, "1.0f">:$wd_mult);
   let results = (outs Fcc_FloatTensor:$new_param,
                       Fcc_FloatTensor:$new_momentum_buffer);
   let assemblyFormat = [{
     $param `,` $grad `,` $momentum_buffer `,` $lr `,` $momentum `,`
-    $weight_decay `,` $nesterov attr-dict `:` type($param)
+    $weight_decay `,` $nesterov (`scale` $grad_scale^)? (`if` $apply^)?
+    attr-dict `:` type($param)
   }];
+}
+
+def Fcc_GradsFiniteOp : Fcc_Op<"grads_finite", [Pure]> {
+  let summary = "Whether every gradient of a step is finite (loss scaling)";
+  let description = [{
+    `finite` is 1 when no element of any operand is inf or NaN, else 0;
+    `skipped` is 1 - finite (the step's contribution to the skipped-steps
+    metric). Dynamic loss scaling skips the update of a step whose scaled
+    gradients overflowed and lowers the scale.
+  }];
+  let arguments = (ins Variadic<Fcc_FloatTensor>:$grads);
+  let results = (outs Fcc_Scalar:$finite, Fcc_Scalar:$skipped);
+  let assemblyFormat = "$grads attr-dict `:` type($grads)";
 }
 
 def Fcc_EmaUpdateOp : Fcc_Op<"ema_update", [Pure,

@@ -9,8 +9,12 @@ using namespace fcc;
 /// op that consumes a parameter.
 static void collectUses(Value v, llvm::SmallVectorImpl<OpOperand *> &uses) {
   for (OpOperand &use : v.getUses()) {
+    // Through reshapes and precision casts (a half-precision weight is a
+    // cast of its fp32 master copy).
     if (auto r = dyn_cast<ReshapeOp>(use.getOwner()))
       collectUses(r.getOutput(), uses);
+    else if (auto c = dyn_cast<CastOp>(use.getOwner()))
+      collectUses(c.getOutput(), uses);
     else
       uses.push_back(&use);
   }

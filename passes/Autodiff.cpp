@@ -145,6 +145,30 @@ LogicalResult VjpBuilder::emit(Operation *op, ArrayRef<Value> dres,
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case<Conv2DOp>([&](auto o) { return conv(o, dy, need, d); })
       .Case<BatchNormOp>([&](auto o) { return batchNorm(o, dy, need, d); })
+      .Case<BnActOp>([&](BnActOp o) -> LogicalResult {
+        // One fused backward op (it recomputes the normalised and activated
+        // values from the input); the residual's gradient is dy itself.
+        if (!o.getTraining())
+          return o.emitOpError("in inference mode is not differentiable; "
+                               "training programs use training-mode fused "
+                               "batch normalisation");
+        if (need[3] || need[4])
+          return o.emitOpError("running statistics are not differentiable");
+        if (o.getResidual() && need[5])
+          d[5] = dy;
+        if (!need[0] && !need[1] && !need[2])
+          return success();
+        auto g = b.create<BnActGradOp>(
+            loc, o.getInput().getType(), o.getScale().getType(),
+            o.getShift().getType(), o.getInput(), dy, o.getScale(),
+            o.getShift(), o.getBatchMean(), o.getBatchVar(),
+            o.getEpsilonAttr(), o.getActivationAttr(), o.getAlphaAttr(),
+            o.getPoolKernelAttr(), o.getPoolStridesAttr());
+        d[0] = need[0] ? g.getInputGrad() : Value();
+        d[1] = need[1] ? g.getScaleGrad() : Value();
+        d[2] = need[2] ? g.getShiftGrad() : Value();
+        return success();
+      })
       .Case<LinearOp>([&](auto o) { return linear(o, dy, need, d); })
       .Case<MulOp>([&](auto o) { return mul(o, dy, need, d); })
       .Case<ReluOp>([&](ReluOp o) {
@@ -182,6 +206,11 @@ LogicalResult VjpBuilder::emit(Operation *op, ArrayRef<Value> dres,
       })
       .Case<FlipOp>([&](FlipOp o) {
         d[0] = b.create<FlipOp>(loc, dy);
+        return success();
+      })
+      .Case<CastOp>([&](CastOp o) {
+        // The gradient flows back in the operand's precision.
+        d[0] = b.create<CastOp>(loc, o.getInput().getType(), dy);
         return success();
       })
       .Case<DropoutOp>([&](DropoutOp o) -> LogicalResult {

@@ -22,6 +22,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "passes/Autodiff.h"
+#include "passes/FusedBatchNorm.h"
 #include "passes/Passes.h"
 
 #include "ir/FccDialect.h"
@@ -67,10 +68,12 @@ struct Model {
 
 class TrainingBuilder {
 public:
-  TrainingBuilder(ModuleOp module, Model &model, double biasLrMult,
+  TrainingBuilder(ModuleOp module, Model &model, bool lossScaling,
+                  double biasLrMult,
                   double biasWdMult)
       : module(module), m(model), b(module.getContext()),
-        biasLrMult(biasLrMult), biasWdMult(biasWdMult) {}
+        lossScaling(lossScaling), biasLrMult(biasLrMult),
+        biasWdMult(biasWdMult) {}
 
   LogicalResult buildTrainStep();
   LogicalResult buildEvalStep(bool tta);
@@ -97,6 +100,7 @@ private:
   ModuleOp module;
   Model &m;
   OpBuilder b;
+  bool lossScaling;
   double biasLrMult, biasWdMult;
 };
 
@@ -143,6 +147,14 @@ Value TrainingBuilder::cloneForward(IRMapping &map, const CloneMode &mode,
           return bn.emitOpError("statistics results are used inside the "
                                 "model; fcc cannot train such a graph"),
                  Value();
+      continue;
+    }
+    if (auto fused = dyn_cast<BnActOp>(op)) {
+      // Fused BatchNorm (fcc-fuse-batchnorm): cloned like fcc.batch_norm.
+      BnActOp clone = cloneBnActInMode(b, fused, map, mode.training);
+      if (!clone)
+        return Value();
+      record(clone);
       continue;
     }
     if (auto d = dyn_cast<DropoutOp>(op)) {
@@ -232,6 +244,19 @@ LogicalResult TrainingBuilder::buildTrainStep() {
   if (failed(grads))
     return failure();
 
+  // Dynamic loss scaling: the gradients carry the loss scale; a step whose
+  // gradients overflowed is skipped (the trainer then lowers the scale).
+  Value finite, skipped;
+  if (lossScaling) {
+    SmallVector<Value> present;
+    for (Value g : *grads)
+      if (g)
+        present.push_back(g);
+    auto check = b.create<GradsFiniteOp>(loc, scalar, scalar, present);
+    finite = check.getFinite();
+    skipped = check.getSkipped();
+  }
+
   // Optimizer updates, after every use of the old values.
   SmallVector<Value> results;
   SmallVector<DictionaryAttr> resultAttrs;
@@ -252,7 +277,8 @@ LogicalResult TrainingBuilder::buildTrainStep() {
     bool bias = isBiasGroup(pa.getRole());
     auto upd = b.create<SgdUpdateOp>(
         loc, arg(paramArg), g, arg(bufferArg), hyper(0), hyper(1), hyper(2),
-        hyper(3), b.getF32FloatAttr(bias ? biasLrMult : 1.0),
+        hyper(3), lossScaling ? lossScale : Value(), finite,
+        b.getF32FloatAttr(bias ? biasLrMult : 1.0),
         b.getF32FloatAttr(bias ? biasWdMult : 1.0));
     results.push_back(upd.getNewParam());
     resultAttrs.push_back(updates(paramArg));
@@ -268,10 +294,24 @@ LogicalResult TrainingBuilder::buildTrainStep() {
           results.push_back(next);
           resultAttrs.push_back(updates(a.getArgNumber()));
         }
+  // ... and from the fused ones (fcc-fuse-batchnorm).
+  for (Operation *op : forwardOps)
+    if (auto fused = dyn_cast<BnActOp>(op))
+      for (auto [stat, next] :
+           {std::pair{fused.getRunningMean(), fused.getNewRunningMean()},
+            std::pair{fused.getRunningVar(), fused.getNewRunningVar()}})
+        if (auto a = dyn_cast<BlockArgument>(stat)) {
+          results.push_back(next);
+          resultAttrs.push_back(updates(a.getArgNumber()));
+        }
   results.push_back(loss.getLoss());
   resultAttrs.push_back(named(FccDialect::kMetricAttrName, "loss"));
   results.push_back(correct);
   resultAttrs.push_back(named(FccDialect::kMetricAttrName, "correct"));
+  if (skipped) {
+    results.push_back(skipped);
+    resultAttrs.push_back(named(FccDialect::kMetricAttrName, "skipped"));
+  }
   b.create<func::ReturnOp>(loc, results);
 
   // Drop the buffers of parameters that get no gradient, then fix indices.
@@ -495,7 +535,8 @@ struct BuildTrainingPass
     auto model = analyzeModel(module);
     if (failed(model))
       return signalPassFailure();
-    TrainingBuilder builder(module, *model, biasLrMult, biasWdMult);
+    TrainingBuilder builder(module, *model, lossScaling, biasLrMult,
+                            biasWdMult);
     if (failed(builder.buildTrainStep()) || failed(builder.buildEvalStep(false)) ||
         failed(builder.buildEvalStep(true)) || failed(builder.buildEmaUpdate()) ||
         (gradFunction && failed(builder.buildLossAndGrads())))

@@ -17,6 +17,10 @@ namespace fcc {
 
 constexpr llvm::StringLiteral kOffsetsAttrName = "fcc.offsets";
 constexpr llvm::StringLiteral kArenaBytesAttrName = "fcc.arena_bytes";
+/// Bytes per fp16/bf16 element in the plan of a function: 2 on targets with
+/// half-precision storage, 4 on the CPU target, which emulates half
+/// precision in float buffers holding only half-representable values.
+constexpr llvm::StringLiteral kHalfBytesAttrName = "fcc.half_bytes";
 
 enum class ValueKind {
   Argument, // a function argument: a buffer the trainer owns

@@ -22,8 +22,28 @@ def BuildTraining : Pass<"fcc-build-training", "mlir::ModuleOp"> {
            "Also emit @loss_and_grads (loss and raw gradients)">,
     Option<"keepForward", "keep-forward", "bool", "false",
            "Keep the @forward function">,
+    Option<"lossScaling", "loss-scaling", "bool", "false",
+           "Dynamic loss scaling: unscale the gradients in the update, skip "
+           "the step when one is not finite, report skipped steps">,
   ];
   let dependentDialects = ["::fcc::FccDialect", "::mlir::arith::ArithDialect"];
+}
+
+def InsertHalf : Pass<"fcc-insert-half", "mlir::ModuleOp"> {
+  let summary = "Compute convolutions, linears and elementwise ops in half precision";
+  let description = [{
+    Rewrites @forward (before fcc-build-training) so that conv2d, linear,
+    relu/celu, pooling, add, mul, dropout and reshapes compute in fp16 or
+    bf16, with every change of precision an explicit fcc.cast: master weights
+    stay fp32 arguments and are cast where they are used; BatchNorm (its
+    statistics and running statistics), softmax, the logits that feed the
+    loss, and everything else stay fp32. Each value is cast at most once.
+  }];
+  let options = [
+    Option<"precision", "precision", "std::string", "\"fp16\"",
+           "Half type: fp16 or bf16">,
+  ];
+  let dependentDialects = ["::fcc::FccDialect"];
 }
 
 def PlanMemory : Pass<"fcc-plan-memory", "mlir::ModuleOp"> {
@@ -38,6 +58,9 @@ def PlanMemory : Pass<"fcc-plan-memory", "mlir::ModuleOp"> {
   let options = [
     Option<"inPlace", "in-place", "bool", "true",
            "Let elementwise ops overwrite an operand that dies at the op">,
+    Option<"halfBytes", "half-bytes", "int64_t", "4",
+           "Storage bytes of an fp16/bf16 element: 4 for the CPU target "
+           "(emulated half precision in float buffers), 2 for GPUs">,
   ];
 }
 
@@ -50,6 +73,28 @@ def TestVJP : Pass<"fcc-test-vjp", "mlir::ModuleOp"> {
     Used by lit tests and gradient checks of each rule.
   }];
   let dependentDialects = ["::fcc::FccDialect", "::mlir::arith::ArithDialect"];
+}
+
+def FuseBatchNorm : Pass<"fcc-fuse-batchnorm", "mlir::ModuleOp"> {
+  let summary = "Fuse batch_norm -> relu|celu [-> max_pool2d] [-> add] into fcc.bn_act";
+  let description = [{
+    Runs on the forward model before fcc-build-training, which clones each
+    fcc.bn_act in training mode and differentiates it with one
+    fcc.bn_act_grad. Only chains whose intermediate values have no other
+    user are fused. See passes/FuseBatchNorm.cpp.
+  }];
+  let dependentDialects = ["::fcc::FccDialect"];
+}
+
+def FoldBatchNorm : Pass<"fcc-fold-batchnorm", "mlir::ModuleOp"> {
+  let summary = "Fold inference BatchNorms into the preceding convolution";
+  let description = [{
+    conv2d -> batch_norm / bn_act in inference mode (the evaluation steps)
+    becomes fcc.fold_bn (new weights and bias) -> conv2d, followed by the
+    fused op's activation, pooling and residual add as plain ops. See
+    passes/FoldBatchNorm.cpp.
+  }];
+  let dependentDialects = ["::fcc::FccDialect"];
 }
 
 #endif // FCC_PASSES_TD

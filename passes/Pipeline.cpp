@@ -11,11 +11,27 @@ void fcc::buildPipeline(OpPassManager &pm, const PipelineOptions &o) {
   pm.addPass(createCanonicalizerPass());
   if (o.stage == Stage::Import)
     return;
+  // BatchNorm + activation (+ pool, + residual) into fcc.bn_act, before the
+  // training program is derived, so that its backward is fused too.
+  if (o.fuseBatchNorm)
+    pm.addPass(createFuseBatchNorm());
+  // Mixed precision on the forward model; the backward pass inherits it.
+  // After fusion: fcc.bn_act, like batch_norm, computes in fp32 between
+  // casts (a GPU kernel may later read and write half directly).
+  if (o.precision != "fp32") {
+    InsertHalfOptions half;
+    half.precision = o.precision;
+    pm.addPass(createInsertHalf(half));
+  }
   BuildTrainingOptions training;
   training.biasLrMult = o.biasLrMult;
   training.biasWdMult = o.biasWdMult;
   training.gradFunction = o.gradFunction;
+  training.lossScaling = o.precision == "fp16";
   pm.addPass(createBuildTraining(training));
+  // Inference BatchNorms (evaluation steps) into the convolution weights.
+  if (o.fuseBatchNorm)
+    pm.addPass(createFoldBatchNorm());
   // Removes gradients nobody uses (e.g. of frozen parameters) and duplicates.
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
@@ -23,5 +39,6 @@ void fcc::buildPipeline(OpPassManager &pm, const PipelineOptions &o) {
     return;
   PlanMemoryOptions plan;
   plan.inPlace = o.inPlace;
+  plan.halfBytes = o.halfBytes;
   pm.addPass(createPlanMemory(plan));
 }

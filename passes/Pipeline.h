@@ -9,6 +9,8 @@
 
 #include "mlir/Pass/PassManager.h"
 
+#include <string>
+
 namespace fcc {
 
 enum class Stage {
@@ -23,6 +25,9 @@ struct PipelineOptions {
   double biasWdMult = 1.0;
   bool gradFunction = false; // also emit @loss_and_grads
   bool inPlace = true;       // memory planning may overwrite dying operands
+  std::string precision = "fp32"; // fp32, fp16 (loss scaling) or bf16
+  int64_t halfBytes = 4;     // storage of a half element (4: CPU emulation)
+  bool fuseBatchNorm = true; // fcc-fuse-batchnorm and fcc-fold-batchnorm
 };
 
 void buildPipeline(mlir::OpPassManager &pm, const PipelineOptions &options);

@@ -50,6 +50,14 @@ int64_t alignUp(int64_t v) { return (v + kAlignment - 1) / kAlignment * kAlignme
 int64_t fcc::tensorBytes(Value v) {
   auto t = cast<ShapedType>(v.getType());
   int64_t bits = t.getElementTypeBitWidth();
+  if (bits == 16 && isa<FloatType>(t.getElementType())) {
+    Operation *scope = isa<BlockArgument>(v)
+                           ? cast<BlockArgument>(v).getOwner()->getParentOp()
+                           : v.getDefiningOp()->getParentOp();
+    if (auto f = dyn_cast_or_null<func::FuncOp>(scope))
+      if (auto a = f->getAttrOfType<IntegerAttr>(kHalfBytesAttrName))
+        return t.getNumElements() * a.getInt();
+  }
   return t.getNumElements() * std::max<int64_t>(bits / 8, 1);
 }
 
@@ -91,6 +99,8 @@ bool fcc::canWriteInPlace(Operation *op, unsigned operand) {
     return add.getOperand(operand).getType() == add.getType();
   if (auto mul = dyn_cast<MulOp>(op))
     return !mul.getRhs() && operand == 0; // by a scalar
+  if (auto fused = dyn_cast<BnActOp>(op)) // y[i] = ... + residual[i]
+    return fused.getResidual() && operand == 5;
   return false;
 }
 
@@ -101,7 +111,10 @@ struct Interval {
   int64_t offset = -1;
 };
 
-LogicalResult planFunction(func::FuncOp func, bool inPlace) {
+LogicalResult planFunction(func::FuncOp func, bool inPlace, int64_t halfBytes) {
+  func->setAttr(kHalfBytesAttrName,
+                IntegerAttr::get(IntegerType::get(func.getContext(), 64),
+                                 halfBytes));
   Block &block = func.getBody().front();
   llvm::DenseMap<Operation *, int64_t> index;
   int64_t n = 0;
@@ -224,7 +237,7 @@ struct PlanMemoryPass : public fcc::impl::PlanMemoryBase<PlanMemoryPass> {
   using PlanMemoryBase::PlanMemoryBase;
   void runOnOperation() override {
     for (auto func : getOperation().getOps<func::FuncOp>())
-      if (failed(planFunction(func, inPlace)))
+      if (failed(planFunction(func, inPlace, halfBytes)))
         return signalPassFailure();
   }
 };

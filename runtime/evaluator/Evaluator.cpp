@@ -10,6 +10,7 @@
 #include "fcc/runtime/cpu_kernels.h"
 #include "fcc/runtime/init.h"
 #include "ir/FccDialect.h"
+#include "ir/FccFusedOps.h"
 #include "ir/ModelUtils.h"
 #include "ir/ShapeInference.h"
 
@@ -355,6 +356,63 @@ llvm::Error Interpreter::eval(Operation *op) {
             result(g.getShiftGrad()).data.data());
         return Error::success();
       })
+      .Case<BnActOp>([&](BnActOp f) -> Error {
+        fcc_bn_act_desc d = bnActDescriptor(f);
+        const float *x = get(f.getInput()).data.data();
+        const float *scale = get(f.getScale()).data.data();
+        const float *shift = get(f.getShift()).data.data();
+        const float *residual =
+            f.getResidual() ? get(f.getResidual()).data.data() : nullptr;
+        float *y = result(f.getOutput()).data.data();
+        if (!f.getTraining()) {
+          fcc_cpu_bn_act_inference(&d, x, scale, shift,
+                                   get(f.getRunningMean()).data.data(),
+                                   get(f.getRunningVar()).data.data(),
+                                   residual, y);
+          return Error::success();
+        }
+        Tensor bm = Tensor::zeros({d.c}), bv = Tensor::zeros({d.c});
+        fcc_cpu_bn_act_train_forward(&d, x, scale, shift, residual, y,
+                                     bm.data.data(), bv.data.data());
+        Tensor rm = get(f.getRunningMean()), rv = get(f.getRunningVar());
+        fcc_cpu_batch_norm_update_running(
+            rm.data.data(), rv.data.data(), bm.data.data(), bv.data.data(),
+            f.getMomentum().convertToFloat(), f.getRunningVarUnbiased(),
+            d.n * d.h * d.w, d.c);
+        values[f.getNewRunningMean()] = std::move(rm);
+        values[f.getNewRunningVar()] = std::move(rv);
+        values[f.getBatchMean()] = std::move(bm);
+        values[f.getBatchVar()] = std::move(bv);
+        return Error::success();
+      })
+      .Case<BnActGradOp>([&](BnActGradOp g) -> Error {
+        fcc_bn_act_desc d = bnActDescriptor(g);
+        const float *x = get(g.getInput()).data.data();
+        const float *dy = get(g.getOutputGrad()).data.data();
+        float *dx = result(g.getInputGrad()).data.data();
+        float *dscale = result(g.getScaleGrad()).data.data();
+        float *dshift = result(g.getShiftGrad()).data.data();
+        fcc_cpu_bn_act_backward(&d, x, dy, get(g.getScale()).data.data(),
+                                get(g.getShift()).data.data(),
+                                get(g.getBatchMean()).data.data(),
+                                get(g.getBatchVar()).data.data(), dx, dscale,
+                                dshift);
+        return Error::success();
+      })
+      .Case<FoldBnOp>([&](FoldBnOp f) -> Error {
+        auto ws = shapeOf(f.getWeight());
+        int64_t k = ws[0], perK = numElements(ws) / k;
+        float *w = result(f.getFoldedWeight()).data.data();
+        float *b = result(f.getFoldedBias()).data.data();
+        fcc_cpu_fold_bn(get(f.getWeight()).data.data(),
+                        f.getBias() ? get(f.getBias()).data.data() : nullptr,
+                        get(f.getScale()).data.data(),
+                        get(f.getShift()).data.data(),
+                        get(f.getMean()).data.data(),
+                        get(f.getVar()).data.data(),
+                        f.getEpsilon().convertToFloat(), k, perK, w, b);
+        return Error::success();
+      })
       .Case<ReluGradOp>([&](ReluGradOp g) -> Error {
         const Tensor &x = get(g.getInput());
         fcc_cpu_relu_backward(x.data.data(), get(g.getOutputGrad()).data.data(),
@@ -449,15 +507,29 @@ llvm::Error Interpreter::eval(Operation *op) {
       .Case<SgdUpdateOp>([&](SgdUpdateOp u) -> Error {
         Tensor p = get(u.getParam()), buf = get(u.getMomentumBuffer());
         auto scalar = [&](Value v) { return get(v).data.at(0); };
-        fcc_cpu_sgd_update(p.data.data(), get(u.getGrad()).data.data(),
-                           buf.data.data(), p.numel(),
-                           scalar(u.getLr()) * u.getLrMult().convertToFloat(),
-                           scalar(u.getMomentum()),
-                           scalar(u.getWeightDecay()) *
-                               u.getWdMult().convertToFloat(),
-                           scalar(u.getNesterov()) != 0.0f);
+        fcc_cpu_sgd_update_scaled(
+            p.data.data(), get(u.getGrad()).data.data(), buf.data.data(),
+            p.numel(), scalar(u.getLr()) * u.getLrMult().convertToFloat(),
+            scalar(u.getMomentum()),
+            scalar(u.getWeightDecay()) * u.getWdMult().convertToFloat(),
+            scalar(u.getNesterov()) != 0.0f,
+            u.getGradScale() ? scalar(u.getGradScale()) : 1.0f,
+            u.getApply() ? scalar(u.getApply()) != 0.0f : 1);
         values[u.getNewParam()] = std::move(p);
         values[u.getNewMomentumBuffer()] = std::move(buf);
+        return Error::success();
+      })
+      .Case<CastOp>([&](CastOp c) -> Error {
+        // Rounding to the result type happens for every half result below.
+        values[c.getOutput()] = get(c.getInput());
+        return Error::success();
+      })
+      .Case<GradsFiniteOp>([&](GradsFiniteOp g) -> Error {
+        int finite = 1;
+        for (Value v : g.getGrads())
+          finite &= fcc_cpu_all_finite(get(v).data.data(), get(v).numel());
+        result(g.getFinite()).data = {float(finite)};
+        result(g.getSkipped()).data = {float(1 - finite)};
         return Error::success();
       })
       .Case<EmaUpdateOp>([&](EmaUpdateOp e) -> Error {
@@ -481,6 +553,13 @@ Interpreter::run(const std::vector<Tensor> &inputs) {
     return error("the function has " + llvm::Twine(nData) +
                  " non-parameter arguments but " + llvm::Twine(inputs.size()) +
                  " were given");
+  // One entry per value, reserved up front: inserting a result must not
+  // rehash the map while the op's kernel holds references to its operands
+  // (get) and other results (result).
+  size_t entries = body.getNumArguments();
+  for (Operation &op : body)
+    entries += op.getNumResults();
+  values.reserve(entries);
   unsigned dataIndex = 0;
   for (unsigned i = 0; i < func.getNumArguments(); ++i) {
     Value arg = body.getArgument(i);
@@ -519,6 +598,16 @@ Interpreter::run(const std::vector<Tensor> &inputs) {
           llvm::inconvertibleErrorCode(),
           "evaluating '" + op.getName().getStringRef().str() + "': " +
               llvm::toString(std::move(err)));
+    // Half-precision results hold only half-representable values (the CPU
+    // emulation of 16-bit storage; runtime/cpu/half.cpp).
+    for (Value r : op.getResults()) {
+      Type et = cast<ShapedType>(r.getType()).getElementType();
+      Tensor &t = values[r];
+      if (et.isF16())
+        fcc_cpu_round_f16(t.data.data(), t.numel());
+      else if (et.isBF16())
+        fcc_cpu_round_bf16(t.data.data(), t.numel());
+    }
   }
   std::vector<Tensor> results;
   for (Value v : body.getTerminator()->getOperands())

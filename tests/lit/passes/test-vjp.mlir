@@ -73,3 +73,19 @@ func.func @unused(%x: tensor<3xf32>, %y: tensor<3xf32>) -> tensor<3xf32> {
   %0 = fcc.celu %x {alpha = 0.3 : f32} : tensor<3xf32>
   return %0 : tensor<3xf32>
 }
+
+// Fused BatchNorm: one fcc.bn_act_grad from the input, the output gradient,
+// scale, shift and the batch statistics (the normalised and activated values
+// are recomputed, not saved); the residual's gradient is dy itself.
+// CHECK-LABEL: func.func @bn_act_vjp
+// CHECK-SAME: (%[[X:.*]]: tensor<2x3x4x4xf32>, %[[S:.*]]: tensor<3xf32>, %[[B:.*]]: tensor<3xf32>, %[[R:.*]]: tensor<2x3x2x2xf32>, %[[DY:.*]]: tensor<2x3x2x2xf32>)
+// CHECK:      %{{.*}}, %[[STATS:.*]]:4 = fcc.bn_act %[[X]], %[[S]], %[[B]], %{{.*}}, %{{.*}} residual %[[R]]
+// CHECK:      %[[DX:.*]], %[[DS:.*]], %[[DB:.*]] = fcc.bn_act_grad %[[X]], %[[DY]], %[[S]], %[[B]], %[[STATS]]#2, %[[STATS]]#3 {activation = "celu", alpha = 3.000000e-01 : f32, pool_kernel = array<i64: 2, 2>, pool_strides = array<i64: 2, 2>}
+// CHECK-NOT:  fcc.bn_act_grad
+// CHECK:      return %[[DX]], %[[DS]], %[[DB]], %[[DY]]
+func.func @bn_act(%x: tensor<2x3x4x4xf32>, %s: tensor<3xf32>, %b: tensor<3xf32>, %r: tensor<2x3x2x2xf32>) -> tensor<2x3x2x2xf32> {
+  %m = arith.constant dense<0.0> : tensor<3xf32>
+  %v = arith.constant dense<1.0> : tensor<3xf32>
+  %0:5 = fcc.bn_act %x, %s, %b, %m, %v residual %r {training = true, activation = "celu", alpha = 0.3 : f32, pool_kernel = array<i64: 2, 2>, pool_strides = array<i64: 2, 2>} : (tensor<2x3x4x4xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<2x3x2x2xf32>) -> (tensor<2x3x2x2xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>)
+  return %0#0 : tensor<2x3x2x2xf32>
+}

@@ -929,6 +929,93 @@ TEST(GradCheck, Composite) {
   runCase(c);
 }
 
+// Fused BatchNorm (fcc.bn_act, training mode): normalisation with batch
+// statistics, activation, optional max pool and residual, differentiated by
+// one fcc.bn_act_grad; against the float64 composition of the unfused
+// references.
+Case bnActCase(std::string name, Shape xs, const char *activation, double alpha,
+               std::optional<PoolP> pool, bool residual) {
+  Case c;
+  c.op = "bn_act";
+  c.name = std::move(name);
+  c.result = pool ? poolShape(xs, *pool) : xs;
+  const int64_t C = xs[1];
+  const double eps = double(1e-5f);
+  const std::string act = activation;
+  // z (normalised), a (activated), y (the output).
+  auto forward = [=](const std::vector<Vec> &a, Vec *z, Vec *act1) {
+    Vec zz = batchNormTrain(a[0], xs, a[1], a[2], eps);
+    Vec aa = act == "relu" ? relu(zz) : act == "celu" ? celu(zz, alpha) : zz;
+    Vec y = pool ? maxPool(aa, xs, *pool) : aa;
+    if (residual)
+      for (size_t i = 0; i < y.size(); ++i)
+        y[i] += a[3][i];
+    if (z)
+      *z = zz;
+    if (act1)
+      *act1 = aa;
+    return y;
+  };
+  Shape result = c.result;
+  c.gen = [=](std::mt19937 &rng) {
+    Arg x = distinctArg(rng, xs, 2.0);
+    std::vector<Arg> a = {x, uniformArg(rng, {C}, 0.5f, 1.5f),
+                          uniformArg(rng, {C}, -0.5f, 0.5f)};
+    a[1].v[0] = -a[1].v[0]; // a negative scale reverses the window order
+    if (residual)
+      a.push_back(uniformArg(rng, result));
+    return a;
+  };
+  c.ref = [=](const std::vector<Vec> &a) { return forward(a, nullptr, nullptr); };
+  // Away from ReLU's kink and from max-pooling ties (measured before ReLU,
+  // which is monotonic: windows whose values are all negative have a zero
+  // gradient whatever the routing).
+  c.margin = [=](const std::vector<Vec> &a) {
+    Vec z, aa;
+    forward(a, &z, &aa);
+    double m = INFINITY;
+    if (act == "relu")
+      for (double v : z)
+        m = std::min(m, std::fabs(v));
+    if (pool)
+      m = std::min(m, maxPoolMargin(act == "relu" ? z : aa, xs, *pool));
+    return m;
+  };
+  std::string t1 = tensorType({C}), tx = tensorType(xs), ty = tensorType(result);
+  std::ostringstream os;
+  os << "  %rm = arith.constant dense<0.25> : " << t1 << "\n"
+     << "  %rv = arith.constant dense<2.0> : " << t1 << "\n"
+     << "  %f:5 = fcc.bn_act %a0, %a1, %a2, %rm, %rv"
+     << (residual ? " residual %a3" : "") << " {training = true, activation = \""
+     << act << "\", alpha = " << std::scientific << std::setprecision(9)
+     << float(alpha) << " : f32";
+  if (pool)
+    os << ", pool_kernel = " << i64Array({pool->kh, pool->kw})
+       << ", pool_strides = " << i64Array({pool->sh, pool->sw});
+  os << "} : (" << tx << ", " << t1 << ", " << t1 << ", " << t1 << ", " << t1
+     << (residual ? ", " + ty : "") << ") -> (" << ty << ", " << t1 << ", "
+     << t1 << ", " << t1 << ", " << t1 << ")\n"
+     << "  %y = fcc.reshape %f#0 : " << ty << " -> " << ty;
+  c.body = os.str();
+  return c;
+}
+
+TEST(GradCheck, BnAct) {
+  PoolP k2;
+  k2.kh = k2.kw = 2, k2.sh = k2.sw = 2;
+  PoolP k3s2;
+  k3s2.kh = k3s2.kw = 3, k3s2.sh = k3s2.sw = 2;
+  runCase(bnActCase("relu", {2, 3, 4, 4}, "relu", 1.0, std::nullopt, false));
+  runCase(bnActCase("relu, pool 2 (7x6: last row unpooled)", {2, 3, 7, 6},
+                    "relu", 1.0, k2, false));
+  runCase(bnActCase("celu 0.3, residual", {2, 3, 4, 4}, "celu", double(0.3f),
+                    std::nullopt, true));
+  runCase(bnActCase("celu 0.3, pool 3 s2 (overlapping), residual",
+                    {2, 3, 7, 7}, "celu", double(0.3f), k3s2, true));
+  runCase(bnActCase("none, pool 2, residual", {3, 2, 4, 4}, "none", 1.0, k2,
+                    true));
+}
+
 //===----------------------------------------------------------------------===//
 // The harness must be able to fail: wrong gradients of the kinds a buggy rule
 // produces are rejected.

@@ -109,6 +109,9 @@ struct NetSpec {
   float labelSmoothing = 0.0f;
   int64_t dropoutSeed = 0;
   unsigned rngSeed = 1; // inputs, labels, BatchNorm parameters, directions
+  // Compile with fcc-fuse-batchnorm (fused forward and backward); the float64
+  // reference still interprets the unfused @forward.
+  bool fuseBatchNorm = false;
 };
 
 struct Param {
@@ -126,6 +129,7 @@ struct Net {
   NetSpec spec;
   std::unique_ptr<mlir::MLIRContext> ctx;
   mlir::OwningOpRef<mlir::ModuleOp> module;
+  mlir::OwningOpRef<mlir::ModuleOp> unfused; // @forward for the reference
   mlir::func::FuncOp forward, lossAndGrads;
   std::vector<Param> params;
   std::vector<int> paramOfArg; // forward argument -> index into params, or -1
@@ -175,8 +179,19 @@ std::unique_ptr<Net> buildNet(const NetSpec &spec) {
     return net;
   }
   net->module = std::move(*module);
+  if (spec.fuseBatchNorm) {
+    net->unfused = mlir::OwningOpRef<mlir::ModuleOp>(net->module->clone());
+    mlir::PassManager canonicalize(net->ctx.get());
+    canonicalize.addPass(mlir::createCanonicalizerPass());
+    if (mlir::failed(canonicalize.run(*net->unfused))) {
+      net->error = "canonicalize failed: " + diags;
+      return net;
+    }
+  }
   mlir::PassManager pm(net->ctx.get());
   pm.addPass(mlir::createCanonicalizerPass());
+  if (spec.fuseBatchNorm)
+    pm.addPass(fcc::createFuseBatchNorm());
   fcc::BuildTrainingOptions training;
   training.gradFunction = true;
   training.keepForward = true;
@@ -187,12 +202,21 @@ std::unique_ptr<Net> buildNet(const NetSpec &spec) {
     net->error = "training pipeline failed: " + diags;
     return net;
   }
-  net->forward = net->module->lookupSymbol<mlir::func::FuncOp>("forward");
+  net->forward = (spec.fuseBatchNorm ? *net->unfused : *net->module)
+                     .lookupSymbol<mlir::func::FuncOp>("forward");
   net->lossAndGrads =
       net->module->lookupSymbol<mlir::func::FuncOp>("loss_and_grads");
   if (!net->forward || !net->lossAndGrads) {
     net->error = "no @forward or @loss_and_grads after the pipeline";
     return net;
+  }
+  if (spec.fuseBatchNorm) {
+    int64_t fused = 0;
+    net->lossAndGrads.walk([&](fcc::BnActGradOp) { ++fused; });
+    if (fused == 0) {
+      net->error = "fcc-fuse-batchnorm fused nothing";
+      return net;
+    }
   }
 
   std::mt19937 rng(spec.rngSeed);
@@ -695,7 +719,8 @@ std::string reducedStep(int retries) {
 // and finite differences; records table rows if `record`.
 void checkNetwork(const NetworkCase &c, const Mutation &mutate = nullptr,
                   bool record = true) {
-  const std::string &model = c.net->spec.model;
+  const std::string model =
+      c.net->spec.model + (c.net->spec.fuseBatchNorm ? " (fused BN)" : "");
   SCOPED_TRACE(model);
   if (!c.error.empty()) {
     ADD_FAILURE() << c.error;
@@ -875,6 +900,25 @@ const NetworkCase &resnet9Bot() {
 }
 
 TEST(NetworkGradCheck, ResNet9) { checkNetwork(resnet9()); }
+
+// The same networks compiled with BatchNorm fusion (fcc.bn_act and
+// fcc.bn_act_grad: fused forward, fused backward with recomputation).
+const NetworkCase &fused(const NetworkCase &unfused) {
+  static std::map<const NetworkCase *, std::unique_ptr<NetworkCase>> cache;
+  auto &c = cache[&unfused];
+  if (!c) {
+    NetSpec s = unfused.net->spec;
+    s.fuseBatchNorm = true;
+    c = prepare(s);
+  }
+  return *c;
+}
+
+TEST(NetworkGradCheck, ResNet9FusedBatchNorm) { checkNetwork(fused(resnet9())); }
+
+TEST(NetworkGradCheck, ResNet9BagOfTricksFusedBatchNorm) {
+  checkNetwork(fused(resnet9Bot()));
+}
 
 TEST(NetworkGradCheck, ResNet9BagOfTricks) { checkNetwork(resnet9Bot()); }
 
