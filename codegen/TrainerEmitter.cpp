@@ -14,6 +14,7 @@
 #include "codegen/TrainerEmitter.h"
 
 #include "ir/FccDialect.h"
+#include "ir/FccFusedOps.h"
 #include "ir/ModelUtils.h"
 #include "ir/ShapeInference.h"
 #include "passes/MemoryPlan.h"
@@ -46,6 +47,13 @@ std::string fmtFloat(double v) {
   return s + "f";
 }
 
+std::string typeName(Type t) {
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  t.print(os);
+  return text;
+}
+
 std::string cString(StringRef s) {
   std::string out = "\"";
   for (char c : s) {
@@ -58,6 +66,16 @@ std::string cString(StringRef s) {
 
 ArrayRef<int64_t> shapeOf(Value v) {
   return cast<ShapedType>(v.getType()).getShape();
+}
+
+/// The initializer of a `const fcc_bn_act_desc NAME[1]` global.
+std::string bnActDescInit(const fcc_bn_act_desc &d) {
+  return llvm::formatv("{{{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, "
+                       "{10}, {11}, {12}}}",
+                       d.n, d.c, d.h, d.w, d.activation, fmtFloat(d.alpha),
+                       fmtFloat(d.eps), d.pool_kh, d.pool_kw, d.pool_sh,
+                       d.pool_sw, d.oh, d.ow)
+      .str();
 }
 
 int64_t countOf(Value v) { return numElements(shapeOf(v)); }
@@ -114,6 +132,7 @@ private:
   LogicalResult collectParams(func::FuncOp train);
   LogicalResult emitFunction(func::FuncOp f, StringRef bodyName);
   LogicalResult emitOp(Operation *op);
+  void roundHalfResults(Operation *op);
   std::string convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
                        ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
                        ArrayRef<int64_t> dilations, int64_t groups);
@@ -138,6 +157,8 @@ private:
   std::map<std::string, std::string> convPlans; // descriptor -> global name
   std::map<std::string, std::string> pools, shapes;
   llvm::DenseMap<Value, std::string> constants;
+  llvm::DenseMap<Value, std::string> scalarExprs; // computed scalars
+  bool lossScaling = false;
   std::vector<std::string> planNames;
   int counter = 0;
   func::FuncOp current;
@@ -207,6 +228,9 @@ std::string Emitter::pointer(Value v) {
 }
 
 std::string Emitter::scalar(Value v) {
+  auto computed = scalarExprs.find(v);
+  if (computed != scalarExprs.end())
+    return computed->second;
   if (auto a = dyn_cast<BlockArgument>(v)) {
     auto h = current.getArgAttrOfType<StringAttr>(a.getArgNumber(),
                                                   FccDialect::kHyperAttrName);
@@ -320,6 +344,27 @@ LogicalResult Emitter::collectParams(func::FuncOp train) {
   return success();
 }
 
+/// Half precision on the CPU is emulated: half tensors live in float buffers
+/// and every op that produces one rounds its result to the half type (round
+/// to nearest even), as 16-bit storage would. Ops that only select or move
+/// existing half values (casts round themselves, views, ReLU, max pooling)
+/// need no rounding.
+void Emitter::roundHalfResults(Operation *o) {
+  if (isa<CastOp, ReshapeOp, FlattenOp, ReluOp, MaxPool2DOp, FlipOp>(o))
+    return;
+  for (Value r : o->getResults()) {
+    Type et = cast<ShapedType>(r.getType()).getElementType();
+    if (!et.isF16() && !et.isBF16())
+      continue;
+    ValueKind kind = classifyValue(r);
+    if (kind == ValueKind::View || kind == ValueKind::Metric ||
+        kind == ValueKind::Constant)
+      continue;
+    call(et.isF16() ? "fcc_cpu_round_f16" : "fcc_cpu_round_bf16",
+         {op(pointer(r)), num(countOf(r))});
+  }
+}
+
 LogicalResult Emitter::emitOp(Operation *o) {
   loc = o->getLoc();
   std::string where;
@@ -405,6 +450,71 @@ LogicalResult Emitter::emitOp(Operation *o) {
               op(fmtFloat(g.getEpsilon().convertToFloat())), num(n), num(c),
               num(hw), op(pointer(g.getInputGrad())),
               op(pointer(g.getScaleGrad())), op(pointer(g.getShiftGrad()))});
+        return success();
+      })
+      .Case<BnActOp>([&](BnActOp f) {
+        // Fused BatchNorm + activation (+ pool) (+ residual), fused.cpp.
+        fcc_bn_act_desc d = bnActDescriptor(f);
+        std::string desc = global("kBnAct", "const fcc_bn_act_desc", 1,
+                                  bnActDescInit(d));
+        std::string residual =
+            f.getResidual() ? pointer(f.getResidual()) : "NULL";
+        if (!f.getTraining()) {
+          comment("bn_act (inference)" + where);
+          call("fcc_cpu_bn_act_inference",
+               {op(desc), op(pointer(f.getInput())), op(pointer(f.getScale())),
+                op(pointer(f.getShift())), op(pointer(f.getRunningMean())),
+                op(pointer(f.getRunningVar())), op(residual),
+                op(pointer(f.getOutput()))});
+          return success();
+        }
+        comment("bn_act (training)" + where);
+        call("fcc_cpu_bn_act_train_forward",
+             {op(desc), op(pointer(f.getInput())), op(pointer(f.getScale())),
+              op(pointer(f.getShift())), op(residual),
+              op(pointer(f.getOutput())), op(pointer(f.getBatchMean())),
+              op(pointer(f.getBatchVar()))});
+        // As for fcc.batch_norm: the running statistics are normally updated
+        // in place.
+        std::string rm = pointer(f.getNewRunningMean());
+        std::string rv = pointer(f.getNewRunningVar());
+        if (rm != pointer(f.getRunningMean()))
+          call("fcc_copy_f32",
+               {op(rm), op(pointer(f.getRunningMean())), num(d.c)});
+        if (rv != pointer(f.getRunningVar()))
+          call("fcc_copy_f32",
+               {op(rv), op(pointer(f.getRunningVar())), num(d.c)});
+        call("fcc_cpu_batch_norm_update_running",
+             {op(rm), op(rv), op(pointer(f.getBatchMean())),
+              op(pointer(f.getBatchVar())),
+              op(fmtFloat(f.getMomentum().convertToFloat())),
+              num(f.getRunningVarUnbiased()), num(d.n * d.h * d.w), num(d.c)});
+        return success();
+      })
+      .Case<BnActGradOp>([&](BnActGradOp g) {
+        fcc_bn_act_desc d = bnActDescriptor(g);
+        std::string desc = global("kBnAct", "const fcc_bn_act_desc", 1,
+                                  bnActDescInit(d));
+        comment("bn_act backward" + where);
+        call("fcc_cpu_bn_act_backward",
+             {op(desc), op(pointer(g.getInput())),
+              op(pointer(g.getOutputGrad())), op(pointer(g.getScale())),
+              op(pointer(g.getShift())), op(pointer(g.getBatchMean())),
+              op(pointer(g.getBatchVar())), op(pointer(g.getInputGrad())),
+              op(pointer(g.getScaleGrad())), op(pointer(g.getShiftGrad()))});
+        return success();
+      })
+      .Case<FoldBnOp>([&](FoldBnOp f) {
+        auto ws = shapeOf(f.getWeight());
+        comment("fold_bn (BatchNorm into convolution weights)" + where);
+        call("fcc_cpu_fold_bn",
+             {op(pointer(f.getWeight())),
+              op(f.getBias() ? pointer(f.getBias()) : "NULL"),
+              op(pointer(f.getScale())), op(pointer(f.getShift())),
+              op(pointer(f.getMean())), op(pointer(f.getVar())),
+              op(fmtFloat(f.getEpsilon().convertToFloat())), num(ws[0]),
+              num(numElements(ws) / ws[0]), op(pointer(f.getFoldedWeight())),
+              op(pointer(f.getFoldedBias()))});
         return success();
       })
       .Case<ReluOp>([&](ReluOp r) {
@@ -623,11 +733,48 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string wdMult = u.getWdMult().convertToFloat() == 1.0f
                                  ? ""
                                  : " * " + fmtFloat(u.getWdMult().convertToFloat());
-        call("fcc_cpu_sgd_update",
-             {op(p), op(pointer(u.getGrad())), op(m), num(countOf(u.getParam())),
-              op(scalar(u.getLr()) + lrMult), op(scalar(u.getMomentum())),
-              op(scalar(u.getWeightDecay()) + wdMult),
-              op(scalar(u.getNesterov()) + " != 0.0f")});
+        SmallVector<Attribute> args = {
+            op(p), op(pointer(u.getGrad())), op(m), num(countOf(u.getParam())),
+            op(scalar(u.getLr()) + lrMult), op(scalar(u.getMomentum())),
+            op(scalar(u.getWeightDecay()) + wdMult),
+            op(scalar(u.getNesterov()) + " != 0.0f")};
+        if (u.getGradScale() || u.getApply()) {
+          // Loss-scaled: unscale, and skip when a gradient overflowed.
+          args.push_back(op(u.getGradScale() ? scalar(u.getGradScale())
+                                             : std::string("1.0f")));
+          args.push_back(op(u.getApply() ? scalar(u.getApply()) + " != 0.0f"
+                                         : std::string("1")));
+          call("fcc_cpu_sgd_update_scaled", args);
+        } else {
+          call("fcc_cpu_sgd_update", args);
+        }
+        return success();
+      })
+      .Case<CastOp>([&](CastOp c) {
+        Type et = cast<ShapedType>(c.getOutput().getType()).getElementType();
+        comment("cast to " + typeName(et) + where);
+        call("fcc_cpu_cast",
+             {op(pointer(c.getInput())), op(pointer(c.getOutput())),
+              num(countOf(c.getOutput())),
+              op(et.isF16()    ? "FCC_DTYPE_F16"
+                 : et.isBF16() ? "FCC_DTYPE_BF16"
+                               : "FCC_DTYPE_F32")});
+        return success();
+      })
+      .Case<GradsFiniteOp>([&](GradsFiniteOp g) -> LogicalResult {
+        if (classifyValue(g.getSkipped()) != ValueKind::Metric &&
+            !g.getSkipped().use_empty())
+          return g.emitOpError("code generation needs `skipped` to be a "
+                               "metric result");
+        comment("loss scaling: are all gradients finite?" + where);
+        std::string flag = global("kFinite", "float", 1, "{1.0f}");
+        scalarExprs[g.getFinite()] = flag + "[0]";
+        call("fcc_finite_begin", {op(flag)});
+        for (Value v : g.getGrads())
+          call("fcc_finite_and", {op(flag), op(pointer(v)), num(countOf(v))});
+        if (!g.getSkipped().use_empty())
+          call("fcc_metric_skipped", {op("METRICS"), op(flag + "[0]")});
+        lossScaling = true;
         return success();
       })
       .Case<EmaUpdateOp>([&](EmaUpdateOp e) -> LogicalResult {
@@ -657,9 +804,11 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
   Block *entry = fn.addEntryBlock();
   b.setInsertionPointToStart(entry);
   // Constants first so their globals exist before use.
-  for (Operation &o : f.getBody().front().without_terminator())
+  for (Operation &o : f.getBody().front().without_terminator()) {
     if (failed(emitOp(&o)))
       return failure();
+    roundHalfResults(&o);
+  }
   b.create<emitc::ReturnOp>(f.getLoc(), Value());
   return success();
 }
@@ -812,7 +961,8 @@ std::string Emitter::abiWrappers() {
      << fmtFloat(r.labelSmoothing) << ", " << fmtFloat(r.emaDecay) << ", "
      << r.emaEvery << ", " << int(r.tta) << ", " << r.cutout << ", "
      << int(r.flip) << ", " << r.cropPad << "},\n"
-     << "    setup, teardown, last_error, train_step, eval_step, ema_update};\n"
+     << "    setup, teardown, last_error, train_step, eval_step, ema_update,\n"
+     << "    " << cString(opts.precision) << ", " << int(lossScaling) << "};\n"
      << "  return &program;\n}";
   return s;
 }

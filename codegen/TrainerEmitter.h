@@ -25,6 +25,7 @@ struct CodegenOptions {
   std::string modelName;  // for messages and the program struct
   Recipe recipe;          // run-time defaults
   std::string weightsFile = "weights.bin"; // blob name next to the source
+  std::string precision = "fp32"; // recorded in the program (fp32/fp16/bf16)
 };
 
 struct GeneratedProgram {

@@ -75,6 +75,7 @@ std::string jsonLine(const EpochRecord &r) {
   s += ",\"test_images\":" + std::to_string(r.testImages);
   s += ",\"steps\":" + std::to_string(r.steps);
   s += ",\"skipped_steps\":" + std::to_string(r.skippedSteps);
+  s += ",\"loss_scale\":" + jsonNumber(r.lossScale);
   s += ",\"images_per_s\":" + format("%.1f", imagesPerSecond);
   s += "}";
   return s;

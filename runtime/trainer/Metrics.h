@@ -6,7 +6,7 @@
 //  - --metrics FILE: one JSON object per line per (run, epoch) with the keys
 //    run, seed, epoch, lr, train_loss, train_acc, test_loss, test_acc,
 //    epoch_time_s, eval_time_s, total_time_s, train_images, test_images,
-//    steps, skipped_steps, images_per_s;
+//    steps, skipped_steps, loss_scale, images_per_s;
 //  - --tsv FILE: DAWNBench lines "epoch<TAB>hours<TAB>top1Accuracy" after a
 //    header line of those names (hours = training time so far / 3600, 8
 //    decimals; top1Accuracy = test accuracy in percent, 2 decimals), with a
@@ -39,6 +39,7 @@ struct EpochRecord {
   double evalTime = 0;     // seconds of test evaluation after it
   double totalTime = 0;    // seconds of training so far in this run
   int64_t trainImages = 0, testImages = 0, steps = 0, skippedSteps = 0;
+  double lossScale = 1; // at the end of the epoch (1 without loss scaling)
 };
 
 // The table: header line and one row per epoch (no trailing newline).

@@ -64,12 +64,16 @@ void checkWritable(const std::string &flag, const std::string &path) {
 // The raw text of the flags whose defaults come from the recipe.
 struct RawFlags {
   std::string epochs, lrKnots, momentum, wd, labelSmoothing, ema, emaEvery,
-      cutout, seed, trainLimit, testLimit, runs, targetAcc, threads;
+      cutout, seed, trainLimit, testLimit, runs, targetAcc, threads, lossScale,
+      lossScaleWindow, injectOverflow;
 };
 
 void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
               Options &o) {
-  auto given = [&](const char *flag) { return app.count(flag) > 0; };
+  auto given = [&](const char *flag) {
+    const CLI::Option *opt = app.get_option_no_throw(flag);
+    return opt && opt->count() > 0;
+  };
 
   if (given("--epochs")) {
     int64_t v = toInteger("--epochs", raw.epochs);
@@ -161,6 +165,34 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
       throw UsageError("--threads: must be 0 (all cores) or a positive "
                        "count (got " + raw.threads + ")");
     o.threads = int(v);
+  }
+  for (const char *flag :
+       {"--loss-scale", "--loss-scale-window", "--debug-inject-overflow"})
+    if (given(flag) && !p.loss_scaling)
+      throw UsageError(std::string(flag) + ": this trainer does no loss "
+                       "scaling (compiled with --precision " +
+                       (p.precision ? p.precision : "fp32") +
+                       "; loss scaling comes with --precision fp16)");
+  if (given("--loss-scale")) {
+    double v = toNumber("--loss-scale", raw.lossScale);
+    if (!(v >= 1 && v <= 1e30))
+      throw UsageError("--loss-scale: must be between 1 and 1e30 (got " +
+                       raw.lossScale + ")");
+    o.lossScale = float(v);
+  }
+  if (given("--loss-scale-window")) {
+    int64_t v = toInteger("--loss-scale-window", raw.lossScaleWindow);
+    if (v < 1 || v > 100000000)
+      throw UsageError("--loss-scale-window: must be between 1 and 100000000 "
+                       "(got " + raw.lossScaleWindow + ")");
+    o.lossScaleWindow = int(v);
+  }
+  if (given("--debug-inject-overflow")) {
+    int64_t v = toInteger("--debug-inject-overflow", raw.injectOverflow);
+    if (v < 0)
+      throw UsageError("--debug-inject-overflow: must be a step number >= 0 "
+                       "(got " + raw.injectOverflow + ")");
+    o.injectOverflow = v;
   }
   if (given("--metrics"))
     checkWritable("--metrics", o.metricsPath);
@@ -301,6 +333,33 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
                  "CPU threads; 0 = all cores (or OMP_NUM_THREADS)")
       ->type_name("N")
       ->default_str("0");
+  // Loss-scaling flags exist for every trainer (so that a wrong one gets a
+  // clear message) but are listed only where they apply.
+  std::string scalingGroup = p.loss_scaling ? "Options" : "";
+  app.add_option("--loss-scale", raw.lossScale,
+                 "Initial dynamic loss scale (fp16): halves when a step's "
+                 "gradients overflow (the step is skipped), doubles after "
+                 "--loss-scale-window clean steps")
+      ->type_name("S")
+      ->default_str("65536")
+      ->group(scalingGroup);
+  app.add_option("--loss-scale-window", raw.lossScaleWindow,
+                 "Clean steps before the loss scale doubles")
+      ->type_name("N")
+      ->default_str("2000")
+      ->group(scalingGroup);
+  app.add_option("--debug-inject-overflow", raw.injectOverflow,
+                 "Testing aid: make the gradients of (0-based) step N "
+                 "infinite, to watch the step being skipped")
+      ->type_name("N")
+      ->group(scalingGroup);
+  app.add_option("--dump-step", o.dumpStep,
+                 "Debugging/cross-target checks: initialise (--seed), run ONE "
+                 "training step on the first batch in file order without "
+                 "augmentation at the learning rate of step 0, write "
+                 "DIR/manifest.json and every parameter before and after the "
+                 "step as raw float32 files, and exit")
+      ->type_name("DIR");
   app.add_flag("--quiet", o.quiet,
                "Print only the final summary (and errors)");
 

@@ -46,6 +46,11 @@ struct Options {
   std::string metricsPath, tsvPath;
   int threads = 0; // 0 = the default (all cores / OMP_NUM_THREADS)
   bool quiet = false;
+  // Dynamic loss scaling (programs compiled with --precision fp16).
+  float lossScale = 65536.0f; // initial scale
+  int lossScaleWindow = 2000; // clean steps before the scale doubles
+  int64_t injectOverflow = -1; // test aid: make this step's gradients inf
+  std::string dumpStep; // debug: one step on the first batch, dump params
 };
 
 // Parses argv. Returns -1 when training should go on, otherwise the exit

@@ -8,11 +8,15 @@
 #include "tools/Registration.h"
 
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
+#include "mlir/Transforms/Passes.h"
 
 int main(int argc, char **argv) {
   mlir::DialectRegistry registry;
   fcc::registerAllDialects(registry);
   fcc::registerAllPasses();
+  // The generic clean-ups fcc's pipelines use (canonicalize, cse).
+  mlir::registerCanonicalizerPass();
+  mlir::registerCSEPass();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "fcc optimizer driver\n", registry));
 }

@@ -17,7 +17,8 @@ struct CompileOptions {
   std::string model;
   std::string output = "-";
   std::string emit = "exe";
-  std::string target = "cpu";
+  std::string target = "";      // "" = cuda when available, else cpu
+  std::string gpuArch = "sm_80,sm_90";
   std::string recipe = "page24";
   int64_t batch = 512;
   std::vector<std::string> inputShapes; // NAME=DxDx...
@@ -26,6 +27,8 @@ struct CompileOptions {
   bool printWeights = false;
   bool verbose = false;
   bool quiet = false;
+  std::string precision = "fp32";
+  bool noFuseBn = false; // --no-fuse-bn
   std::optional<double> biasLrMult;
   std::optional<double> biasWdMult;
 };
@@ -41,6 +44,7 @@ struct RunOptions {
   std::string stage = "fcc";
   std::string function;
   double biasLrMult = 1.0, biasWdMult = 1.0;
+  bool noFuseBn = false; // --no-fuse-bn
 };
 
 CLI::App *addCompileCommand(CLI::App &app, CompileOptions &opts);

@@ -66,8 +66,13 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
                 "program), memory-plan (each buffer with size, offset and "
                 "live range), dot (Graphviz picture of the network)")
       ->check(CLI::IsMember({"exe", "cpp", "fcc", "training", "memory-plan", "dot"}));
-  c->add_option("--target", o.target, "Code generation target")
-      ->check(CLI::IsMember({"cpu"}));
+  c->add_option("--target", o.target,
+                 "Code generation target: cuda (the default when fcc was "
+                 "built with the CUDA runtime and nvcc is found) or cpu")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  c->add_option("--gpu-arch", o.gpuArch,
+                "--target cuda: GPU architectures of the fat binary")
+      ->default_str("sm_80,sm_90");
   c->add_option("--batch", o.batch,
                 "Batch size (static): fixes a symbolic batch dimension")
       ->check(positiveInteger());
@@ -81,6 +86,14 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
           names.push_back(r.name);
         return names;
       }()));
+  c->add_option("--precision", o.precision,
+                "Compute precision: fp32, fp16 (convs, linears and "
+                "elementwise ops in half, fp32 master weights, BatchNorm, "
+                "loss and optimizer; dynamic loss scaling) or bf16 (the "
+                "same without loss scaling). The CPU target emulates half "
+                "precision exactly (every half value rounded to nearest "
+                "even)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   c->add_option("--input-shape", o.inputShapes,
                 "Static shape of a data input, NAME=DxDx... (repeatable)");
   c->add_option("--bias-lr-mult", o.biasLrMult,
@@ -99,6 +112,11 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
               "(otherwise large values are elided there)");
   c->add_flag("-v,--verbose", o.verbose, "Show the C++ compiler command");
   c->add_flag("-q,--quiet", o.quiet, "No progress line while building");
+  c->add_flag("--no-fuse-bn", o.noFuseBn,
+              "Keep BatchNorms unfused: no fcc-fuse-batchnorm (BatchNorm + "
+              "activation + pool + residual as one op, forward and "
+              "backward) and no fcc-fold-batchnorm (evaluation BatchNorms "
+              "folded into the convolution weights)");
   return c;
 }
 
@@ -131,7 +149,19 @@ private:
 };
 } // namespace
 
-int fcc::runCompile(const CompileOptions &o) {
+int fcc::runCompile(const CompileOptions &options) {
+  CompileOptions o = options;
+  if (o.target.empty())
+    o.target = cudaTargetAvailable() ? "cuda" : "cpu";
+  if (o.target == "cuda") {
+    std::string why;
+    std::vector<std::string> flags;
+    if (!cudaTargetAvailable(&why) && (o.emit == "exe"))
+      return reportError("--target cuda: " + why);
+    if (!gpuArchFlags(o.gpuArch, flags))
+      return reportError("--gpu-arch: '" + o.gpuArch +
+                         "' is not a list like sm_80,sm_90 (sm_75 or newer)");
+  }
   ImportOptions importOpts;
   importOpts.batchSize = o.batch;
   for (const std::string &spec : o.inputShapes) {
@@ -187,6 +217,10 @@ int fcc::runCompile(const CompileOptions &o) {
   pipeline.stage = o.emit == "fcc" || o.emit == "dot" ? Stage::Import
                    : o.emit == "training"             ? Stage::Training
                                                       : Stage::Planned;
+  pipeline.precision = o.precision;
+  // Half tensors take 2 bytes on a GPU; the CPU emulates them in floats.
+  pipeline.halfBytes = o.target == "cuda" ? 2 : 4;
+  pipeline.fuseBatchNorm = !o.noFuseBn;
   pipeline.biasLrMult = o.biasLrMult ? *o.biasLrMult : recipe->biasLrMult;
   pipeline.biasWdMult = o.biasWdMult ? *o.biasWdMult : recipe->biasWdMult;
   buildPipeline(pm, pipeline);
@@ -199,6 +233,7 @@ int fcc::runCompile(const CompileOptions &o) {
     cg.target = o.target;
     cg.modelName = modelName;
     cg.recipe = *recipe;
+    cg.precision = o.precision;
     auto program = generateTrainerSource(**module, cg);
     if (failed(program))
       return reportError(o.model + ": code generation failed");
@@ -217,10 +252,12 @@ int fcc::runCompile(const CompileOptions &o) {
                                    : o.output;
     build.keepSource = o.keepSource;
     build.target = o.target;
+    build.gpuArch = o.gpuArch;
     build.verbose = o.verbose;
     if (!o.quiet)
       std::cerr << "fcc: building " << build.output << " (" << modelName
-                << ", target " << o.target << ", batch " << o.batch
+                << ", target " << o.target << ", " << o.precision
+                << ", batch " << o.batch
                 << ", recipe " << recipe->name << ", arena "
                 << program->arenaBytes / (1 << 20) << " MiB)\n";
     if (auto err = buildTrainer(*program, build))

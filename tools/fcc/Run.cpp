@@ -64,6 +64,11 @@ CLI::App *fcc::addRunCommand(CLI::App &app, RunOptions &o) {
   c->add_option("--print-limit", o.printLimit,
                 "Values printed per output (0 = all)")
       ->check(CLI::NonNegativeNumber);
+  c->add_flag("--no-fuse-bn", o.noFuseBn,
+              "Keep BatchNorms unfused: no fcc-fuse-batchnorm (BatchNorm + "
+              "activation + pool + residual as one op, forward and "
+              "backward) and no fcc-fold-batchnorm (evaluation BatchNorms "
+              "folded into the convolution weights)");
   return c;
 }
 
@@ -157,6 +162,7 @@ int fcc::runRun(const RunOptions &o) {
   pipeline.gradFunction = true;
   pipeline.biasLrMult = o.biasLrMult;
   pipeline.biasWdMult = o.biasWdMult;
+  pipeline.fuseBatchNorm = !o.noFuseBn;
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");

@@ -6,6 +6,9 @@
       below that of the first; the final test accuracy is at least A.
   check_metrics.py same FILE1 FILE2
       identical records apart from the wall-clock fields (determinism).
+  check_metrics.py close REF OTHER --first-rel R1 --rel R
+      the training loss of OTHER tracks REF epoch by epoch: relative
+      difference at most R1 in the first epoch and R in every epoch.
 """
 import argparse
 import json
@@ -51,6 +54,24 @@ def same(args):
     print(f"{len(a)} epochs identical")
 
 
+def close(args):
+    ref, other = load(args.file), load(args.other)
+    if len(ref) != len(other) or not ref:
+        sys.exit(f"epoch counts differ: {len(ref)} vs {len(other)}")
+    worst = 0.0
+    for k, (a, b) in enumerate(zip(ref, other)):
+        rel = abs(b["train_loss"] - a["train_loss"]) / abs(a["train_loss"])
+        limit = args.first_rel if k == 0 else args.rel
+        print(f"epoch {a['epoch']}: train loss {a['train_loss']:.5f} vs "
+              f"{b['train_loss']:.5f}, relative difference {rel:.4f} "
+              f"(limit {limit})")
+        worst = max(worst, rel)
+        if rel > limit:
+            sys.exit(f"epoch {a['epoch']}: relative difference {rel:.4f} "
+                     f"exceeds {limit}")
+    print(f"max relative difference {worst:.4f}")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -61,8 +82,13 @@ def main():
     s = sub.add_parser("same")
     s.add_argument("file")
     s.add_argument("other")
+    c = sub.add_parser("close")
+    c.add_argument("file")
+    c.add_argument("other")
+    c.add_argument("--first-rel", type=float, required=True)
+    c.add_argument("--rel", type=float, required=True)
     args = p.parse_args()
-    learns(args) if args.cmd == "learns" else same(args)
+    {"learns": learns, "same": same, "close": close}[args.cmd](args)
 
 
 if __name__ == "__main__":

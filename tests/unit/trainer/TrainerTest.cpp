@@ -378,7 +378,8 @@ TEST(Trainer, MetricsJsonLines) {
       "run",          "seed",        "epoch",         "lr",
       "train_loss",   "train_acc",   "test_loss",     "test_acc",
       "epoch_time_s", "eval_time_s", "total_time_s",  "train_images",
-      "test_images",  "steps",       "skipped_steps", "images_per_s"};
+      "test_images",  "steps",       "skipped_steps", "loss_scale",
+      "images_per_s"};
   double total = 0;
   for (int e = 0; e < 3; ++e) {
     const JsonObject &j = m[size_t(e)];

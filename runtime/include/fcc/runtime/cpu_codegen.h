@@ -40,6 +40,17 @@ static inline void fcc_metric_correct(float *metrics, const float *logits,
       (float)fcc_cpu_count_correct(logits, labels, n, classes);
 }
 
+/* Loss scaling: *finite = 1, then 0 as soon as a gradient is not finite. */
+static inline void fcc_finite_begin(float *finite) { *finite = 1.0f; }
+static inline void fcc_finite_and(float *finite, const float *grad,
+                                  int64_t count) {
+  if (*finite != 0.0f && !fcc_cpu_all_finite(grad, count))
+    *finite = 0.0f;
+}
+static inline void fcc_metric_skipped(float *metrics, float finite) {
+  metrics[FCC_METRIC_SKIPPED] += 1.0f - finite;
+}
+
 /* d(loss * loss_grad)/d logits. */
 static inline void fcc_softmax_xent_grad(const float *logits,
                                          const int32_t *labels, int64_t n,

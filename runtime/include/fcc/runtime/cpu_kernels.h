@@ -139,14 +139,16 @@ int fcc_bn_act_desc_finalize(fcc_bn_act_desc *d);
 
 /* Training forward: one read of x for the batch statistics (shifted sums in
  * double), one sweep that normalises, activates, pools and adds the residual
- * (may be NULL), writing only y [n, c, oh, ow], batch_mean[c] and the biased
- * batch_var[c]. Running statistics: fcc_cpu_batch_norm_update_running. */
+ * (may be NULL; y may alias it), writing only y [n, c, oh, ow], batch_mean[c]
+ * and the biased batch_var[c]. Running statistics:
+ * fcc_cpu_batch_norm_update_running. */
 void fcc_cpu_bn_act_train_forward(const fcc_bn_act_desc *d, const float *x,
                                   const float *scale, const float *shift,
                                   const float *residual, float *y,
                                   float *batch_mean, float *batch_var);
 
-/* Inference forward with the running statistics (residual may be NULL). */
+/* Inference forward with the running statistics (residual may be NULL; y may
+ * alias it). */
 void fcc_cpu_bn_act_inference(const fcc_bn_act_desc *d, const float *x,
                               const float *scale, const float *shift,
                               const float *mean, const float *var,

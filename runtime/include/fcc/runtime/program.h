@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FCC_PROGRAM_ABI_VERSION 1
+#define FCC_PROGRAM_ABI_VERSION 2
 #define FCC_MAX_PARAM_RANK 4
 
 /* One parameter of the model (a function argument with #fcc.param). */
@@ -45,7 +45,7 @@ typedef struct fcc_hyper {
   float weight_decay;       /* L2, added to the gradient (before wd_mult) */
   float nesterov;           /* 1 = Nesterov momentum, 0 = classical */
   float label_smoothing;
-  float loss_scale;         /* 1 unless mixed precision scales the loss */
+  float loss_scale;         /* 1 unless the program does loss scaling */
   uint64_t seed;            /* per-step seed (dropout masks) */
 } fcc_hyper;
 
@@ -111,6 +111,13 @@ typedef struct fcc_program {
   /* ema[i] = decay * ema[i] + (1 - decay) * params[i] for every parameter,
    * running statistics included. */
   void (*ema_update)(float *const *ema, float *const *params, float decay);
+
+  const char *precision;    /* "fp32", "fp16" or "bf16" (compute precision) */
+  /* Dynamic loss scaling (fp16): train_step multiplies the loss gradient by
+   * hyper->loss_scale, divides it back out in the update, and skips the
+   * update (adding 1 to metrics[FCC_METRIC_SKIPPED]) when any gradient is
+   * not finite; the trainer then lowers the scale. */
+  int loss_scaling;
 } fcc_program;
 
 /* Defined by the generated translation unit. */
