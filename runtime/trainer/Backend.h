@@ -21,6 +21,7 @@
 #include "fcc/runtime/program.h"
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 namespace fcc::trainer {
@@ -68,10 +69,27 @@ public:
   virtual bool cheapMetrics() const = 0;
   // Waits for queued work (timing); a no-op on the CPU.
   virtual void synchronize() {}
+  // The step's hyper-parameters where train_step reads them (target
+  // memory): the CPU passes `h` itself, a GPU copies it to the device.
+  virtual const fcc_hyper *stageHyper(const fcc_hyper &h) { return &h; }
+  // Bytes of target memory in use, for the report ("" when not tracked).
+  virtual std::string memoryReport() const { return ""; }
 };
 
-// The backend for a program's target ("cpu"); nullptr when this build has
-// none for it.
+// Thrown by a backend factory when its device is missing ("no CUDA device
+// found"); the trainer exits with kExitNoDevice and the message.
+class NoDeviceError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+// Backends register themselves by target name (the CUDA trainer's main()
+// registers "cuda"); "cpu" is always available.
+using BackendFactory = std::unique_ptr<Backend> (*)();
+void registerBackend(const std::string &target, BackendFactory factory);
+
+// The backend for a program's target; nullptr when this build has none for
+// it. May throw NoDeviceError.
 std::unique_ptr<Backend> makeBackend(const std::string &target);
 std::unique_ptr<Backend> makeCpuBackend();
 

@@ -11,6 +11,7 @@
 #include "fcc/runtime/cpu_kernels.h"
 
 #include <cstring>
+#include <map>
 #include <vector>
 
 namespace fcc::trainer {
@@ -110,10 +111,22 @@ std::unique_ptr<Backend> makeCpuBackend() {
   return std::make_unique<CpuBackend>();
 }
 
+namespace {
+std::map<std::string, BackendFactory> &registry() {
+  static std::map<std::string, BackendFactory> factories;
+  return factories;
+}
+} // namespace
+
+void registerBackend(const std::string &target, BackendFactory factory) {
+  registry()[target] = factory;
+}
+
 std::unique_ptr<Backend> makeBackend(const std::string &target) {
   if (target == "cpu")
     return makeCpuBackend();
-  return nullptr;
+  auto it = registry().find(target);
+  return it == registry().end() ? nullptr : it->second();
 }
 
 } // namespace fcc::trainer

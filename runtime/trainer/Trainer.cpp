@@ -23,12 +23,17 @@
 #include "fcc/runtime/cpu_kernels.h"
 #include "fcc/runtime/init.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <limits>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -95,6 +100,8 @@ private:
   void printSettings();
   void allocateState();
   int initialiseRun(uint64_t seed);
+  // --dump-step: one step on the first batch, parameters before and after.
+  int dumpStep(uint64_t seed);
   // Returns kExitOk or kExitDiverged; fills `summary`.
   int trainRun(int run, uint64_t seed, RunSummary &summary);
   void evaluate(float *const *params, double &loss, double &acc);
@@ -166,8 +173,14 @@ void Driver::printSettings() {
   say("model     " + std::string(p_.model ? p_.model : "?") + "  (" +
       std::to_string(p_.num_params) + " parameter tensors, " +
       std::to_string(p_.classes) + " classes)");
+  std::string precision = p_.precision ? p_.precision : "fp32";
+  if (p_.loss_scaling)
+    precision += " (dynamic loss scaling from " +
+                 formatShortest(o_.lossScale) + ", window " +
+                 std::to_string(o_.lossScaleWindow) + ")";
   say("target    " + std::string(p_.target ? p_.target : "?") + " on " +
-      backend_->describe() + ", batch " + std::to_string(p_.batch) +
+      backend_->describe() + ", " + precision + ", batch " +
+      std::to_string(p_.batch) +
       ", scratch arena " + fmt("%.1f MB", double(p_.arena_bytes) / 1e6));
   say("recipe    " + std::string(p_.defaults.name ? p_.defaults.name : "?") +
       ": epochs " + std::to_string(o_.epochs) + ", lr-knots " +
@@ -266,10 +279,87 @@ void Driver::evaluate(float *const *params, double &loss, double &acc) {
   acc = sums[FCC_METRIC_CORRECT] / double(count);
 }
 
+int Driver::dumpStep(uint64_t seed) {
+  const std::string &dir = o_.dumpStep;
+  if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST)
+    return fail(kExitUsage, "--dump-step: cannot create '" + dir +
+                                "': " + std::strerror(errno));
+  auto saveAll = [&](const char *suffix) -> bool {
+    for (int i = 0; i < p_.num_params; ++i) {
+      const fcc_param_info &info = p_.params[i];
+      std::vector<float> host(size_t(info.numel));
+      backend_->download(host.data(), state_.params[size_t(i)], info.numel);
+      std::string path =
+          dir + "/p" + std::to_string(i) + "." + suffix + ".f32";
+      std::ofstream f(path, std::ios::binary);
+      f.write(reinterpret_cast<const char *>(host.data()),
+              std::streamsize(host.size() * sizeof(float)));
+      if (!f)
+        return false;
+    }
+    return true;
+  };
+  if (!saveAll("before"))
+    return fail(kExitUsage, "--dump-step: cannot write into '" + dir + "'");
+  std::vector<int64_t> indices(static_cast<size_t>(p_.batch));
+  for (int64_t i = 0; i < p_.batch; ++i)
+    indices[size_t(i)] = i;
+  std::vector<ExampleAugment> draws(static_cast<size_t>(p_.batch));
+  backend_->loadTrainBatch(indices.data(), draws.data(), AugmentConfig{},
+                           p_.batch);
+  fcc_hyper hyper{};
+  hyper.lr = float(o_.lr.atStep(0, 1));
+  hyper.momentum = o_.momentum;
+  hyper.weight_decay = o_.weightDecay;
+  hyper.nesterov = o_.nesterov ? 1.0f : 0.0f;
+  hyper.label_smoothing = o_.labelSmoothing;
+  hyper.loss_scale = p_.loss_scaling ? o_.lossScale : 1.0f;
+  hyper.seed = stepSeed(seed, 0);
+  double metrics[FCC_NUM_METRICS] = {};
+  backend_->takeMetrics(metrics);
+  p_.train_step(state_.params.data(), state_.momentum.data(),
+                backend_->batchImages(), backend_->batchLabels(),
+                backend_->stageHyper(hyper), backend_->metrics());
+  backend_->synchronize();
+  backend_->takeMetrics(metrics);
+  if (!saveAll("after"))
+    return fail(kExitUsage, "--dump-step: cannot write into '" + dir + "'");
+  std::ofstream m(dir + "/manifest.json");
+  m << "{\"target\": \"" << (p_.target ? p_.target : "") << "\", "
+    << "\"precision\": \"" << (p_.precision ? p_.precision : "fp32")
+    << "\", \"batch\": " << p_.batch << ", \"seed\": " << seed
+    << ", \"lr\": " << formatShortest(hyper.lr)
+    << ", \"loss\": " << formatShortest(metrics[FCC_METRIC_LOSS_SUM] /
+                                          double(p_.batch))
+    << ", \"correct\": " << formatShortest(metrics[FCC_METRIC_CORRECT])
+    << ", \"skipped\": " << formatShortest(metrics[FCC_METRIC_SKIPPED])
+    << ", \"params\": [";
+  for (int i = 0; i < p_.num_params; ++i) {
+    const fcc_param_info &info = p_.params[i];
+    m << (i ? ", " : "") << "{\"name\": \"" << info.name
+      << "\", \"trainable\": " << info.trainable << ", \"shape\": [";
+    for (int d = 0; d < info.rank; ++d)
+      m << (d ? ", " : "") << info.shape[d];
+    m << "], \"before\": \"p" << i << ".before.f32\", \"after\": \"p" << i
+      << ".after.f32\"}";
+  }
+  m << "]}\n";
+  if (!m)
+    return fail(kExitUsage, "--dump-step: cannot write '" + dir +
+                                "/manifest.json'");
+  out_ << "dumped one step (loss "
+       << formatShortest(metrics[FCC_METRIC_LOSS_SUM] / double(p_.batch))
+       << ") to " << dir << "\n";
+  return kExitOk;
+}
+
 int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
   const int64_t batch = p_.batch;
   const int64_t stepsPerEpoch = data_.train.count / batch;
-  const bool cheap = backend_->cheapMetrics();
+  // Metrics are read after every step on the CPU (running loss, divergence
+  // check) and whenever the loss scale depends on them; a GPU otherwise
+  // reads them once per epoch.
+  const bool cheap = backend_->cheapMetrics() || p_.loss_scaling != 0;
   std::vector<ExampleAugment> draws(static_cast<size_t>(batch));
   float *const *params = state_.params.data();
   float *const *momentum = state_.momentum.data();
@@ -294,6 +384,13 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
   hyper.label_smoothing = o_.labelSmoothing;
   hyper.loss_scale = 1.0f;
 
+  // Dynamic loss scaling (fp16 programs): the trainer owns the scale. A step
+  // whose gradients overflowed was skipped by the program (SKIPPED metric):
+  // halve the scale; double it after lossScaleWindow clean steps in a row.
+  const bool scaling = p_.loss_scaling != 0;
+  double lossScale = scaling ? o_.lossScale : 1.0;
+  int64_t cleanSteps = 0;
+
   double totalTime = 0;
   int64_t step = 0;
   for (int epoch = 1; epoch <= o_.epochs; ++epoch) {
@@ -311,14 +408,27 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
       backend_->loadTrainBatch(indices, draws.data(), augment_, batch);
       hyper.lr = float(o_.lr.atStep(step, stepsPerEpoch));
       hyper.seed = stepSeed(seed, step);
+      hyper.loss_scale = float(lossScale);
+      if (step == o_.injectOverflow)
+        hyper.loss_scale = std::numeric_limits<float>::infinity();
       p_.train_step(params, momentum, backend_->batchImages(),
-                    backend_->batchLabels(), &hyper, backend_->metrics());
+                    backend_->batchLabels(), backend_->stageHyper(hyper),
+                    backend_->metrics());
       if (o_.ema > 0 && (step + 1) % o_.emaEvery == 0)
         p_.ema_update(state_.ema.data(), params, emaDecay);
       if (cheap) {
         backend_->takeMetrics(metrics);
         for (int k = 0; k < FCC_NUM_METRICS; ++k)
           sums[k] += metrics[k];
+        if (scaling) {
+          if (metrics[FCC_METRIC_SKIPPED] > 0) {
+            lossScale = std::max(1.0, lossScale / 2);
+            cleanSteps = 0;
+          } else if (++cleanSteps >= o_.lossScaleWindow) {
+            lossScale = std::min(1e30, lossScale * 2);
+            cleanSteps = 0;
+          }
+        }
         if (!std::isfinite(metrics[FCC_METRIC_LOSS_SUM])) {
           bar.clear();
           return fail(kExitDiverged,
@@ -354,6 +464,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
     r.trainLoss = sums[FCC_METRIC_LOSS_SUM] / trained;
     r.trainAcc = sums[FCC_METRIC_CORRECT] / trained;
     r.skippedSteps = int64_t(sums[FCC_METRIC_SKIPPED]);
+    r.lossScale = lossScale;
     r.steps = stepsPerEpoch;
     r.trainImages = stepsPerEpoch * batch;
     r.testImages = data_.test.count;
@@ -369,6 +480,11 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
     r.evalTime = secondsSince(evalStart);
 
     say(tableRow(r));
+    if (r.skippedSteps > 0)
+      say("          " + std::to_string(r.skippedSteps) + " step" +
+          (r.skippedSteps == 1 ? "" : "s") +
+          " skipped (gradients overflowed); loss scale now " +
+          formatShortest(lossScale));
     json_.add(r);
     tsv_.add(r);
     summary.epochs = epoch;
@@ -395,7 +511,11 @@ int Driver::main(int argc, char **argv) {
   if (o_.threads > 0)
     fcc_cpu_set_num_threads(o_.threads);
   std::string target = p_.target ? p_.target : "";
-  backend_ = makeBackend(target);
+  try {
+    backend_ = makeBackend(target);
+  } catch (const NoDeviceError &e) {
+    return fail(kExitNoDevice, e.what());
+  }
   if (!backend_)
     return fail(kExitNoDevice, "this trainer has no backend for target '" +
                                    target + "' (built without it)");
@@ -425,6 +545,14 @@ int Driver::main(int argc, char **argv) {
 
   backend_->setData(data_.train, data_.test, norm_, p_.batch);
   allocateState();
+  std::string memory = backend_->memoryReport();
+  if (!memory.empty())
+    say("memory    " + memory);
+  if (!o_.dumpStep.empty()) {
+    if ((rc = initialiseRun(o_.seed)) != kExitOk)
+      return rc;
+    return dumpStep(o_.seed);
+  }
   std::vector<RunSummary> summaries;
   for (int run = 1; run <= o_.runs; ++run) {
     uint64_t seed = o_.seed + uint64_t(run - 1);

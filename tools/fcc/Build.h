@@ -7,6 +7,7 @@
 #include "llvm/Support/Error.h"
 
 #include <string>
+#include <vector>
 
 namespace fcc {
 
@@ -14,6 +15,7 @@ struct BuildOptions {
   std::string output;     // executable path
   std::string keepSource; // directory to keep trainer.cpp/weights.bin in ("" = temp)
   std::string target = "cpu";
+  std::string gpuArch = "sm_80,sm_90"; // --target cuda: nvcc -gencode list
   bool verbose = false;
 };
 
@@ -21,6 +23,13 @@ struct BuildOptions {
 /// the system C++ compiler against fcc's runtime libraries.
 llvm::Error buildTrainer(const GeneratedProgram &program,
                          const BuildOptions &options);
+
+/// Whether this fcc can build CUDA trainers (built with the CUDA runtime and
+/// nvcc is found); `why` says what is missing otherwise.
+bool cudaTargetAvailable(std::string *why = nullptr);
+
+/// Parses "sm_80,sm_90" into nvcc -gencode arguments; false if malformed.
+bool gpuArchFlags(const std::string &archs, std::vector<std::string> &flags);
 
 } // namespace fcc
 
