@@ -1,0 +1,811 @@
+//===- batchnorm.cu - BatchNorm, fused BatchNorm + activation, folding ----===//
+//
+// Batch normalisation over (N, H, W) per channel, the fused
+// BatchNorm + activation (+ max pool) (+ residual) kernels of fcc.bn_act,
+// folding an inference BatchNorm into the convolution before it, and the
+// per-channel sum that is a convolution's bias gradient.
+//
+// Per-channel reductions run in two launches, deterministically:
+//  1. a grid of (segments x channels) blocks; each thread accumulates its
+//     strided share of the channel's n*h*w elements in double, the block
+//     sums its threads in a fixed tree, and each block writes one pair of
+//     partial sums to the context's scratch;
+//  2. one thread per channel adds the channel's partial sums in segment
+//     order and derives what the next launch needs (statistics,
+//     coefficients) from them.
+// The number of segments depends only on the shape (enough blocks to fill
+// any GPU, at least 8 elements per thread), so results are the same on
+// every run and every GPU.
+//
+// Arithmetic mirrors runtime/cpu/batch_norm.cpp and fused.cpp formula by
+// formula, including which quantities are rounded to float:
+//  - unfused training forward: two passes (mean, then centred squares)
+//    and normalisation with the double statistics;
+//  - fused training forward: one pass of sums shifted by the channel's
+//    first element, and normalisation with the statistics rounded to float
+//    (what the backward gets, so its recomputed activations and pooling
+//    arg-maxes are bit-identical to the forward's);
+//  - normalisation z = float((double(x) - mean) * mul + shift) with mul =
+//    scale / sqrt(var + eps) (inference) or scale * (1 / sqrt(var + eps))
+//    (training), activations in float;
+//  - backward: dshift = sum dz, dscale = sum dz * xhat in double,
+//    dx = float(scale * invStd * (dz - dshift / M - xhat * dscale / M)).
+// Only the order in which the double sums are added differs from the CPU.
+//
+// The fused backward computes dz (the gradient before the activation, with
+// dy routed to the first maximum of each pooling window) in both of its
+// sweeps rather than storing it: dx may be half precision, and dz must stay
+// fp32 between the sweeps as on the CPU.
+//
+//===----------------------------------------------------------------------===//
+#include "common.cuh"
+
+#include <algorithm>
+
+using namespace fcc::cuda;
+
+namespace {
+
+// Number of partial sums per channel at most, and the least work per
+// thread that justifies another segment.
+constexpr int64_t kMaxSegments = 128;
+constexpr int64_t kMinItemsPerThread = 8;
+
+// An NCHW tensor seen per channel: n planes of hw elements per channel.
+struct Layout {
+  int64_t n = 0, c = 0, hw = 0;
+  uint32_t hw32 = 0;  // hw, for 32-bit index arithmetic
+  uint64_t count = 0; // n * hw elements per channel (< 2^32)
+};
+
+// What the kernels of one call pass from launch to launch per channel.
+struct ChannelCoef {
+  double mean;      // subtracted by the normalisation
+  double mul;       // scale / std, in the form of the kernel (see above)
+  double shift;     // BatchNorm shift
+  double invStd;    // 1 / sqrt(var + eps) (training forms)
+  double k;         // backward: scale * invStd
+  double meanG;     // backward: sum dz / M
+  double meanGXhat; // backward: sum dz * xhat / M
+};
+
+struct Scratch {
+  ChannelCoef *coef = nullptr;
+  double2 *partials = nullptr;
+  int segments = 1;
+};
+
+// Checks the shape and carves the context's scratch into per-channel
+// coefficients and partial sums. False (sticky error) if impossible.
+bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
+             Scratch &s) {
+  if (n <= 0 || c <= 0 || hw <= 0)
+    return false; // Nothing to do (the CPU kernels do nothing either).
+  if (!ready(fn))
+    return false;
+  // Reductions put channels on gridDim.y and index a channel's elements
+  // with 32 bits.
+  constexpr int64_t kMaxGridY = 65535;
+  if (c > kMaxGridY) {
+    setAsyncError(format("%s: %lld channels; at most %lld are supported", fn,
+                         (long long)c, (long long)kMaxGridY));
+    return false;
+  }
+  if (n * hw >= (int64_t(1) << 32)) {
+    setAsyncError(format("%s: %lld elements per channel; fewer than 2^32 are "
+                         "supported",
+                         fn, (long long)(n * hw)));
+    return false;
+  }
+  l.n = n;
+  l.c = c;
+  l.hw = hw;
+  l.hw32 = uint32_t(hw);
+  l.count = uint64_t(n * hw);
+  // Coefficients first, 256-byte aligned, then the partial sums.
+  const size_t coefBytes = (size_t(c) * sizeof(ChannelCoef) + 255) / 256 * 256;
+  const int64_t perSegment = kThreads * kMinItemsPerThread;
+  int64_t segments = (int64_t(l.count) + perSegment - 1) / perSegment;
+  segments = std::max<int64_t>(1, std::min(segments, kMaxSegments));
+  const size_t capacity = scratchCapacity();
+  const int64_t fit =
+      capacity > coefBytes
+          ? int64_t((capacity - coefBytes) / (size_t(c) * sizeof(double2)))
+          : 0;
+  segments = std::min(segments, fit);
+  if (segments < 1) {
+    setAsyncError(format("%s: %lld channels do not fit the kernel scratch", fn,
+                         (long long)c));
+    return false;
+  }
+  char *base = static_cast<char *>(
+      scratch(coefBytes + size_t(c * segments) * sizeof(double2), fn));
+  if (!base)
+    return false;
+  s.coef = reinterpret_cast<ChannelCoef *>(base);
+  s.partials = reinterpret_cast<double2 *>(base + coefBytes);
+  s.segments = int(segments);
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// The two-launch per-channel reduction
+//===----------------------------------------------------------------------===//
+
+// Op(ch, plane, j) -> (a, b): the contribution of element j of plane
+// `plane` (= n * c + ch) to the channel's two sums.
+template <class Op>
+__global__ void __launch_bounds__(kThreads)
+    channelPartialsKernel(Op op, Layout l, int segments, double2 *partials) {
+  const int64_t ch = blockIdx.y;
+  const uint64_t stride = uint64_t(segments) * kThreads;
+  double a = 0.0, b = 0.0;
+  for (uint64_t e = uint64_t(blockIdx.x) * kThreads + threadIdx.x; e < l.count;
+       e += stride) {
+    const uint32_t e32 = uint32_t(e); // < 2^32 by prepare()
+    const uint32_t i = e32 / l.hw32, j = e32 - i * l.hw32;
+    const double2 v = op(ch, int64_t(i) * l.c + ch, int64_t(j));
+    a += v.x;
+    b += v.y;
+  }
+  blockSum2(a, b);
+  if (threadIdx.x == 0)
+    partials[ch * segments + blockIdx.x] = make_double2(a, b);
+}
+
+// Fin(ch, a, b) with the channel's totals, summed in segment order.
+template <class Fin>
+__global__ void channelFinishKernel(Fin fin, const double2 *partials,
+                                    int segments, int64_t c) {
+  FCC_GRID_LOOP(ch, c) {
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < segments; ++s) {
+      const double2 v = partials[ch * segments + s];
+      a += v.x;
+      b += v.y;
+    }
+    fin(ch, a, b);
+  }
+}
+
+template <class Op, class Fin>
+bool channelReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
+                   Fin fin) {
+  const dim3 grid(unsigned(s.segments), unsigned(l.c));
+  channelPartialsKernel<<<grid, kThreads, 0, stream()>>>(op, l, s.segments,
+                                                          s.partials);
+  if (!checkLaunch(fn))
+    return false;
+  channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
+      fin, s.partials, s.segments, l.c);
+  return checkLaunch(fn);
+}
+
+//===----------------------------------------------------------------------===//
+// Element functions
+//===----------------------------------------------------------------------===//
+
+__device__ __forceinline__ float normalise(const ChannelCoef &k, float x) {
+  return float((double(x) - k.mean) * k.mul + k.shift);
+}
+
+// As fused.cpp's activate / activationGrad.
+__device__ __forceinline__ float activate(int act, float z, float alpha) {
+  switch (act) {
+  case FCC_ACT_RELU:
+    return z > 0.0f ? z : 0.0f;
+  case FCC_ACT_CELU:
+    return z > 0.0f ? z : alpha * expm1f(z / alpha);
+  default:
+    return z;
+  }
+}
+
+__device__ __forceinline__ float activationGrad(int act, float z, float g,
+                                                float alpha) {
+  switch (act) {
+  case FCC_ACT_RELU:
+    return z > 0.0f ? g : 0.0f;
+  case FCC_ACT_CELU:
+    return z > 0.0f ? g : g * expf(z / alpha);
+  default:
+    return g;
+  }
+}
+
+// The geometry of a fused kernel (fcc_bn_act_desc after finalize).
+struct FusedGeom {
+  int64_t h, w, oh, ow;
+  int64_t kh, kw, sh, sw; // pool window and strides; kh == 0: no pooling
+  int act;
+  float alpha;
+};
+
+// Index in the plane of the first tap of pooling window (oh, ow) holding
+// the window's maximum of act(normalise(x)) (the first NaN if any): fused.cpp's
+// windowMax + firstMaxIndex in one pass.
+template <class T>
+__device__ int64_t fusedFirstMax(const T *plane, const FusedGeom &g,
+                                 const ChannelCoef &k, int64_t oh,
+                                 int64_t ow) {
+  float m = -INFINITY;
+  int64_t best = (oh * g.sh) * g.w + ow * g.sw, firstNaN = -1;
+  for (int64_t i = 0; i < g.kh; ++i)
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t pos = (oh * g.sh + i) * g.w + ow * g.sw + j;
+      const float v = activate(g.act, normalise(k, toFloat(plane[pos])), g.alpha);
+      if (isnan(v)) {
+        if (firstNaN < 0)
+          firstNaN = pos;
+      } else if (v > m) {
+        m = v;
+        best = pos;
+      }
+    }
+  return firstNaN >= 0 ? firstNaN : best;
+}
+
+// dz of element j of plane p: dy routed through the pooling (the sum, in
+// the CPU's window order, of the gradients of the windows whose first
+// maximum is j) times the activation's derivative at z = normalise(x).
+template <class T>
+__device__ float fusedDz(const T *x, const T *dy, const FusedGeom &g,
+                         const ChannelCoef &k, int64_t p, int64_t j) {
+  const int64_t hw = g.h * g.w;
+  const T *plane = x + p * hw;
+  const float z = normalise(k, toFloat(plane[j]));
+  float grad;
+  if (g.kh == 0) {
+    grad = toFloat(dy[p * hw + j]);
+  } else {
+    const T *dyPlane = dy + p * g.oh * g.ow;
+    const int64_t r = j / g.w, c = j - r * g.w;
+    grad = 0.0f;
+    // Windows containing (r, c) in (oh, ow) order: the output index grows
+    // as the tap index falls.
+    for (int64_t i = g.kh - 1; i >= 0; --i) {
+      const int64_t tr = r - i;
+      if (tr < 0 || tr % g.sh != 0 || tr / g.sh >= g.oh)
+        continue;
+      const int64_t oh = tr / g.sh;
+      for (int64_t jj = g.kw - 1; jj >= 0; --jj) {
+        const int64_t tc = c - jj;
+        if (tc < 0 || tc % g.sw != 0 || tc / g.sw >= g.ow)
+          continue;
+        const int64_t ow = tc / g.sw;
+        if (fusedFirstMax(plane, g, k, oh, ow) == j)
+          grad += toFloat(dyPlane[oh * g.ow + ow]);
+      }
+    }
+  }
+  return activationGrad(g.act, z, grad, g.alpha);
+}
+
+//===----------------------------------------------------------------------===//
+// Reduction operands and finishers
+//===----------------------------------------------------------------------===//
+
+template <class T> struct SumOp {
+  const T *x;
+  int64_t hw;
+  __device__ double2 operator()(int64_t, int64_t p, int64_t j) const {
+    return make_double2(double(toFloat(x[p * hw + j])), 0.0);
+  }
+};
+
+template <class T> struct CentredSquaresOp {
+  const T *x;
+  int64_t hw;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
+    const double centred = double(toFloat(x[p * hw + j])) - coef[ch].mean;
+    return make_double2(centred * centred, 0.0);
+  }
+};
+
+// Sums of x - K, (x - K)^2 with K the channel's first element.
+template <class T> struct ShiftedSumsOp {
+  const T *x;
+  int64_t hw;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
+    const double t = double(toFloat(x[p * hw + j])) - double(toFloat(x[ch * hw]));
+    return make_double2(t, t * t);
+  }
+};
+
+template <class T> struct BnGradOp {
+  const T *x, *dy;
+  int64_t hw;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
+    const ChannelCoef &k = coef[ch];
+    const double g = double(toFloat(dy[p * hw + j]));
+    return make_double2(g, g * (double(toFloat(x[p * hw + j])) - k.mean) *
+                               k.invStd);
+  }
+};
+
+template <class T> struct FusedGradOp {
+  const T *x, *dy;
+  FusedGeom g;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
+    const ChannelCoef &k = coef[ch];
+    const double v = double(fusedDz(x, dy, g, k, p, j));
+    const double xv = double(toFloat(x[p * g.h * g.w + j]));
+    return make_double2(v, v * (xv - k.mean) * k.invStd);
+  }
+};
+
+struct MeanFin {
+  double count;
+  float *batchMean;
+  ChannelCoef *coef;
+  __device__ void operator()(int64_t ch, double sum, double) const {
+    const double mean = sum / count;
+    coef[ch].mean = mean;
+    batchMean[ch] = float(mean);
+  }
+};
+
+struct VarFin {
+  double count;
+  float eps;
+  const float *scale, *shift;
+  float *batchVar;
+  ChannelCoef *coef;
+  __device__ void operator()(int64_t ch, double sq, double) const {
+    const double var = sq / count;
+    const double invStd = 1.0 / sqrt(var + double(eps));
+    batchVar[ch] = float(var);
+    coef[ch].invStd = invStd;
+    coef[ch].mul = double(scale[ch]) * invStd;
+    coef[ch].shift = double(shift[ch]);
+  }
+};
+
+template <class T> struct ShiftedFin {
+  const T *x;
+  int64_t hw;
+  double count;
+  float eps;
+  const float *scale, *shift;
+  float *batchMean, *batchVar;
+  ChannelCoef *coef;
+  __device__ void operator()(int64_t ch, double s1, double s2) const {
+    const double k = double(toFloat(x[ch * hw]));
+    const double shifted = s1 / count;
+    const double rawVar = s2 / count - shifted * shifted;
+    const float mean = float(k + shifted);
+    // std::max(rawVar, 0.0): NaN stays NaN (fmax would give 0).
+    const float var = float(rawVar < 0.0 ? 0.0 : rawVar);
+    batchMean[ch] = mean;
+    batchVar[ch] = var;
+    ChannelCoef c{};
+    c.mean = double(mean);
+    c.invStd = 1.0 / sqrt(double(var) + double(eps));
+    c.mul = double(scale[ch]) * c.invStd;
+    c.shift = double(shift[ch]);
+    coef[ch] = c;
+  }
+};
+
+struct GradFin {
+  double count;
+  const float *scale;
+  float *dscale, *dshift;
+  ChannelCoef *coef;
+  __device__ void operator()(int64_t ch, double sumG, double sumGXhat) const {
+    if (dshift)
+      dshift[ch] = float(sumG);
+    if (dscale)
+      dscale[ch] = float(sumGXhat);
+    ChannelCoef &k = coef[ch];
+    k.k = double(scale[ch]) * k.invStd;
+    k.meanG = sumG / count;
+    k.meanGXhat = sumGXhat / count;
+  }
+};
+
+template <class T> struct StoreSumFin {
+  T *out;
+  __device__ void operator()(int64_t ch, double sum, double) const {
+    out[ch] = fromFloat<T>(float(sum));
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Elementwise sweeps
+//===----------------------------------------------------------------------===//
+
+// Coefficients from given statistics. Inference: mul = scale / sqrt(var +
+// eps) (fcc_cpu_batch_norm_inference); training: invStd = 1 / sqrt(var +
+// eps), mul = scale * invStd (the statistics the training forward
+// reported). shift may be null (the unfused backward does not use it).
+__global__ void coefKernel(const float *scale, const float *shift,
+                           const float *mean, const float *var, float eps,
+                           bool training, int64_t c, ChannelCoef *coef) {
+  FCC_GRID_LOOP(ch, c) {
+    ChannelCoef k{};
+    k.mean = double(mean[ch]);
+    const double root = sqrt(double(var[ch]) + double(eps));
+    k.invStd = 1.0 / root;
+    k.mul = training ? double(scale[ch]) * k.invStd : double(scale[ch]) / root;
+    k.shift = shift ? double(shift[ch]) : 0.0;
+    coef[ch] = k;
+  }
+}
+
+template <class T>
+__global__ void normaliseKernel(const T *x, T *y, int64_t c, int64_t hw,
+                                int64_t total, const ChannelCoef *coef) {
+  FCC_GRID_LOOP(e, total) {
+    const int64_t ch = divIndex(e, hw) % c;
+    y[e] = fromFloat<T>(normalise(coef[ch], toFloat(x[e])));
+  }
+}
+
+template <class T>
+__global__ void bnBackwardKernel(const T *x, const T *dy, T *dx, int64_t c,
+                                 int64_t hw, int64_t total,
+                                 const ChannelCoef *coef) {
+  FCC_GRID_LOOP(e, total) {
+    const ChannelCoef &k = coef[divIndex(e, hw) % c];
+    const double xhat = (double(toFloat(x[e])) - k.mean) * k.invStd;
+    dx[e] = fromFloat<T>(float(
+        k.k * (double(toFloat(dy[e])) - k.meanG - xhat * k.meanGXhat)));
+  }
+}
+
+// One thread per output element: normalise, activate, max-pool (taps in
+// row-major order, NaN propagates), add the residual (which may be y).
+template <class T>
+__global__ void fusedForwardKernel(const T *x, const T *residual, T *y,
+                                   FusedGeom g, int64_t c, int64_t total,
+                                   const ChannelCoef *coef) {
+  const int64_t outPlane = g.oh * g.ow;
+  FCC_GRID_LOOP(o, total) {
+    const int64_t p = divIndex(o, outPlane), q = o - p * outPlane;
+    const ChannelCoef &k = coef[p % c];
+    float v;
+    if (g.kh == 0) {
+      v = activate(g.act, normalise(k, toFloat(x[o])), g.alpha);
+    } else {
+      const int64_t oh = q / g.ow, ow = q - oh * g.ow;
+      const T *plane = x + p * g.h * g.w;
+      float m = -INFINITY;
+      bool nan = false;
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const float a = activate(
+              g.act,
+              normalise(k, toFloat(plane[(oh * g.sh + i) * g.w + ow * g.sw + j])),
+              g.alpha);
+          m = a > m ? a : m;
+          nan |= isnan(a);
+        }
+      v = nan ? __int_as_float(0x7fc00000) : m;
+    }
+    if (residual)
+      v = v + toFloat(residual[o]);
+    y[o] = fromFloat<T>(v);
+  }
+}
+
+template <class T>
+__global__ void fusedBackwardKernel(const T *x, const T *dy, T *dx,
+                                    FusedGeom g, int64_t c, int64_t total,
+                                    const ChannelCoef *coef) {
+  const int64_t hw = g.h * g.w;
+  FCC_GRID_LOOP(e, total) {
+    const int64_t p = divIndex(e, hw), j = e - p * hw;
+    const ChannelCoef &k = coef[p % c];
+    const float dz = fusedDz(x, dy, g, k, p, j);
+    const double xhat = (double(toFloat(x[e])) - k.mean) * k.invStd;
+    dx[e] = fromFloat<T>(
+        float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat)));
+  }
+}
+
+__global__ void updateRunningKernel(float *runningMean, float *runningVar,
+                                    const float *batchMean,
+                                    const float *batchVar, double momentum,
+                                    double correction, int64_t c) {
+  FCC_GRID_LOOP(ch, c) {
+    const double m = momentum;
+    runningMean[ch] =
+        float((1.0 - m) * runningMean[ch] + m * double(batchMean[ch]));
+    runningVar[ch] = float((1.0 - m) * runningVar[ch] +
+                           m * double(batchVar[ch]) * correction);
+  }
+}
+
+template <class T>
+__global__ void foldBnKernel(const T *w, const T *b, const float *scale,
+                             const float *shift, const float *mean,
+                             const float *var, float eps, int64_t k,
+                             int64_t perK, T *wOut, T *bOut) {
+  FCC_GRID_LOOP(e, k * perK) {
+    const int64_t o = divIndex(e, perK);
+    const double m = double(scale[o]) / sqrt(double(var[o]) + double(eps));
+    wOut[e] = fromFloat<T>(float(double(toFloat(w[e])) * m));
+  }
+  FCC_GRID_LOOP(o, k) {
+    const double m = double(scale[o]) / sqrt(double(var[o]) + double(eps));
+    const double bias = b ? double(toFloat(b[o])) : 0.0;
+    bOut[o] = fromFloat<T>(float((bias - double(mean[o])) * m + double(shift[o])));
+  }
+}
+
+// fcc_bn_act_desc_finalize's checks (the CUDA runtime does not link the CPU
+// kernels); oh/ow must match what it computes when they are set.
+bool fusedGeom(const fcc_bn_act_desc *d, FusedGeom &g, const char *fn) {
+  if (!d) {
+    setAsyncError(format("%s: null descriptor", fn));
+    return false;
+  }
+  auto bad = [&](const char *why) {
+    setAsyncError(format("%s: invalid descriptor: %s", fn, why));
+    return false;
+  };
+  if (d->n <= 0 || d->c <= 0 || d->h <= 0 || d->w <= 0)
+    return bad("the input shape must be positive");
+  if (d->activation < FCC_ACT_NONE || d->activation > FCC_ACT_CELU)
+    return bad("unknown activation");
+  if (d->activation == FCC_ACT_CELU && d->alpha == 0.0f)
+    return bad("CELU alpha must be non-zero");
+  g.h = d->h;
+  g.w = d->w;
+  g.act = d->activation;
+  g.alpha = d->alpha;
+  g.kh = g.kw = 0;
+  g.sh = g.sw = 1;
+  g.oh = d->h;
+  g.ow = d->w;
+  if (d->pool_kh != 0 || d->pool_kw != 0) {
+    if (d->pool_kh <= 0 || d->pool_kw <= 0 || d->pool_sh <= 0 ||
+        d->pool_sw <= 0)
+      return bad("pool kernel and strides must be positive");
+    if (d->pool_kh > d->h || d->pool_kw > d->w)
+      return bad("the pool window does not fit the input");
+    g.kh = d->pool_kh;
+    g.kw = d->pool_kw;
+    g.sh = d->pool_sh;
+    g.sw = d->pool_sw;
+    g.oh = (d->h - d->pool_kh) / d->pool_sh + 1;
+    g.ow = (d->w - d->pool_kw) / d->pool_sw + 1;
+  }
+  if ((d->oh != 0 || d->ow != 0) && (d->oh != g.oh || d->ow != g.ow))
+    return bad("oh/ow do not match the pooling (call fcc_bn_act_desc_finalize)");
+  return true;
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// C API: BatchNorm
+//===----------------------------------------------------------------------===//
+
+extern "C" void fcc_cuda_batch_norm_inference(const void *x, const float *scale,
+                                              const float *shift,
+                                              const float *mean,
+                                              const float *var, float eps,
+                                              int64_t n, int64_t c, int64_t hw,
+                                              void *y, int dtype) {
+  const char *fn = "fcc_cuda_batch_norm_inference";
+  Layout l;
+  Scratch s;
+  if (!prepare(fn, n, c, hw, l, s))
+    return;
+  coefKernel<<<blocksFor(c), kThreads, 0, stream()>>>(scale, shift, mean, var,
+                                                      eps, false, c, s.coef);
+  if (!checkLaunch(fn))
+    return;
+  const int64_t total = n * c * hw;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    normaliseKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        static_cast<const T *>(x), static_cast<T *>(y), c, hw, total, s.coef);
+  });
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_batch_norm_train_forward(
+    const void *x, const float *scale, const float *shift, float eps,
+    int64_t n, int64_t c, int64_t hw, void *y, float *batch_mean,
+    float *batch_var, int dtype) {
+  const char *fn = "fcc_cuda_batch_norm_train_forward";
+  Layout l;
+  Scratch s;
+  if (!prepare(fn, n, c, hw, l, s))
+    return;
+  const double count = double(n * hw);
+  const int64_t total = n * c * hw;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    const T *xt = static_cast<const T *>(x);
+    // Two passes for an accurate variance: the mean, then centred squares.
+    if (!channelReduce(fn, l, s, SumOp<T>{xt, hw},
+                       MeanFin{count, batch_mean, s.coef}))
+      return;
+    if (!channelReduce(fn, l, s, CentredSquaresOp<T>{xt, hw, s.coef},
+                       VarFin{count, eps, scale, shift, batch_var, s.coef}))
+      return;
+    normaliseKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        xt, static_cast<T *>(y), c, hw, total, s.coef);
+    checkLaunch(fn);
+  });
+}
+
+extern "C" void fcc_cuda_batch_norm_update_running(
+    float *running_mean, float *running_var, const float *batch_mean,
+    const float *batch_var, float momentum, int unbiased, int64_t count,
+    int64_t c) {
+  const char *fn = "fcc_cuda_batch_norm_update_running";
+  if (c <= 0 || !ready(fn))
+    return;
+  // Bessel's correction; a single sample has no unbiased estimate, so it
+  // falls back to the biased variance (as the CPU).
+  const double correction =
+      unbiased && count > 1 ? double(count) / double(count - 1) : 1.0;
+  updateRunningKernel<<<blocksFor(c), kThreads, 0, stream()>>>(
+      running_mean, running_var, batch_mean, batch_var, double(momentum),
+      correction, c);
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_batch_norm_backward(
+    const void *x, const void *dy, const float *scale, const float *batch_mean,
+    const float *batch_var, float eps, int64_t n, int64_t c, int64_t hw,
+    void *dx, float *dscale, float *dshift, int dtype) {
+  const char *fn = "fcc_cuda_batch_norm_backward";
+  Layout l;
+  Scratch s;
+  if (!prepare(fn, n, c, hw, l, s))
+    return;
+  coefKernel<<<blocksFor(c), kThreads, 0, stream()>>>(
+      scale, nullptr, batch_mean, batch_var, eps, true, c, s.coef);
+  if (!checkLaunch(fn))
+    return;
+  const double count = double(n * hw);
+  const int64_t total = n * c * hw;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    const T *xt = static_cast<const T *>(x);
+    const T *dyt = static_cast<const T *>(dy);
+    if (!channelReduce(fn, l, s, BnGradOp<T>{xt, dyt, hw, s.coef},
+                       GradFin{count, scale, dscale, dshift, s.coef}))
+      return;
+    if (!dx)
+      return;
+    bnBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        xt, dyt, static_cast<T *>(dx), c, hw, total, s.coef);
+    checkLaunch(fn);
+  });
+}
+
+//===----------------------------------------------------------------------===//
+// C API: fused BatchNorm + activation (+ pool) (+ residual)
+//===----------------------------------------------------------------------===//
+
+extern "C" void fcc_cuda_bn_act_train_forward(const fcc_bn_act_desc *d,
+                                              const void *x, const float *scale,
+                                              const float *shift,
+                                              const void *residual, void *y,
+                                              float *batch_mean,
+                                              float *batch_var, int dtype) {
+  const char *fn = "fcc_cuda_bn_act_train_forward";
+  FusedGeom g;
+  Layout l;
+  Scratch s;
+  if (!ready(fn) || !fusedGeom(d, g, fn) ||
+      !prepare(fn, d->n, d->c, d->h * d->w, l, s))
+    return;
+  const int64_t hw = d->h * d->w;
+  const double count = double(d->n * hw);
+  const int64_t total = d->n * d->c * g.oh * g.ow;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    const T *xt = static_cast<const T *>(x);
+    if (!channelReduce(fn, l, s, ShiftedSumsOp<T>{xt, hw},
+                       ShiftedFin<T>{xt, hw, count, d->eps, scale, shift,
+                                     batch_mean, batch_var, s.coef}))
+      return;
+    fusedForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        xt, static_cast<const T *>(residual), static_cast<T *>(y), g, d->c,
+        total, s.coef);
+    checkLaunch(fn);
+  });
+}
+
+extern "C" void fcc_cuda_bn_act_inference(const fcc_bn_act_desc *d,
+                                          const void *x, const float *scale,
+                                          const float *shift, const float *mean,
+                                          const float *var,
+                                          const void *residual, void *y,
+                                          int dtype) {
+  const char *fn = "fcc_cuda_bn_act_inference";
+  FusedGeom g;
+  Layout l;
+  Scratch s;
+  if (!ready(fn) || !fusedGeom(d, g, fn) ||
+      !prepare(fn, d->n, d->c, d->h * d->w, l, s))
+    return;
+  coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
+      scale, shift, mean, var, d->eps, false, d->c, s.coef);
+  if (!checkLaunch(fn))
+    return;
+  const int64_t total = d->n * d->c * g.oh * g.ow;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    fusedForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        static_cast<const T *>(x), static_cast<const T *>(residual),
+        static_cast<T *>(y), g, d->c, total, s.coef);
+  });
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
+                                         const void *x, const void *dy,
+                                         const float *scale, const float *shift,
+                                         const float *batch_mean,
+                                         const float *batch_var, void *dx,
+                                         float *dscale, float *dshift,
+                                         int dtype) {
+  const char *fn = "fcc_cuda_bn_act_backward";
+  FusedGeom g;
+  Layout l;
+  Scratch s;
+  if (!ready(fn) || !fusedGeom(d, g, fn) ||
+      !prepare(fn, d->n, d->c, d->h * d->w, l, s))
+    return;
+  coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
+      scale, shift, batch_mean, batch_var, d->eps, true, d->c, s.coef);
+  if (!checkLaunch(fn))
+    return;
+  const double count = double(d->n * d->h * d->w);
+  const int64_t total = d->n * d->c * d->h * d->w;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    const T *xt = static_cast<const T *>(x);
+    const T *dyt = static_cast<const T *>(dy);
+    if (!channelReduce(fn, l, s, FusedGradOp<T>{xt, dyt, g, s.coef},
+                       GradFin{count, scale, dscale, dshift, s.coef}))
+      return;
+    fusedBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        xt, dyt, static_cast<T *>(dx), g, d->c, total, s.coef);
+    checkLaunch(fn);
+  });
+}
+
+extern "C" void fcc_cuda_fold_bn(const void *w, const void *b,
+                                 const float *scale, const float *shift,
+                                 const float *mean, const float *var, float eps,
+                                 int64_t k, int64_t per_k, void *w_out,
+                                 void *b_out, int dtype) {
+  const char *fn = "fcc_cuda_fold_bn";
+  if (k <= 0 || per_k < 0 || !ready(fn))
+    return;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    foldBnKernel<T><<<blocksFor(std::max(k * per_k, k)), kThreads, 0,
+                      stream()>>>(static_cast<const T *>(w),
+                                  static_cast<const T *>(b), scale, shift, mean,
+                                  var, eps, k, per_k, static_cast<T *>(w_out),
+                                  static_cast<T *>(b_out));
+  });
+  checkLaunch(fn);
+}
+
+namespace fcc::cuda {
+
+bool channelSum(const void *x, int64_t n, int64_t c, int64_t hw, void *out,
+                int dtype, const char *fn) {
+  Layout l;
+  Scratch s;
+  if (n <= 0 || c <= 0 || hw <= 0)
+    return true;
+  if (!prepare(fn, n, c, hw, l, s))
+    return false;
+  bool ok = false;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    ok = channelReduce(fn, l, s, SumOp<T>{static_cast<const T *>(x), hw},
+                       StoreSumFin<T>{static_cast<T *>(out)});
+  });
+  return ok;
+}
+
+} // namespace fcc::cuda

@@ -1,0 +1,156 @@
+//===- common.cuh - Device helpers shared by the CUDA kernels (private) ---===//
+//
+// Storage-type conversions (fp32 arithmetic on fp32/fp16/bf16 storage,
+// rounding to nearest even on every store, exactly as the CPU target's
+// emulation in runtime/cpu/half.cpp), the dtype dispatch of the host
+// wrappers, Philox-4x32-10 (bit-identical to runtime/cpu/random.cpp), the
+// reflection index of the data augmentation, and a deterministic block
+// reduction.
+//
+// The library is compiled with -fmad=false: nvcc would otherwise contract
+// a * b + c into fused multiply-adds, whose single rounding differs from
+// the CPU target's two (g++ for x86-64 has no FMA by default), and the
+// kernels are meant to reproduce the CPU kernels' arithmetic.
+//
+//===----------------------------------------------------------------------===//
+#ifndef FCC_RUNTIME_CUDA_COMMON_CUH
+#define FCC_RUNTIME_CUDA_COMMON_CUH
+
+#include "internal.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace fcc::cuda {
+
+//===--- Storage types ------------------------------------------------------===//
+
+__device__ __forceinline__ float toFloat(float v) { return v; }
+__device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }
+__device__ __forceinline__ float toFloat(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <class T> __device__ __forceinline__ T fromFloat(float v);
+template <> __device__ __forceinline__ float fromFloat<float>(float v) {
+  return v;
+}
+// Round to nearest, ties to even; overflow to infinity (fcc_round_f16).
+template <> __device__ __forceinline__ __half fromFloat<__half>(float v) {
+  return __float2half_rn(v);
+}
+// Round to nearest, ties to even (fcc_round_bf16).
+template <>
+__device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Records a sticky "<fn>: unknown dtype <d>" error.
+inline void badDtype(const char *fn, int dtype) {
+  setAsyncError(format("%s: unknown dtype %d (expected FCC_DTYPE_F32, F16 "
+                       "or BF16)",
+                       fn, dtype));
+}
+
+// Runs the lambda given as the remaining arguments with `T` bound to the
+// storage type of DTYPE (float, __half or __nv_bfloat16); an unknown dtype
+// is a sticky error naming FN. The lambda is defined inside each case, so
+// its body sees that case's T:
+//   FCC_CUDA_DISPATCH(dtype, fn, [&] { kernel<T><<<g, b, 0, s>>>(...); });
+#define FCC_CUDA_DISPATCH(DTYPE, FN, ...)                                      \
+  do {                                                                         \
+    switch (DTYPE) {                                                           \
+    case FCC_DTYPE_F32: {                                                      \
+      using T = float;                                                         \
+      __VA_ARGS__();                                                           \
+    } break;                                                                   \
+    case FCC_DTYPE_F16: {                                                      \
+      using T = __half;                                                        \
+      __VA_ARGS__();                                                           \
+    } break;                                                                   \
+    case FCC_DTYPE_BF16: {                                                     \
+      using T = __nv_bfloat16;                                                 \
+      __VA_ARGS__();                                                           \
+    } break;                                                                   \
+    default:                                                                   \
+      ::fcc::cuda::badDtype(FN, DTYPE);                                        \
+    }                                                                          \
+  } while (0)
+
+// Grid-stride loop over [0, count).
+#define FCC_GRID_LOOP(I, COUNT)                                                \
+  for (int64_t I = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;             \
+       I < (COUNT); I += int64_t(blockDim.x) * gridDim.x)
+
+// e / d for non-negative e and positive d. GPUs emulate 64-bit division
+// in software (tens of instructions); almost every index of a real tensor
+// fits 32 bits, whose division is a few instructions.
+__device__ __forceinline__ int64_t divIndex(int64_t e, int64_t d) {
+  return ((uint64_t(e) | uint64_t(d)) >> 32) == 0
+             ? int64_t(uint32_t(e) / uint32_t(d))
+             : e / d;
+}
+
+//===--- Philox-4x32-10 (runtime/cpu/random.cpp) -----------------------------===//
+
+// Fills out[0..3] with the block `block` of stream (seed, streamId): the
+// random words number 4*block .. 4*block+3 of fcc_random_u32.
+__device__ __forceinline__ void philoxBlock(uint64_t seed, uint64_t streamId,
+                                            uint64_t block, uint32_t out[4]) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  uint32_t c0 = uint32_t(block), c1 = uint32_t(block >> 32);
+  uint32_t c2 = uint32_t(streamId), c3 = uint32_t(streamId >> 32);
+  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = __umulhi(kM0, c0), lo0 = kM0 * c0;
+    const uint32_t hi1 = __umulhi(kM1, c2), lo1 = kM1 * c2;
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// fcc_random_uniform's mapping of 32 random bits to [0, 1): the 24 high
+// bits, exactly representable.
+__device__ __forceinline__ float uniformOf(uint32_t bits) {
+  return float(bits >> 8) * (1.0f / 16777216.0f);
+}
+
+//===--- Block reduction -------------------------------------------------------===//
+
+// Sums a and b over the kThreads threads of the block in a fixed tree
+// order (deterministic); every thread gets the result. All threads must
+// call it; it may be called repeatedly (it ends with a barrier, so the next
+// call cannot overwrite the shared sums while a thread still reads them).
+__device__ __forceinline__ void blockSum2(double &a, double &b) {
+  __shared__ double sa[kThreads], sb[kThreads];
+  const int t = threadIdx.x;
+  sa[t] = a;
+  sb[t] = b;
+  __syncthreads();
+#pragma unroll
+  for (int half = kThreads / 2; half > 0; half >>= 1) {
+    if (t < half) {
+      sa[t] += sa[t + half];
+      sb[t] += sb[t + half];
+    }
+    __syncthreads();
+  }
+  a = sa[0];
+  b = sb[0];
+  __syncthreads();
+}
+
+} // namespace fcc::cuda
+
+#endif // FCC_RUNTIME_CUDA_COMMON_CUH

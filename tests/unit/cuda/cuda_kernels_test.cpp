@@ -1,0 +1,1275 @@
+//===- cuda_kernels_test.cpp - The CUDA runtime against the CPU kernels ---===//
+//
+// Every function of cuda_kernels.h on random inputs, compared with the CPU
+// kernel it mirrors (runtime/cpu, which runtime_kernels_test checks against
+// double-precision references): fp32, and fp16/bf16 where the storage type
+// matters (inputs rounded to the half type, the CPU result rounded the same
+// way). Where the GPU performs the same float operations in the same order
+// (elementwise maps, broadcasting, pooling, casts, dropout masks, SGD, EMA,
+// batch building) the results must be bit-identical; where it sums in a
+// different order (reductions in double, cuDNN, cuBLAS) or calls the CUDA
+// math library (exp, expm1) they must agree to a tolerance. Also: graph
+// capture replaying with step-varying device scalars, the timing cache, and
+// the sticky error model.
+//
+// Without a CUDA device every test is skipped (GTEST_SKIP), so the test
+// passes on CPU-only CI machines; it must compile everywhere the CUDA
+// runtime is built.
+//
+//===----------------------------------------------------------------------===//
+#include "fcc/runtime/cpu_kernels.h"
+#include "fcc/runtime/cuda_kernels.h"
+#include "fcc/runtime/program.h"
+
+#include "Augment.h"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Floats = std::vector<float>;
+
+bool haveDevice() {
+  static const int count = fcc_cuda_device_count();
+  return count > 0;
+}
+
+// Every test: skipped without a device, else runs on an initialised
+// runtime (fcc_cuda_init is idempotent) and must leave no sticky error.
+class Cuda : public ::testing::Test {
+protected:
+  void SetUp() override {
+    if (!haveDevice())
+      GTEST_SKIP() << "no CUDA device";
+    ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+  }
+  void TearDown() override {
+    if (haveDevice() && !IsSkipped())
+      EXPECT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+  }
+};
+
+//===--- Device buffers ---------------------------------------------------===//
+
+// A zero-filled device buffer, freed with the object.
+class Buffer {
+public:
+  explicit Buffer(int64_t bytes) : bytes_(bytes) {
+    p_ = fcc_cuda_malloc(bytes);
+    EXPECT_NE(p_, nullptr) << fcc_cuda_last_error();
+  }
+  ~Buffer() { fcc_cuda_free(p_); }
+  Buffer(const Buffer &) = delete;
+  Buffer &operator=(const Buffer &) = delete;
+  void *get() const { return p_; }
+  float *f() const { return static_cast<float *>(p_); }
+  int64_t bytes() const { return bytes_; }
+
+private:
+  void *p_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+int64_t elementSize(int dtype) { return dtype == FCC_DTYPE_F32 ? 4 : 2; }
+
+// Host floats -> device tensor of type dtype (converted on the device by
+// fcc_cuda_cast, so values must already be representable to compare
+// exactly).
+std::unique_ptr<Buffer> upload(const Floats &v, int dtype = FCC_DTYPE_F32) {
+  const int64_t n = int64_t(v.size());
+  auto f32 = std::make_unique<Buffer>(std::max<int64_t>(n, 1) * 4);
+  if (n > 0)
+    EXPECT_EQ(fcc_cuda_copy_to_device(f32->get(), v.data(), n * 4), 0)
+        << fcc_cuda_last_error();
+  if (dtype == FCC_DTYPE_F32)
+    return f32;
+  auto out = std::make_unique<Buffer>(std::max<int64_t>(n, 1) * 2);
+  fcc_cuda_cast(f32->get(), FCC_DTYPE_F32, out->get(), dtype, n);
+  return out;
+}
+
+std::unique_ptr<Buffer> uploadBytes(const void *data, int64_t bytes) {
+  auto b = std::make_unique<Buffer>(std::max<int64_t>(bytes, 1));
+  if (bytes > 0)
+    EXPECT_EQ(fcc_cuda_copy_to_device(b->get(), data, bytes), 0)
+        << fcc_cuda_last_error();
+  return b;
+}
+
+// Device tensor of type dtype -> host floats.
+Floats download(const void *p, int64_t n, int dtype = FCC_DTYPE_F32) {
+  Floats out(size_t(std::max<int64_t>(n, 0)));
+  if (n <= 0)
+    return out;
+  if (dtype == FCC_DTYPE_F32) {
+    EXPECT_EQ(fcc_cuda_copy_to_host(out.data(), p, n * 4), 0)
+        << fcc_cuda_last_error();
+    return out;
+  }
+  Buffer f32(n * 4);
+  fcc_cuda_cast(p, dtype, f32.get(), FCC_DTYPE_F32, n);
+  EXPECT_EQ(fcc_cuda_copy_to_host(out.data(), f32.get(), n * 4), 0)
+      << fcc_cuda_last_error();
+  return out;
+}
+
+//===--- Host data ------------------------------------------------------------===//
+
+Floats randomFloats(std::mt19937 &rng, size_t n, float lo = -1.0f,
+                    float hi = 1.0f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Floats v(n);
+  for (float &x : v)
+    x = dist(rng);
+  return v;
+}
+
+// Values on a coarse grid: many exact ties (pooling arg-max order).
+Floats gridFloats(std::mt19937 &rng, size_t n) {
+  std::uniform_int_distribution<int> dist(-4, 4);
+  Floats v(n);
+  for (float &x : v)
+    x = 0.25f * float(dist(rng));
+  return v;
+}
+
+// Rounds in place to the storage type (what a device tensor of that type
+// holds).
+void roundTo(Floats &v, int dtype) {
+  if (dtype == FCC_DTYPE_F16)
+    fcc_cpu_round_f16(v.data(), int64_t(v.size()));
+  else if (dtype == FCC_DTYPE_BF16)
+    fcc_cpu_round_bf16(v.data(), int64_t(v.size()));
+}
+
+Floats rounded(Floats v, int dtype) {
+  roundTo(v, dtype);
+  return v;
+}
+
+// |got - want| <= atol + rtol * (|want| + scale) elementwise (NaN matches
+// NaN); rtol = atol = 0 demands bit-identical values (up to NaN payloads
+// and the sign of zero).
+::testing::AssertionResult near(const Floats &got, const Floats &want,
+                                double rtol, double atol = 0.0,
+                                double scale = 0.0) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure()
+           << "size " << got.size() << " != " << want.size();
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = got[i], w = want[i];
+    bool ok;
+    if (std::isnan(w) || std::isnan(g))
+      ok = std::isnan(w) && std::isnan(g);
+    else if (std::isinf(w) || std::isinf(g))
+      ok = g == w;
+    else
+      ok = std::fabs(g - w) <= atol + rtol * (std::fabs(w) + scale);
+    if (!ok && bad++ == 0)
+      first = i;
+  }
+  if (bad == 0)
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << bad << " of " << want.size() << " elements differ; first at "
+         << first << ": got " << got[first] << ", expected " << want[first];
+}
+
+double maxAbs(const Floats &v) {
+  double m = 0.0;
+  for (float x : v)
+    m = std::max(m, std::fabs(double(x)));
+  return m;
+}
+
+// Tolerance of results that are only rounded to the storage type once
+// more than on the CPU (or computed in another order): a few units in the
+// last place of the type.
+double typeTolerance(int dtype) {
+  switch (dtype) {
+  case FCC_DTYPE_F16:
+    return 2e-3; // 2^-10 mantissa
+  case FCC_DTYPE_BF16:
+    return 1.6e-2; // 2^-7 mantissa
+  default:
+    return 2e-6;
+  }
+}
+
+const int kHalfTypes[] = {FCC_DTYPE_F32, FCC_DTYPE_F16, FCC_DTYPE_BF16};
+
+std::string typeName(int dtype) {
+  return dtype == FCC_DTYPE_F32 ? "f32" : dtype == FCC_DTYPE_F16 ? "f16"
+                                                                 : "bf16";
+}
+
+//===----------------------------------------------------------------------===//
+// Casts
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, CastRoundsLikeTheCpu) {
+  Floats v = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f,
+              -65520.0f, 1e-8f, 6e-8f, 3e-5f, 5.96e-8f, 2.98e-8f,
+              1.00048828125f, 1.000732421875f, 1.0009765625f, 3.0e38f,
+              INFINITY, -INFINITY, NAN, 1.00390625f, 1.005859375f};
+  std::mt19937 rng(1);
+  for (float x : randomFloats(rng, 4000, -70000.0f, 70000.0f))
+    v.push_back(x);
+  for (float x : randomFloats(rng, 4000, -1e-4f, 1e-4f))
+    v.push_back(x);
+  const int64_t n = int64_t(v.size());
+  for (int to : {FCC_DTYPE_F16, FCC_DTYPE_BF16}) {
+    auto x = upload(v);
+    Buffer half(n * 2), back(n * 4);
+    fcc_cuda_cast(x->get(), FCC_DTYPE_F32, half.get(), to, n);
+    fcc_cuda_cast(half.get(), to, back.get(), FCC_DTYPE_F32, n);
+    EXPECT_TRUE(near(download(back.get(), n), rounded(v, to), 0.0))
+        << typeName(to);
+  }
+  // Half to half: through fp32, rounding once more.
+  auto x = upload(v);
+  Buffer f16(n * 2), bf16(n * 2);
+  fcc_cuda_cast(x->get(), FCC_DTYPE_F32, f16.get(), FCC_DTYPE_F16, n);
+  fcc_cuda_cast(f16.get(), FCC_DTYPE_F16, bf16.get(), FCC_DTYPE_BF16, n);
+  EXPECT_TRUE(near(download(bf16.get(), n, FCC_DTYPE_BF16),
+                   rounded(rounded(v, FCC_DTYPE_F16), FCC_DTYPE_BF16), 0.0));
+  // Same type: a copy.
+  Buffer copy(n * 4);
+  fcc_cuda_cast(x->get(), FCC_DTYPE_F32, copy.get(), FCC_DTYPE_F32, n);
+  EXPECT_TRUE(near(download(copy.get(), n), v, 0.0));
+}
+
+//===----------------------------------------------------------------------===//
+// Elementwise maps
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, ActivationsAffineMulFlip) {
+  std::mt19937 rng(2);
+  const int64_t n = 2, c = 3, h = 5, w = 7, count = n * c * h * w;
+  for (int dtype : kHalfTypes) {
+    SCOPED_TRACE(typeName(dtype));
+    const Floats x = rounded(randomFloats(rng, count, -3.0f, 3.0f), dtype);
+    const Floats dy = rounded(randomFloats(rng, count), dtype);
+    auto dx_ = upload(x, dtype), ddy = upload(dy, dtype);
+    Buffer out(count * 4);
+    const float alpha = 1.3f;
+    Floats want(count);
+
+    fcc_cuda_relu_forward(dx_->get(), out.get(), count, dtype);
+    fcc_cpu_relu_forward(x.data(), want.data(), count);
+    EXPECT_TRUE(near(download(out.get(), count, dtype), rounded(want, dtype), 0.0));
+
+    fcc_cuda_relu_backward(dx_->get(), ddy->get(), out.get(), count, dtype);
+    fcc_cpu_relu_backward(x.data(), dy.data(), want.data(), count);
+    EXPECT_TRUE(near(download(out.get(), count, dtype), rounded(want, dtype), 0.0));
+
+    // expm1f/expf of the CUDA math library: an ulp or two from glibc's.
+    fcc_cuda_celu_forward(dx_->get(), alpha, out.get(), count, dtype);
+    fcc_cpu_celu_forward(x.data(), alpha, want.data(), count);
+    EXPECT_TRUE(near(download(out.get(), count, dtype), rounded(want, dtype),
+                     typeTolerance(dtype)));
+
+    fcc_cuda_celu_backward(dx_->get(), ddy->get(), alpha, out.get(), count,
+                           dtype);
+    fcc_cpu_celu_backward(x.data(), dy.data(), alpha, want.data(), count);
+    EXPECT_TRUE(near(download(out.get(), count, dtype), rounded(want, dtype),
+                     typeTolerance(dtype)));
+
+    fcc_cuda_affine(dx_->get(), -0.7f, 0.25f, out.get(), count, dtype);
+    fcc_cpu_affine(x.data(), -0.7f, 0.25f, want.data(), count);
+    EXPECT_TRUE(near(download(out.get(), count, dtype), rounded(want, dtype), 0.0));
+
+    fcc_cuda_mul_elementwise(dx_->get(), ddy->get(), out.get(), count, dtype);
+    fcc_cpu_mul_elementwise(x.data(), dy.data(), want.data(), count);
+    EXPECT_TRUE(near(download(out.get(), count, dtype), rounded(want, dtype), 0.0));
+
+    fcc_cuda_flip_w(dx_->get(), n, c, h, w, out.get(), dtype);
+    fcc_cpu_flip_w(x.data(), n, c, h, w, want.data());
+    EXPECT_TRUE(near(download(out.get(), count, dtype), want, 0.0));
+
+    // In place (the memory planner lets relu write over its input).
+    auto inPlace = upload(x, dtype);
+    fcc_cuda_relu_forward(inPlace->get(), inPlace->get(), count, dtype);
+    fcc_cpu_relu_forward(x.data(), want.data(), count);
+    EXPECT_TRUE(near(download(inPlace->get(), count, dtype), want, 0.0));
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Broadcasting and reductions
+//===----------------------------------------------------------------------===//
+
+int64_t product(const std::vector<int64_t> &s) {
+  int64_t p = 1;
+  for (int64_t v : s)
+    p *= v;
+  return p;
+}
+
+TEST_F(Cuda, BinaryBroadcasting) {
+  struct Shapes {
+    std::vector<int64_t> a, b, y;
+  };
+  const Shapes cases[] = {
+      {{2, 3, 4, 5}, {2, 3, 4, 5}, {2, 3, 4, 5}},
+      {{2, 3, 4, 5}, {1, 3, 1, 1}, {2, 3, 4, 5}},
+      {{2, 1, 4, 1}, {1, 3, 1, 5}, {2, 3, 4, 5}},
+      {{2, 3, 4, 5}, {1, 1, 1, 1}, {2, 3, 4, 5}},
+      {{1, 1, 1, 5}, {2, 3, 4, 5}, {2, 3, 4, 5}},
+      {{7, 1}, {1, 9}, {7, 9}},
+      {{}, {}, {}},
+  };
+  std::mt19937 rng(3);
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16}) {
+    for (const Shapes &s : cases) {
+      const int rank = int(s.y.size());
+      Floats a = rounded(randomFloats(rng, size_t(product(s.a))), dtype);
+      Floats b = rounded(randomFloats(rng, size_t(product(s.b)), 0.5f, 2.0f),
+                         dtype);
+      auto da = upload(a, dtype), db = upload(b, dtype);
+      const int64_t count = product(s.y);
+      Buffer y(count * 4);
+      for (int op = FCC_BINARY_ADD; op <= FCC_BINARY_DIV; ++op) {
+        SCOPED_TRACE(typeName(dtype) + " rank " + std::to_string(rank) +
+                     " op " + std::to_string(op));
+        ASSERT_EQ(fcc_cuda_binary(op, da->get(), s.a.data(), db->get(),
+                                  s.b.data(), s.y.data(), rank, y.get(), dtype),
+                  0)
+            << fcc_cuda_last_error();
+        Floats want(static_cast<size_t>(count));
+        ASSERT_EQ(fcc_cpu_binary(op, a.data(), s.a.data(), b.data(),
+                                 s.b.data(), s.y.data(), rank, want.data()),
+                  FCC_OK);
+        EXPECT_TRUE(near(download(y.get(), count, dtype), rounded(want, dtype),
+                         0.0));
+      }
+    }
+  }
+  // Shapes that do not broadcast: an error code and a message naming the
+  // function, nothing sticky.
+  const int64_t a[] = {2, 3}, b[] = {3, 2}, y[] = {2, 3};
+  Buffer buf(64);
+  EXPECT_EQ(fcc_cuda_binary(FCC_BINARY_ADD, buf.get(), a, buf.get(), b, y, 2,
+                            buf.get(), FCC_DTYPE_F32),
+            FCC_ERR_INVALID);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_binary"),
+            std::string::npos);
+}
+
+TEST_F(Cuda, ReduceSumTo) {
+  struct Shapes {
+    std::vector<int64_t> x, y;
+  };
+  const Shapes cases[] = {
+      {{4, 3, 5, 6}, {1, 3, 1, 1}}, {{4, 3, 5, 6}, {4, 1, 5, 1}},
+      {{4, 3, 5, 6}, {1, 1, 1, 6}}, {{4, 3, 5, 6}, {4, 3, 5, 6}},
+      {{4, 3, 5, 6}, {1, 1, 1, 1}}, {{64, 2, 40}, {1, 2, 1}}, // long: per block
+      {{37, 10}, {1, 10}},
+  };
+  std::mt19937 rng(4);
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16}) {
+    for (const Shapes &s : cases) {
+      SCOPED_TRACE(typeName(dtype) + " " + std::to_string(product(s.x)) +
+                   " -> " + std::to_string(product(s.y)));
+      const Floats x = rounded(randomFloats(rng, size_t(product(s.x))), dtype);
+      auto dx = upload(x, dtype);
+      Buffer y(product(s.y) * 4);
+      ASSERT_EQ(fcc_cuda_reduce_sum_to(dx->get(), s.x.data(), s.y.data(),
+                                       int(s.x.size()), y.get(), dtype),
+                0)
+          << fcc_cuda_last_error();
+      Floats want(static_cast<size_t>(product(s.y)));
+      ASSERT_EQ(fcc_cpu_reduce_sum_to(x.data(), s.x.data(), s.y.data(),
+                                      int(s.x.size()), want.data()),
+                FCC_OK);
+      // Double sums in another order: the float results agree to an ulp
+      // of the magnitude of the summands.
+      EXPECT_TRUE(near(download(y.get(), product(s.y), dtype),
+                       rounded(want, dtype), typeTolerance(dtype), 1e-6));
+    }
+  }
+}
+
+TEST_F(Cuda, Softmax) {
+  std::mt19937 rng(5);
+  struct Shape {
+    int64_t outer, dim, inner;
+  };
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+    for (Shape s : {Shape{3, 7, 1}, Shape{2, 5, 6}, Shape{1, 1000, 1}}) {
+      const int64_t count = s.outer * s.dim * s.inner;
+      const Floats x = rounded(randomFloats(rng, size_t(count), -5.0f, 5.0f),
+                               dtype);
+      auto dx = upload(x, dtype);
+      Buffer y(count * 4);
+      fcc_cuda_softmax(dx->get(), s.outer, s.dim, s.inner, y.get(), dtype);
+      Floats want(static_cast<size_t>(count));
+      fcc_cpu_softmax(x.data(), s.outer, s.dim, s.inner, want.data());
+      EXPECT_TRUE(near(download(y.get(), count, dtype), rounded(want, dtype),
+                       typeTolerance(dtype) * 4, 1e-7))
+          << typeName(dtype) << " " << s.outer << "x" << s.dim << "x"
+          << s.inner;
+    }
+}
+
+//===----------------------------------------------------------------------===//
+// Dropout (bit-identical Philox masks) and graph capture
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, DropoutMaskIsBitIdentical) {
+  const int64_t count = 1001; // not a multiple of the Philox block
+  for (float ratio : {0.3f, 0.0f, 1.0f, 0.9f}) {
+    for (uint64_t seed : {uint64_t(0), uint64_t(12345678901234567ull)}) {
+      auto dseed = uploadBytes(&seed, sizeof seed);
+      const uint64_t stream = 0x300000000ull + 7;
+      Buffer mask(count * 4);
+      fcc_cuda_dropout_mask(static_cast<const uint64_t *>(dseed->get()),
+                            stream, ratio, mask.get(), count, FCC_DTYPE_F32);
+      Floats want(count);
+      fcc_cpu_dropout_mask(seed, stream, ratio, want.data(), count);
+      EXPECT_TRUE(near(download(mask.get(), count), want, 0.0))
+          << "ratio " << ratio << " seed " << seed;
+      // Half masks hold the rounded keep factor.
+      Buffer half(count * 2);
+      fcc_cuda_dropout_mask(static_cast<const uint64_t *>(dseed->get()),
+                            stream, ratio, half.get(), count, FCC_DTYPE_F16);
+      EXPECT_TRUE(near(download(half.get(), count, FCC_DTYPE_F16),
+                       rounded(want, FCC_DTYPE_F16), 0.0));
+    }
+  }
+}
+
+TEST_F(Cuda, GraphReplaysWithTheStepsScalars) {
+  const int64_t count = 517;
+  uint64_t seed = 1;
+  auto dseed = uploadBytes(&seed, sizeof seed);
+  Buffer mask(count * 4);
+  ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+  ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
+  fcc_cuda_dropout_mask(static_cast<const uint64_t *>(dseed->get()), 5, 0.5f,
+                        mask.get(), count, FCC_DTYPE_F32);
+  fcc_cuda_affine(mask.get(), 3.0f, 1.0f, mask.get(), count, FCC_DTYPE_F32);
+  void *exec = nullptr;
+  ASSERT_EQ(fcc_cuda_graph_end(&exec), 0) << fcc_cuda_last_error();
+  ASSERT_NE(exec, nullptr);
+  for (uint64_t step : {uint64_t(11), uint64_t(99), uint64_t(1) << 40}) {
+    ASSERT_EQ(fcc_cuda_copy_to_device(dseed->get(), &step, sizeof step), 0);
+    ASSERT_EQ(fcc_cuda_graph_launch(exec), 0) << fcc_cuda_last_error();
+    Floats want(count);
+    fcc_cpu_dropout_mask(step, 5, 0.5f, want.data(), count);
+    fcc_cpu_affine(want.data(), 3.0f, 1.0f, want.data(), count);
+    EXPECT_TRUE(near(download(mask.get(), count), want, 0.0)) << step;
+  }
+  fcc_cuda_graph_destroy(exec);
+}
+
+//===----------------------------------------------------------------------===//
+// Pooling
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, Pooling) {
+  struct Config {
+    const char *name;
+    int64_t kh, kw, sh, sw, pt, pl, pb, pr, dh, dw;
+    int ceil, includePad;
+  };
+  const Config configs[] = {
+      {"2x2s2", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0},
+      {"3x3s2p1", 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 0},
+      {"3x3s1p1", 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1},
+      {"3x2s2ceil", 3, 2, 2, 2, 1, 0, 1, 1, 1, 1, 1, 1},
+      {"3x3s1d2", 3, 3, 1, 1, 2, 1, 2, 1, 2, 2, 1, 0},
+  };
+  std::mt19937 rng(6);
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+    for (const Config &cfg : configs) {
+      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
+      fcc_pool2d_desc d{};
+      d.n = 2, d.c = 3, d.h = 9, d.w = 8;
+      d.kh = cfg.kh, d.kw = cfg.kw, d.stride_h = cfg.sh, d.stride_w = cfg.sw;
+      d.pad_t = cfg.pt, d.pad_l = cfg.pl, d.pad_b = cfg.pb, d.pad_r = cfg.pr;
+      d.dil_h = cfg.dh, d.dil_w = cfg.dw;
+      d.ceil_mode = cfg.ceil, d.count_include_pad = cfg.includePad;
+      ASSERT_EQ(fcc_pool2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+      const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+      const Floats x = gridFloats(rng, size_t(in)); // ties: first max wins
+      const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
+      auto dx_ = upload(x, dtype), ddy = upload(dy, dtype);
+      Buffer y(out * 4), dx(in * 4);
+      Floats want(static_cast<size_t>(out)), wantDx(static_cast<size_t>(in));
+
+      fcc_cuda_max_pool2d_forward(&d, dx_->get(), y.get(), dtype);
+      fcc_cpu_max_pool2d_forward(&d, x.data(), want.data());
+      EXPECT_TRUE(near(download(y.get(), out, dtype), want, 0.0));
+      fcc_cuda_max_pool2d_backward(&d, dx_->get(), ddy->get(), dx.get(), dtype);
+      fcc_cpu_max_pool2d_backward(&d, x.data(), dy.data(), wantDx.data());
+      EXPECT_TRUE(near(download(dx.get(), in, dtype), rounded(wantDx, dtype), 0.0));
+
+      fcc_cuda_avg_pool2d_forward(&d, dx_->get(), y.get(), dtype);
+      fcc_cpu_avg_pool2d_forward(&d, x.data(), want.data());
+      EXPECT_TRUE(near(download(y.get(), out, dtype), rounded(want, dtype), 0.0));
+      fcc_cuda_avg_pool2d_backward(&d, ddy->get(), dx.get(), dtype);
+      fcc_cpu_avg_pool2d_backward(&d, dy.data(), wantDx.data());
+      EXPECT_TRUE(near(download(dx.get(), in, dtype), rounded(wantDx, dtype), 0.0));
+    }
+}
+
+//===----------------------------------------------------------------------===//
+// Batch normalisation
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, BatchNorm) {
+  std::mt19937 rng(7);
+  const int64_t n = 3, c = 4, hw = 37, count = n * c * hw;
+  const float eps = 1e-5f;
+  for (int dtype : kHalfTypes) {
+    SCOPED_TRACE(typeName(dtype));
+    Floats x = randomFloats(rng, size_t(count), -2.0f, 2.0f);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] += 3.0f; // a mean far from zero
+    roundTo(x, dtype);
+    const Floats dy = rounded(randomFloats(rng, size_t(count)), dtype);
+    const Floats scale = randomFloats(rng, size_t(c), 0.5f, 1.5f);
+    const Floats shift = randomFloats(rng, size_t(c), -0.5f, 0.5f);
+    const Floats mean = randomFloats(rng, size_t(c), -0.3f, 0.3f);
+    const Floats var = randomFloats(rng, size_t(c), 0.5f, 2.0f);
+    auto dX = upload(x, dtype), dDy = upload(dy, dtype);
+    auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
+         dVar = upload(var);
+    Buffer y(count * 4), bm(c * 4), bv(c * 4), dx(count * 4), ds(c * 4),
+        dsh(c * 4);
+    const double tol = typeTolerance(dtype) * 4;
+
+    fcc_cuda_batch_norm_inference(dX->get(), dScale->f(), dShift->f(),
+                                  dMean->f(), dVar->f(), eps, n, c, hw, y.get(),
+                                  dtype);
+    Floats want(static_cast<size_t>(count));
+    fcc_cpu_batch_norm_inference(x.data(), scale.data(), shift.data(),
+                                 mean.data(), var.data(), eps, n, c, hw,
+                                 want.data());
+    EXPECT_TRUE(near(download(y.get(), count, dtype), rounded(want, dtype), 0.0));
+
+    fcc_cuda_batch_norm_train_forward(dX->get(), dScale->f(), dShift->f(), eps,
+                                      n, c, hw, y.get(), bm.f(), bv.f(), dtype);
+    Floats wantMean(static_cast<size_t>(c)), wantVar(static_cast<size_t>(c));
+    fcc_cpu_batch_norm_train_forward(x.data(), scale.data(), shift.data(), eps,
+                                     n, c, hw, want.data(), wantMean.data(),
+                                     wantVar.data());
+    EXPECT_TRUE(near(download(bm.get(), c), wantMean, 1e-6));
+    EXPECT_TRUE(near(download(bv.get(), c), wantVar, 1e-6));
+    EXPECT_TRUE(near(download(y.get(), count, dtype), rounded(want, dtype), tol,
+                     1e-6));
+
+    // Backward with the CPU's statistics on both sides.
+    auto cpuMean = upload(wantMean), cpuVar = upload(wantVar);
+    fcc_cuda_batch_norm_backward(dX->get(), dDy->get(), dScale->f(),
+                                 cpuMean->f(), cpuVar->f(), eps, n, c, hw,
+                                 dx.get(), ds.f(), dsh.f(), dtype);
+    Floats wantDx(static_cast<size_t>(count)), wantDs(static_cast<size_t>(c)), wantDsh(static_cast<size_t>(c));
+    fcc_cpu_batch_norm_backward(x.data(), dy.data(), scale.data(),
+                                wantMean.data(), wantVar.data(), eps, n, c, hw,
+                                wantDx.data(), wantDs.data(), wantDsh.data());
+    EXPECT_TRUE(near(download(ds.get(), c), wantDs, 1e-5, 1e-6));
+    EXPECT_TRUE(near(download(dsh.get(), c), wantDsh, 1e-5, 1e-6));
+    EXPECT_TRUE(near(download(dx.get(), count, dtype), rounded(wantDx, dtype),
+                     tol, 1e-6, maxAbs(wantDx)));
+    // Optional outputs may be null.
+    fcc_cuda_batch_norm_backward(dX->get(), dDy->get(), dScale->f(),
+                                 cpuMean->f(), cpuVar->f(), eps, n, c, hw,
+                                 nullptr, nullptr, dsh.f(), dtype);
+    EXPECT_TRUE(near(download(dsh.get(), c), wantDsh, 1e-5, 1e-6));
+  }
+
+  // Running statistics: PyTorch (unbiased) and ONNX conventions.
+  const Floats bm = {0.5f, -1.0f, 2.0f}, bv = {1.0f, 0.25f, 3.0f};
+  for (int unbiased : {0, 1}) {
+    Floats rm = {0.1f, 0.2f, 0.3f}, rv = {1.0f, 2.0f, 0.5f};
+    auto dRm = upload(rm), dRv = upload(rv), dBm = upload(bm), dBv = upload(bv);
+    fcc_cuda_batch_norm_update_running(dRm->f(), dRv->f(), dBm->f(), dBv->f(),
+                                       0.1f, unbiased, 512, 3);
+    fcc_cpu_batch_norm_update_running(rm.data(), rv.data(), bm.data(),
+                                      bv.data(), 0.1f, unbiased, 512, 3);
+    EXPECT_TRUE(near(download(dRm->get(), 3), rm, 0.0));
+    EXPECT_TRUE(near(download(dRv->get(), 3), rv, 0.0));
+  }
+}
+
+TEST_F(Cuda, FusedBatchNormActivation) {
+  struct Config {
+    const char *name;
+    int act;
+    float alpha;
+    int64_t kh, kw, sh, sw;
+    bool residual;
+  };
+  const Config configs[] = {
+      {"relu", FCC_ACT_RELU, 1.0f, 0, 0, 0, 0, false},
+      {"celu", FCC_ACT_CELU, 0.3f, 0, 0, 0, 0, false},
+      {"none_residual", FCC_ACT_NONE, 1.0f, 0, 0, 0, 0, true},
+      {"relu_pool2_residual", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, true},
+      {"celu_pool3s2", FCC_ACT_CELU, 0.5f, 3, 3, 2, 2, false},
+      {"relu_pool3s1", FCC_ACT_RELU, 1.0f, 3, 3, 1, 1, false},
+      {"relu_global", FCC_ACT_RELU, 1.0f, 7, 6, 7, 6, false},
+  };
+  std::mt19937 rng(8);
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+    for (const Config &cfg : configs) {
+      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
+      fcc_bn_act_desc d{};
+      d.n = 3, d.c = 4, d.h = 7, d.w = 6;
+      d.activation = cfg.act, d.alpha = cfg.alpha, d.eps = 1e-5f;
+      d.pool_kh = cfg.kh, d.pool_kw = cfg.kw, d.pool_sh = cfg.sh,
+      d.pool_sw = cfg.sw;
+      ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+      const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+      const Floats x = rounded(randomFloats(rng, size_t(in), -2.0f, 2.0f), dtype);
+      Floats scale = randomFloats(rng, size_t(d.c), 0.5f, 1.5f);
+      scale[0] = -scale[0];
+      const Floats shift = randomFloats(rng, size_t(d.c), -0.5f, 0.5f);
+      const Floats mean = randomFloats(rng, size_t(d.c), -0.3f, 0.3f);
+      const Floats var = randomFloats(rng, size_t(d.c), 0.5f, 2.0f);
+      const Floats residual =
+          cfg.residual ? rounded(randomFloats(rng, size_t(out)), dtype) : Floats();
+      const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
+      auto dX = upload(x, dtype), dDy = upload(dy, dtype);
+      auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
+           dVar = upload(var);
+      std::unique_ptr<Buffer> dRes;
+      if (cfg.residual)
+        dRes = upload(residual, dtype);
+      const void *res = dRes ? dRes->get() : nullptr;
+      const float *cres = cfg.residual ? residual.data() : nullptr;
+      Buffer y(out * 4), bm(d.c * 4), bv(d.c * 4), dx(in * 4), ds(d.c * 4),
+          dsh(d.c * 4);
+      const double tol = typeTolerance(dtype) * 4;
+
+      fcc_cuda_bn_act_inference(&d, dX->get(), dScale->f(), dShift->f(),
+                                dMean->f(), dVar->f(), res, y.get(), dtype);
+      Floats want(static_cast<size_t>(out));
+      fcc_cpu_bn_act_inference(&d, x.data(), scale.data(), shift.data(),
+                               mean.data(), var.data(), cres, want.data());
+      EXPECT_TRUE(near(download(y.get(), out, dtype), rounded(want, dtype),
+                       cfg.act == FCC_ACT_CELU ? tol : 0.0, 1e-7));
+
+      fcc_cuda_bn_act_train_forward(&d, dX->get(), dScale->f(), dShift->f(),
+                                    res, y.get(), bm.f(), bv.f(), dtype);
+      Floats wantMean(static_cast<size_t>(d.c)), wantVar(static_cast<size_t>(d.c));
+      fcc_cpu_bn_act_train_forward(&d, x.data(), scale.data(), shift.data(),
+                                   cres, want.data(), wantMean.data(),
+                                   wantVar.data());
+      EXPECT_TRUE(near(download(bm.get(), d.c), wantMean, 1e-6, 1e-7));
+      EXPECT_TRUE(near(download(bv.get(), d.c), wantVar, 1e-6));
+      EXPECT_TRUE(near(download(y.get(), out, dtype), rounded(want, dtype), tol,
+                       1e-6));
+
+      // Backward with the CPU's statistics, so that both route the pooling
+      // gradient through the same arg-maxes.
+      auto cpuMean = upload(wantMean), cpuVar = upload(wantVar);
+      fcc_cuda_bn_act_backward(&d, dX->get(), dDy->get(), dScale->f(),
+                               dShift->f(), cpuMean->f(), cpuVar->f(), dx.get(),
+                               ds.f(), dsh.f(), dtype);
+      Floats wantDx(static_cast<size_t>(in)), wantDs(static_cast<size_t>(d.c)), wantDsh(static_cast<size_t>(d.c));
+      fcc_cpu_bn_act_backward(&d, x.data(), dy.data(), scale.data(),
+                              shift.data(), wantMean.data(), wantVar.data(),
+                              wantDx.data(), wantDs.data(), wantDsh.data());
+      EXPECT_TRUE(near(download(ds.get(), d.c), wantDs, 1e-5, 1e-6));
+      EXPECT_TRUE(near(download(dsh.get(), d.c), wantDsh, 1e-5, 1e-6));
+      EXPECT_TRUE(near(download(dx.get(), in, dtype), rounded(wantDx, dtype),
+                       tol, 1e-6, maxAbs(wantDx)));
+
+      // The residual may be the output (the planner writes y over it).
+      if (cfg.residual) {
+        auto alias = upload(residual, dtype);
+        fcc_cuda_bn_act_inference(&d, dX->get(), dScale->f(), dShift->f(),
+                                  dMean->f(), dVar->f(), alias->get(),
+                                  alias->get(), dtype);
+        fcc_cpu_bn_act_inference(&d, x.data(), scale.data(), shift.data(),
+                                 mean.data(), var.data(), cres, want.data());
+        EXPECT_TRUE(near(download(alias->get(), out, dtype),
+                         rounded(want, dtype), 0.0, 1e-7));
+      }
+    }
+}
+
+TEST_F(Cuda, FoldBatchNorm) {
+  std::mt19937 rng(9);
+  const int64_t k = 5, perK = 3 * 3 * 3;
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+    for (bool withBias : {true, false}) {
+      const Floats w = rounded(randomFloats(rng, size_t(k * perK)), dtype);
+      const Floats b = rounded(randomFloats(rng, size_t(k)), dtype);
+      const Floats scale = randomFloats(rng, size_t(k), 0.5f, 1.5f);
+      const Floats shift = randomFloats(rng, size_t(k));
+      const Floats mean = randomFloats(rng, size_t(k));
+      const Floats var = randomFloats(rng, size_t(k), 0.5f, 2.0f);
+      auto dW = upload(w, dtype), dB = upload(b, dtype);
+      auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
+           dVar = upload(var);
+      Buffer wOut(k * perK * 4), bOut(k * 4);
+      fcc_cuda_fold_bn(dW->get(), withBias ? dB->get() : nullptr, dScale->f(),
+                       dShift->f(), dMean->f(), dVar->f(), 1e-5f, k, perK,
+                       wOut.get(), bOut.get(), dtype);
+      Floats wantW(static_cast<size_t>(k * perK)), wantB(static_cast<size_t>(k));
+      fcc_cpu_fold_bn(w.data(), withBias ? b.data() : nullptr, scale.data(),
+                      shift.data(), mean.data(), var.data(), 1e-5f, k, perK,
+                      wantW.data(), wantB.data());
+      EXPECT_TRUE(near(download(wOut.get(), k * perK, dtype),
+                       rounded(wantW, dtype), 0.0));
+      EXPECT_TRUE(near(download(bOut.get(), k, dtype), rounded(wantB, dtype), 0.0));
+    }
+}
+
+//===----------------------------------------------------------------------===//
+// Convolution (cuDNN) and GEMM (cuBLAS)
+//===----------------------------------------------------------------------===//
+
+struct ConvCase {
+  const char *name;
+  fcc_conv2d_desc d;
+};
+
+fcc_conv2d_desc convDesc(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
+                         int64_t r, int64_t s, int64_t stride, int64_t pt,
+                         int64_t pl, int64_t pb, int64_t pr, int64_t dil,
+                         int64_t groups) {
+  fcc_conv2d_desc d{};
+  d.n = n, d.c = c, d.h = h, d.w = w, d.k = k, d.r = r, d.s = s;
+  d.stride_h = d.stride_w = stride;
+  d.pad_t = pt, d.pad_l = pl, d.pad_b = pb, d.pad_r = pr;
+  d.dil_h = d.dil_w = dil;
+  d.groups = groups;
+  return d;
+}
+
+// Checks all three directions of one plan against oneDNN.
+void checkConv(const fcc_conv2d_desc &desc, int dtype, std::mt19937 &rng) {
+  fcc_conv2d_desc d = desc;
+  ASSERT_EQ(fcc_conv2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+  const int64_t xn = d.n * d.c * d.h * d.w,
+                wn = d.k * (d.c / d.groups) * d.r * d.s,
+                yn = d.n * d.k * d.oh * d.ow;
+  const Floats x = rounded(randomFloats(rng, size_t(xn)), dtype);
+  const Floats w = rounded(randomFloats(rng, size_t(wn)), dtype);
+  const Floats bias = rounded(randomFloats(rng, size_t(d.k)), dtype);
+  const Floats dy = rounded(randomFloats(rng, size_t(yn)), dtype);
+  auto dX = upload(x, dtype), dW = upload(w, dtype), dBias = upload(bias, dtype),
+       dDy = upload(dy, dtype);
+  Buffer y(yn * 4), dx(xn * 4), dw(wn * 4), db(d.k * 4);
+
+  fcc_cuda_conv2d_plan *plan = fcc_cuda_conv2d_create(&d, dtype);
+  ASSERT_NE(plan, nullptr) << fcc_cuda_last_error();
+  fcc_conv2d_plan *cpu = fcc_cpu_conv2d_create(&d);
+  ASSERT_NE(cpu, nullptr) << fcc_cpu_last_error();
+  // fp32: true fp32 arithmetic in another order (no TF32). Half types:
+  // products of rounded inputs accumulated in fp32, the output rounded.
+  const double rtol = dtype == FCC_DTYPE_F32 ? 1e-5 : typeTolerance(dtype) * 2;
+  const double fanIn = double(d.c / d.groups * d.r * d.s);
+
+  ASSERT_EQ(fcc_cuda_conv2d_forward(plan, dX->get(), dW->get(), dBias->get(),
+                                    y.get()),
+            0)
+      << fcc_cuda_last_error();
+  Floats want(static_cast<size_t>(yn));
+  ASSERT_EQ(fcc_cpu_conv2d_forward(cpu, x.data(), w.data(), bias.data(),
+                                   want.data()),
+            FCC_OK);
+  EXPECT_TRUE(near(download(y.get(), yn, dtype), want, rtol, 0.0, fanIn))
+      << "forward";
+  ASSERT_EQ(fcc_cuda_conv2d_forward(plan, dX->get(), dW->get(), nullptr,
+                                    y.get()),
+            0)
+      << fcc_cuda_last_error();
+  ASSERT_EQ(fcc_cpu_conv2d_forward(cpu, x.data(), w.data(), nullptr,
+                                   want.data()),
+            FCC_OK);
+  EXPECT_TRUE(near(download(y.get(), yn, dtype), want, rtol, 0.0, fanIn))
+      << "forward without bias";
+
+  ASSERT_EQ(fcc_cuda_conv2d_backward_data(plan, dDy->get(), dW->get(),
+                                          dx.get()),
+            0)
+      << fcc_cuda_last_error();
+  Floats wantDx(static_cast<size_t>(xn));
+  ASSERT_EQ(fcc_cpu_conv2d_backward_data(cpu, dy.data(), w.data(),
+                                         wantDx.data()),
+            FCC_OK);
+  EXPECT_TRUE(near(download(dx.get(), xn, dtype), wantDx, rtol, 0.0,
+                   double(d.k * d.r * d.s)))
+      << "backward data";
+
+  ASSERT_EQ(fcc_cuda_conv2d_backward_filter(plan, dX->get(), dDy->get(),
+                                            dw.get(), db.get()),
+            0)
+      << fcc_cuda_last_error();
+  Floats wantDw(static_cast<size_t>(wn)), wantDb(static_cast<size_t>(d.k));
+  ASSERT_EQ(fcc_cpu_conv2d_backward_filter(cpu, x.data(), dy.data(),
+                                           wantDw.data(), wantDb.data()),
+            FCC_OK);
+  const double sumLen = double(d.n * d.oh * d.ow);
+  EXPECT_TRUE(near(download(dw.get(), wn, dtype), wantDw, rtol, 0.0, sumLen))
+      << "backward filter";
+  EXPECT_TRUE(near(download(db.get(), d.k, dtype), rounded(wantDb, dtype),
+                   typeTolerance(dtype), 1e-6))
+      << "bias gradient";
+  fcc_cuda_conv2d_destroy(plan);
+  fcc_cpu_conv2d_destroy(cpu);
+}
+
+TEST_F(Cuda, Convolution) {
+  const ConvCase cases[] = {
+      {"3x3p1", convDesc(2, 3, 9, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1)},
+      {"3x3s2p1", convDesc(2, 8, 10, 10, 16, 3, 3, 2, 1, 1, 1, 1, 1, 1)},
+      {"grouped_dilated", convDesc(2, 4, 11, 11, 6, 3, 3, 1, 2, 2, 2, 2, 2, 2)},
+      {"1x1", convDesc(3, 16, 5, 5, 8, 1, 1, 1, 0, 0, 0, 0, 1, 1)},
+      // Asymmetric but exact with the begin pads alone.
+      {"asymmetric_ok", convDesc(1, 2, 8, 8, 3, 3, 3, 2, 1, 1, 0, 0, 1, 1)},
+  };
+  std::mt19937 rng(10);
+  for (int dtype : kHalfTypes)
+    for (const ConvCase &c : cases) {
+      SCOPED_TRACE(std::string(c.name) + " " + typeName(dtype));
+      checkConv(c.d, dtype, rng);
+    }
+  // Asymmetric padding cuDNN cannot express: refused with a message.
+  fcc_conv2d_desc bad = convDesc(1, 2, 5, 5, 3, 3, 3, 1, 1, 1, 0, 0, 1, 1);
+  EXPECT_EQ(fcc_cuda_conv2d_create(&bad, FCC_DTYPE_F32), nullptr);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("asymmetric"),
+            std::string::npos);
+}
+
+TEST_F(Cuda, TimingCacheIsWrittenAndReused) {
+  char path[] = "/tmp/fcc-cuda-timing-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  std::remove(path); // the runtime creates it
+  fcc_cuda_shutdown();
+  fcc_cuda_set_timing_cache(path);
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+  std::mt19937 rng(11);
+  const fcc_conv2d_desc d = convDesc(2, 3, 9, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  checkConv(d, FCC_DTYPE_F32, rng);
+  fcc_cuda_shutdown();
+
+  // One line per (GPU, shape, type, direction) measured in this process,
+  // each keyed by this GPU.
+  std::string device = fcc_cuda_device_description();
+  device = device.substr(0, device.find(" (sm_"));
+  std::string prefix; // "GPU|sm_XY|cudnnN"
+  int entries = 0, ours = 0;
+  {
+    std::ifstream in(path);
+    ASSERT_TRUE(in.good()) << "no timing cache at " << path;
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty() || line[0] == '#')
+        continue;
+      ++entries;
+      EXPECT_EQ(line.find(device + "|"), 0u) << line;
+      ours += line.find("|f32|n=2,c=3,h=9,w=9,k=4,r=3,s=3,") !=
+              std::string::npos;
+      if (prefix.empty()) {
+        size_t bar = line.find('|');
+        bar = line.find('|', bar + 1);
+        bar = line.find('|', bar + 1);
+        prefix = line.substr(0, bar);
+      }
+    }
+  }
+  EXPECT_GE(entries, 3);
+  EXPECT_EQ(ours, 3); // forward, backward data, backward filter
+
+  // A choice cuDNN rejects (another machine's file, a corrupt entry) is
+  // measured again instead of failing; the file is re-read at the next use.
+  {
+    std::ofstream out(path, std::ios::app);
+    for (const char *dir : {"fwd", "bwd_data", "bwd_filter"})
+      out << prefix << "|" << dir
+          << "|f32|n=1,c=2,h=6,w=6,k=2,r=3,s=3,stride=1x1,pad=1x1,dil=1x1,"
+             "g=1\t9999\t0\t0\t1.0\n";
+    out << "garbage line without tabs\n";
+  }
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+  checkConv(d, FCC_DTYPE_F32, rng);
+  checkConv(convDesc(1, 2, 6, 6, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1), FCC_DTYPE_F32,
+            rng);
+  fcc_cuda_shutdown();
+  {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    EXPECT_EQ(text.str().find("\t9999\t"), std::string::npos)
+        << "the rejected choice was replaced";
+    EXPECT_EQ(text.str().find("garbage"), std::string::npos);
+  }
+  fcc_cuda_set_timing_cache(nullptr);
+  std::remove(path);
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+}
+
+TEST_F(Cuda, Gemm) {
+  std::mt19937 rng(12);
+  const int64_t m = 7, n = 5, k = 9;
+  struct Bias {
+    int64_t rows, cols;
+  };
+  for (int dtype : kHalfTypes)
+    for (int ta : {0, 1})
+      for (int tb : {0, 1})
+        for (Bias bias : {Bias{0, 0}, Bias{1, n}, Bias{m, 1}, Bias{1, 1},
+                          Bias{m, n}}) {
+          SCOPED_TRACE(typeName(dtype) + " trans " + std::to_string(ta) +
+                       std::to_string(tb) + " bias " +
+                       std::to_string(bias.rows) + "x" +
+                       std::to_string(bias.cols));
+          const Floats a = rounded(randomFloats(rng, size_t(m * k)), dtype);
+          const Floats b = rounded(randomFloats(rng, size_t(k * n)), dtype);
+          const Floats c =
+              rounded(randomFloats(rng, size_t(std::max<int64_t>(
+                                            bias.rows * bias.cols, 1))),
+                      dtype);
+          auto dA = upload(a, dtype), dB = upload(b, dtype),
+               dC = upload(c, dtype);
+          Buffer y(m * n * 4);
+          const float alpha = 0.75f, beta = bias.rows ? 1.5f : 0.0f;
+          const void *cp = bias.rows ? dC->get() : nullptr;
+          ASSERT_EQ(fcc_cuda_gemm(ta, tb, m, n, k, alpha, dA->get(), dB->get(),
+                                  beta, cp, bias.rows, bias.cols, y.get(),
+                                  dtype),
+                    0)
+              << fcc_cuda_last_error();
+          Floats want(static_cast<size_t>(m * n));
+          fcc_cpu_gemm(ta, tb, m, n, k, alpha, a.data(), b.data(), beta,
+                       bias.rows ? c.data() : nullptr, bias.rows, bias.cols,
+                       want.data());
+          const double rtol =
+              dtype == FCC_DTYPE_F32 ? 1e-5 : typeTolerance(dtype) * 2;
+          EXPECT_TRUE(near(download(y.get(), m * n, dtype), want, rtol, 0.0,
+                           double(k)));
+        }
+  // Empty inner dimension: beta * c.
+  const Floats c = {1.0f, 2.0f, 3.0f};
+  auto dC = upload(c);
+  Buffer y(2 * 3 * 4);
+  ASSERT_EQ(fcc_cuda_gemm(0, 0, 2, 3, 0, 1.0f, y.get(), y.get(), 2.0f,
+                          dC->get(), 1, 3, y.get(), FCC_DTYPE_F32),
+            0)
+      << fcc_cuda_last_error();
+  EXPECT_TRUE(near(download(y.get(), 6), {2, 4, 6, 2, 4, 6}, 0.0));
+  // A bias that does not broadcast.
+  EXPECT_EQ(fcc_cuda_gemm(0, 0, 2, 3, 1, 1.0f, y.get(), y.get(), 1.0f,
+                          dC->get(), 2, 2, y.get(), FCC_DTYPE_F32),
+            FCC_ERR_INVALID);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_gemm"),
+            std::string::npos);
+}
+
+//===----------------------------------------------------------------------===//
+// Loss and metrics
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, LossMetricsAndGradient) {
+  std::mt19937 rng(13);
+  const int64_t n = 37, classes = 10;
+  const Floats logits = randomFloats(rng, size_t(n * classes), -4.0f, 4.0f);
+  std::vector<int32_t> labels(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    labels[size_t(i)] = i % 7 == 3 ? FCC_IGNORE_LABEL : int32_t(rng() % classes);
+  auto dLogits = upload(logits);
+  auto dLabels = uploadBytes(labels.data(), n * 4);
+  const int32_t *lab = static_cast<const int32_t *>(dLabels->get());
+  for (float ls : {0.0f, 0.2f}) {
+    for (float lossGrad : {1.0f, 512.0f}) {
+      SCOPED_TRACE("label smoothing " + std::to_string(ls) + " loss grad " +
+                   std::to_string(lossGrad));
+      auto dLs = upload({ls}), dLg = upload({lossGrad});
+      Buffer metrics(FCC_NUM_METRICS * 4), grad(n * classes * 4);
+      // Twice: the metrics accumulate.
+      for (int rep = 0; rep < 2; ++rep) {
+        fcc_cuda_metric_loss(metrics.f(), dLogits->f(), lab, n, classes,
+                             dLs->f());
+        fcc_cuda_metric_correct(metrics.f(), dLogits->f(), lab, n, classes);
+      }
+      fcc_cuda_softmax_xent_grad(dLogits->f(), lab, n, classes, dLs->f(),
+                                 dLg->f(), grad.f());
+      float want[FCC_NUM_METRICS] = {0, 0, 0};
+      Floats wantGrad(static_cast<size_t>(n * classes));
+      for (int rep = 0; rep < 2; ++rep) {
+        const double mean = fcc_cpu_softmax_xent(
+            logits.data(), labels.data(), n, classes, ls, nullptr, nullptr,
+            nullptr);
+        want[FCC_METRIC_LOSS_SUM] += float(mean * double(n));
+        want[FCC_METRIC_CORRECT] += float(
+            fcc_cpu_count_correct(logits.data(), labels.data(), n, classes));
+      }
+      fcc_cpu_softmax_xent(logits.data(), labels.data(), n, classes, ls,
+                           nullptr, wantGrad.data(), nullptr);
+      if (lossGrad != 1.0f)
+        fcc_cpu_affine(wantGrad.data(), lossGrad, 0.0f, wantGrad.data(),
+                       n * classes);
+      const Floats got = download(metrics.get(), FCC_NUM_METRICS);
+      EXPECT_NEAR(got[FCC_METRIC_LOSS_SUM], want[FCC_METRIC_LOSS_SUM],
+                  1e-5 * std::fabs(want[FCC_METRIC_LOSS_SUM]));
+      EXPECT_EQ(got[FCC_METRIC_CORRECT], want[FCC_METRIC_CORRECT]);
+      EXPECT_EQ(got[FCC_METRIC_SKIPPED], 0.0f);
+      EXPECT_TRUE(near(download(grad.get(), n * classes), wantGrad, 1e-6,
+                       1e-9 * lossGrad));
+    }
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Optimizer, EMA, loss scaling
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, SgdUpdateMulti) {
+  std::mt19937 rng(14);
+  const int64_t counts[] = {1000, 3, 257};
+  const float lrMult[] = {1.0f, 64.0f, 1.0f}, wdMult[] = {1.0f, 1.0f / 64, 0.0f};
+  for (int nesterov : {0, 1})
+    for (int scaled : {0, 1})
+      for (float applyValue : {1.0f, 0.0f}) {
+        if (!scaled && applyValue == 0.0f)
+          continue;
+        SCOPED_TRACE("nesterov " + std::to_string(nesterov) + " scaled " +
+                     std::to_string(scaled) + " apply " +
+                     std::to_string(applyValue));
+        fcc_hyper hyper{};
+        hyper.lr = 0.4f;
+        hyper.momentum = 0.9f;
+        hyper.weight_decay = 5e-4f;
+        hyper.nesterov = float(nesterov);
+        hyper.loss_scale = 1024.0f;
+        auto dHyper = uploadBytes(&hyper, sizeof hyper);
+        auto dApply = upload({applyValue});
+        std::vector<Floats> params, grads, bufs;
+        std::vector<std::unique_ptr<Buffer>> dev;
+        std::vector<fcc_cuda_sgd_item> items;
+        for (int i = 0; i < 3; ++i) {
+          params.push_back(randomFloats(rng, size_t(counts[i])));
+          grads.push_back(randomFloats(rng, size_t(counts[i]), -100.0f, 100.0f));
+          bufs.push_back(randomFloats(rng, size_t(counts[i])));
+          dev.push_back(upload(params.back()));
+          dev.push_back(upload(grads.back()));
+          dev.push_back(upload(bufs.back()));
+          fcc_cuda_sgd_item it{};
+          it.param = dev[dev.size() - 3]->f();
+          it.grad = dev[dev.size() - 2]->f();
+          it.buf = dev[dev.size() - 1]->f();
+          it.count = counts[i];
+          it.lr_mult = lrMult[i];
+          it.wd_mult = wdMult[i];
+          items.push_back(it);
+        }
+        auto dItems = uploadBytes(items.data(),
+                                  int64_t(items.size() * sizeof(items[0])));
+        const float *gradScale =
+            scaled ? reinterpret_cast<const float *>(
+                         static_cast<const char *>(dHyper->get()) +
+                         offsetof(fcc_hyper, loss_scale))
+                   : nullptr;
+        fcc_cuda_sgd_update_multi(
+            static_cast<const fcc_cuda_sgd_item *>(dItems->get()), 3, 1000,
+            dHyper->get(), gradScale, scaled ? dApply->f() : nullptr);
+        for (int i = 0; i < 3; ++i) {
+          // The generated CPU code's expressions: lr * mult, wd * mult.
+          const float lr = hyper.lr * lrMult[i], wd = hyper.weight_decay * wdMult[i];
+          if (scaled)
+            fcc_cpu_sgd_update_scaled(params[i].data(), grads[i].data(),
+                                      bufs[i].data(), counts[i], lr,
+                                      hyper.momentum, wd, nesterov,
+                                      hyper.loss_scale, applyValue != 0.0f);
+          else
+            fcc_cpu_sgd_update(params[i].data(), grads[i].data(),
+                               bufs[i].data(), counts[i], lr, hyper.momentum,
+                               wd, nesterov);
+          EXPECT_TRUE(near(download(items[i].param, counts[i]), params[i], 0.0));
+          EXPECT_TRUE(near(download(items[i].buf, counts[i]), bufs[i], 0.0));
+        }
+      }
+}
+
+TEST_F(Cuda, EmaUpdateMulti) {
+  std::mt19937 rng(15);
+  const int64_t counts[] = {5, 1000, 64};
+  std::vector<Floats> emas, values;
+  std::vector<std::unique_ptr<Buffer>> dev;
+  std::vector<float *> emaPtrs;
+  std::vector<const float *> valuePtrs;
+  for (int i = 0; i < 3; ++i) {
+    emas.push_back(randomFloats(rng, size_t(counts[i])));
+    values.push_back(randomFloats(rng, size_t(counts[i])));
+    dev.push_back(upload(emas.back()));
+    emaPtrs.push_back(dev.back()->f());
+    dev.push_back(upload(values.back()));
+    valuePtrs.push_back(dev.back()->f());
+  }
+  auto dEmas = uploadBytes(emaPtrs.data(), 3 * sizeof(float *));
+  auto dValues = uploadBytes(valuePtrs.data(), 3 * sizeof(float *));
+  auto dCounts = uploadBytes(counts, sizeof counts);
+  const float decay = 0.99f * 0.99f;
+  auto dDecay = upload({decay});
+  fcc_cuda_ema_update_multi(static_cast<float *const *>(dEmas->get()),
+                            static_cast<const float *const *>(dValues->get()),
+                            static_cast<const int64_t *>(dCounts->get()), 3,
+                            1000, dDecay->f());
+  for (int i = 0; i < 3; ++i) {
+    fcc_cpu_ema_update(emas[i].data(), values[i].data(), decay, counts[i]);
+    EXPECT_TRUE(near(download(emaPtrs[i], counts[i]), emas[i], 0.0));
+  }
+}
+
+TEST_F(Cuda, FiniteChecksAndSkippedMetric) {
+  Floats clean(300, 1.0f), overflow(300, 2.0f);
+  overflow[123] = INFINITY;
+  Floats nan(10, 0.0f);
+  nan[9] = NAN;
+  auto dClean = upload(clean), dOverflow = upload(overflow), dNan = upload(nan);
+  Buffer finite(4), metrics(FCC_NUM_METRICS * 4);
+  fcc_cuda_finite_begin(finite.f());
+  fcc_cuda_finite_and(finite.f(), dClean->f(), 300);
+  fcc_cuda_metric_skipped(metrics.f(), finite.f());
+  EXPECT_EQ(download(finite.get(), 1)[0], 1.0f);
+  EXPECT_EQ(download(metrics.get(), 3)[FCC_METRIC_SKIPPED], 0.0f);
+  for (const Buffer *bad : {dOverflow.get(), dNan.get()}) {
+    fcc_cuda_finite_begin(finite.f());
+    fcc_cuda_finite_and(finite.f(), dClean->f(), 300);
+    fcc_cuda_finite_and(finite.f(), bad->f(), bad == dNan.get() ? 10 : 300);
+    fcc_cuda_finite_and(finite.f(), dClean->f(), 300);
+    fcc_cuda_metric_skipped(metrics.f(), finite.f());
+    EXPECT_EQ(download(finite.get(), 1)[0], 0.0f);
+  }
+  EXPECT_EQ(download(metrics.get(), 3)[FCC_METRIC_SKIPPED], 2.0f);
+}
+
+//===----------------------------------------------------------------------===//
+// Batches, memory, errors
+//===----------------------------------------------------------------------===//
+
+TEST_F(Cuda, BuildBatchMatchesAugment) {
+  std::mt19937 rng(16);
+  const int64_t images = 6, channels = 3, height = 8, width = 7;
+  const int64_t image = channels * height * width;
+  std::vector<uint8_t> pixels(size_t(images * image));
+  for (uint8_t &p : pixels)
+    p = uint8_t(rng() & 0xff);
+  const std::vector<int64_t> index = {3, 0, 5, 5, 1};
+  const int64_t count = int64_t(index.size());
+  const Floats mean = {120.5f, 110.25f, 99.0f},
+               invStd = {1.0f / 60.0f, 1.0f / 55.5f, 1.0f / 62.0f};
+  fcc::trainer::AugmentConfig config;
+  config.pad = 2;
+  config.flip = true;
+  config.cutout = 3;
+  std::vector<int32_t> draws;
+  std::vector<fcc::trainer::ExampleAugment> augs;
+  for (int64_t i = 0; i < count; ++i) {
+    augs.push_back(fcc::trainer::drawAugmentation(config, height, width, 7, 2,
+                                                  index[size_t(i)] * 31 + i));
+    const auto &a = augs.back();
+    for (int32_t v : {a.dy, a.dx, a.flip, a.cy, a.cx})
+      draws.push_back(v);
+  }
+  augs[1].cy = 0, augs[1].cx = width - 1; // cutout clipped at the corner
+  draws[5 * 1 + 3] = 0, draws[5 * 1 + 4] = int32_t(width - 1);
+  augs[2].flip = 1, draws[5 * 2 + 2] = 1;
+
+  auto dPixels = uploadBytes(pixels.data(), int64_t(pixels.size()));
+  auto dIndex = uploadBytes(index.data(), count * 8);
+  auto dDraws = uploadBytes(draws.data(), int64_t(draws.size() * 4));
+  auto dMean = upload(mean), dInvStd = upload(invStd);
+  for (int dtype : kHalfTypes)
+    for (bool augment : {true, false}) {
+      SCOPED_TRACE(typeName(dtype) + (augment ? " augmented" : " plain"));
+      Buffer out(count * image * 4);
+      fcc_cuda_build_batch(
+          static_cast<const uint8_t *>(dPixels->get()),
+          static_cast<const int64_t *>(dIndex->get()),
+          augment ? static_cast<const int32_t *>(dDraws->get()) : nullptr,
+          count, channels, height, width, dMean->f(), dInvStd->f(),
+          augment ? config.pad : 0, augment ? config.cutout : 0, out.get(),
+          dtype);
+      Floats want(static_cast<size_t>(count * image)), normalised(static_cast<size_t>(image));
+      for (int64_t i = 0; i < count; ++i) {
+        fcc::trainer::normaliseImage(pixels.data() + index[size_t(i)] * image,
+                                     channels, height, width, mean.data(),
+                                     invStd.data(),
+                                     augment ? normalised.data()
+                                             : want.data() + i * image);
+        if (augment)
+          fcc::trainer::augmentImage(normalised.data(), channels, height,
+                                     width, config, augs[size_t(i)],
+                                     want.data() + i * image);
+      }
+      EXPECT_TRUE(near(download(out.get(), count * image, dtype),
+                       rounded(want, dtype), 0.0));
+    }
+}
+
+TEST_F(Cuda, MemoryAndCopies) {
+  Buffer b(1000);
+  std::vector<uint8_t> host(1000, 0xab);
+  ASSERT_EQ(fcc_cuda_copy_to_host(host.data(), b.get(), 1000), 0);
+  EXPECT_TRUE(std::all_of(host.begin(), host.end(),
+                          [](uint8_t v) { return v == 0; }))
+      << "fcc_cuda_malloc is zero-filled";
+  void *pinned = fcc_cuda_host_alloc(1000);
+  ASSERT_NE(pinned, nullptr) << fcc_cuda_last_error();
+  std::memset(pinned, 7, 1000);
+  ASSERT_EQ(fcc_cuda_copy_to_device(b.get(), pinned, 1000), 0);
+  Buffer c(1000);
+  ASSERT_EQ(fcc_cuda_copy(c.get(), b.get(), 600), 0);
+  ASSERT_EQ(fcc_cuda_zero(c.get(), 100), 0);
+  ASSERT_EQ(fcc_cuda_copy_to_host(host.data(), c.get(), 1000), 0);
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_EQ(host[size_t(i)], i < 100 ? 0 : i < 600 ? 7 : 0) << i;
+  fcc_cuda_host_free(pinned);
+  int64_t used = -1, total = -1;
+  fcc_cuda_memory(&used, &total);
+  EXPECT_GT(total, 0);
+  EXPECT_GT(used, 0);
+  EXPECT_LE(used, total);
+  EXPECT_NE(fcc_cuda_stream(), nullptr);
+  EXPECT_NE(std::string(fcc_cuda_device_description()).find("sm_"),
+            std::string::npos);
+}
+
+TEST_F(Cuda, ErrorsOfKernelsAreSticky) {
+  Buffer b(64);
+  fcc_cuda_relu_forward(b.get(), b.get(), 4, 7); // no such dtype
+  EXPECT_NE(fcc_cuda_synchronize(), 0);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_relu_forward"),
+            std::string::npos)
+      << fcc_cuda_last_error();
+  EXPECT_NE(fcc_cuda_synchronize(), 0) << "sticky";
+  // A new context starts clean.
+  fcc_cuda_shutdown();
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+  EXPECT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+}
+
+} // namespace
+
+// Without a device: the runtime says so, and nothing else is tried.
+TEST(CudaWithoutDevice, InitReportsNoDevice) {
+  if (haveDevice())
+    GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_EQ(fcc_cuda_device_count(), 0);
+  EXPECT_NE(fcc_cuda_init(0), 0);
+  EXPECT_STREQ(fcc_cuda_last_error(), "no CUDA device found");
+}

@@ -1,0 +1,321 @@
+//===- emu_runtime.cpp - Emulated context of the CUDA runtime (tests only) ===//
+//
+// Stands in for runtime/cuda/context.cpp (and the CUDA runtime library) in
+// cuda_kernels_emulated_test: "device" memory is host memory, the stream is
+// the calling thread, a graph is the list of launches recorded between
+// graph_begin and graph_end, and the internal.h services (errors, scratch)
+// behave like the real ones. The kernel sources (elementwise.cu,
+// batchnorm.cu, training.cu) are linked unchanged apart from their launch
+// syntax (preprocess.py). cuDNN convolutions and cuBLAS GEMMs are not
+// emulated: their entry points fail, and the test filters their tests out.
+//
+//===----------------------------------------------------------------------===//
+#include "emu.h"
+
+#include "internal.h"
+
+#include <barrier>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <thread>
+#include <vector>
+
+thread_local dim3 blockIdx, threadIdx;
+dim3 blockDim, gridDim;
+
+namespace {
+
+// Worker threads for the blocks of synchronising kernels, kept across
+// launches (creating 256 threads per block would dominate the test's time).
+// One block at a time: the workers start together, meet at the block's
+// barrier for each __syncthreads, and report when the block is done.
+class BlockPool {
+public:
+  explicit BlockPool(unsigned size)
+      : size_(size), start_(size + 1), done_(size + 1), block_(size) {
+    for (unsigned t = 0; t < size; ++t)
+      threads_.emplace_back([this, t] { work(t); });
+  }
+  ~BlockPool() {
+    stop_ = true;
+    start_.arrive_and_wait();
+    for (std::thread &th : threads_)
+      th.join();
+  }
+  unsigned size() const { return size_; }
+  std::barrier<> &blockBarrier() { return block_; }
+  void runBlock(dim3 b, const std::function<void()> &body) {
+    block = b;
+    body_ = &body;
+    start_.arrive_and_wait();
+    done_.arrive_and_wait();
+  }
+
+private:
+  void work(unsigned t) {
+    while (true) {
+      start_.arrive_and_wait(); // the barrier publishes block, body_, stop_
+      if (stop_)
+        return;
+      blockIdx = block;
+      threadIdx = dim3(t, 0, 0);
+      (*body_)();
+      done_.arrive_and_wait();
+    }
+  }
+
+  unsigned size_;
+  std::barrier<> start_, done_, block_;
+  std::vector<std::thread> threads_;
+  dim3 block;
+  const std::function<void()> *body_ = nullptr;
+  bool stop_ = false;
+};
+
+std::unique_ptr<BlockPool> pool;
+std::barrier<> *blockBarrier = nullptr; // of the block running now
+bool capturingNow = false;
+using Graph = std::vector<std::function<void()>>;
+Graph *graph = nullptr;
+
+void run(dim3 grid, dim3 block, const std::function<void()> &body,
+         bool sync) {
+  gridDim = grid;
+  blockDim = block;
+  if (sync && (!pool || pool->size() != block.x))
+    pool = std::make_unique<BlockPool>(block.x);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        const dim3 b(bx, by, bz);
+        if (sync) {
+          blockBarrier = &pool->blockBarrier();
+          pool->runBlock(b, body);
+          blockBarrier = nullptr;
+          continue;
+        }
+        blockIdx = b;
+        for (unsigned t = 0; t < block.x; ++t) {
+          threadIdx = dim3(t, 0, 0);
+          body();
+        }
+      }
+}
+
+void launch(dim3 grid, dim3 block, std::function<void()> body, bool sync) {
+  if (capturingNow) {
+    graph->push_back([=] { run(grid, block, body, sync); });
+    return;
+  }
+  run(grid, block, body, sync);
+}
+
+[[noreturn]] void die(const char *what) {
+  std::fprintf(stderr, "CUDA emulation: %s\n", what);
+  std::abort();
+}
+
+} // namespace
+
+void fcc_emu_sync() {
+  if (!blockBarrier)
+    die("__syncthreads in a kernel launched without fcc_emu_launch_sync "
+        "(add it to SYNC_KERNELS in preprocess.py)");
+  blockBarrier->arrive_and_wait();
+}
+
+void fcc_emu_launch(dim3 grid, dim3 block, std::function<void()> body) {
+  launch(grid, block, std::move(body), false);
+}
+
+void fcc_emu_launch_sync(dim3 grid, dim3 block, std::function<void()> body) {
+  launch(grid, block, std::move(body), true);
+}
+
+// The CUDA runtime functions the kernel sources call themselves.
+extern "C" cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+extern "C" const char *cudaGetErrorString(cudaError_t) {
+  return "emulated CUDA error";
+}
+extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src,
+                                       size_t count, cudaMemcpyKind,
+                                       cudaStream_t) {
+  if (capturingNow)
+    die("copies are not recorded into emulated graphs");
+  std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+extern "C" cudaError_t cudaMemsetAsync(void *p, int value, size_t count,
+                                       cudaStream_t) {
+  if (capturingNow)
+    die("memsets are not recorded into emulated graphs");
+  std::memset(p, value, count);
+  return cudaSuccess;
+}
+
+namespace fcc::cuda {
+
+namespace {
+std::string lastMessage;
+bool sticky = false, ready_ = false;
+void *scratchBuffer = nullptr;
+constexpr size_t kScratchBytes = size_t(16) << 20; // as context.cpp
+} // namespace
+
+std::string format(const char *fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  char buf[4096];
+  std::vsnprintf(buf, sizeof buf, fmt, args);
+  va_end(args);
+  return buf;
+}
+int setError(int code, const std::string &message) {
+  lastMessage = message;
+  return code;
+}
+void setAsyncError(const std::string &message) {
+  lastMessage = message;
+  sticky = true;
+}
+int cudaCheck(cudaError_t e, const char *fn, const char *what) {
+  return e == cudaSuccess
+             ? FCC_OK
+             : setError(FCC_ERR_BACKEND, format("%s: %s", fn, what));
+}
+bool cudaCheckAsync(cudaError_t e, const char *fn, const char *what) {
+  if (e != cudaSuccess)
+    setAsyncError(format("%s: %s", fn, what));
+  return e == cudaSuccess;
+}
+bool checkLaunch(const char *) { return true; }
+void clearTransientErrors() {}
+bool initialised() { return ready_; }
+bool ready(const char *fn) {
+  if (!ready_)
+    setAsyncError(format("%s: the CUDA runtime is not initialised", fn));
+  return ready_;
+}
+cudaStream_t stream() { return reinterpret_cast<cudaStream_t>(1); }
+int multiprocessors() { return 1; }
+void *scratch(size_t bytes, const char *fn) {
+  if (bytes > kScratchBytes) {
+    setAsyncError(format("%s: scratch of %zu bytes", fn, bytes));
+    return nullptr;
+  }
+  return scratchBuffer;
+}
+size_t scratchCapacity() { return kScratchBytes; }
+int reserveWorkspace(size_t, const char *) { return FCC_OK; }
+void *workspace() { return nullptr; }
+size_t workspaceSize() { return 0; }
+bool capturing() { return capturingNow; }
+std::string deviceKey() { return "emulated"; }
+bool cacheLookup(const std::string &, CachedAlgo &) { return false; }
+void cacheStore(const std::string &, const CachedAlgo &) {}
+void cacheFlush() {}
+
+} // namespace fcc::cuda
+
+using namespace fcc::cuda;
+
+extern "C" {
+
+int fcc_cuda_device_count(void) { return 1; }
+int fcc_cuda_init(int) {
+  if (!ready_) {
+    // Scratch starts as NaN bytes: a kernel that reads scratch it did not
+    // write in the same call shows up as NaN results.
+    scratchBuffer = std::malloc(kScratchBytes);
+    std::memset(scratchBuffer, 0xff, kScratchBytes);
+  }
+  ready_ = true;
+  sticky = false;
+  lastMessage.clear();
+  return FCC_OK;
+}
+void fcc_cuda_shutdown(void) {
+  std::free(scratchBuffer);
+  scratchBuffer = nullptr;
+  ready_ = false;
+}
+const char *fcc_cuda_last_error(void) { return lastMessage.c_str(); }
+const char *fcc_cuda_device_description(void) {
+  return "CUDA emulation (sm_00, 1 SMs, 0.0 GiB)";
+}
+void *fcc_cuda_stream(void) { return reinterpret_cast<void *>(1); }
+int fcc_cuda_synchronize(void) { return sticky ? FCC_ERR_BACKEND : FCC_OK; }
+void *fcc_cuda_malloc(int64_t bytes) {
+  return std::calloc(size_t(bytes > 0 ? bytes : 256), 1);
+}
+void fcc_cuda_free(void *p) { std::free(p); }
+int fcc_cuda_copy_to_device(void *dst, const void *src, int64_t bytes) {
+  std::memcpy(dst, src, size_t(bytes));
+  return FCC_OK;
+}
+int fcc_cuda_copy_to_host(void *dst, const void *src, int64_t bytes) {
+  std::memcpy(dst, src, size_t(bytes));
+  return sticky ? FCC_ERR_BACKEND : FCC_OK;
+}
+int fcc_cuda_copy(void *dst, const void *src, int64_t bytes) {
+  std::memmove(dst, src, size_t(bytes));
+  return FCC_OK;
+}
+int fcc_cuda_zero(void *dst, int64_t bytes) {
+  std::memset(dst, 0, size_t(bytes));
+  return FCC_OK;
+}
+void *fcc_cuda_host_alloc(int64_t bytes) {
+  return std::calloc(size_t(bytes > 0 ? bytes : 1), 1);
+}
+void fcc_cuda_host_free(void *p) { std::free(p); }
+void fcc_cuda_memory(int64_t *used, int64_t *total) {
+  *used = 1;
+  *total = 2;
+}
+int fcc_cuda_graph_begin(void) {
+  capturingNow = true;
+  graph = new Graph();
+  return FCC_OK;
+}
+int fcc_cuda_graph_end(void **exec) {
+  capturingNow = false;
+  *exec = graph;
+  graph = nullptr;
+  return FCC_OK;
+}
+int fcc_cuda_graph_launch(void *exec) {
+  for (auto &step : *static_cast<Graph *>(exec))
+    step();
+  return FCC_OK;
+}
+void fcc_cuda_graph_destroy(void *exec) { delete static_cast<Graph *>(exec); }
+void fcc_cuda_set_timing_cache(const char *) {}
+
+// Not emulated (cuDNN, cuBLAS).
+fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *, int) {
+  setError(FCC_ERR_UNSUPPORTED, "cuDNN is not emulated");
+  return nullptr;
+}
+void fcc_cuda_conv2d_destroy(fcc_cuda_conv2d_plan *) {}
+int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *, const void *, const void *,
+                            const void *, void *) {
+  return FCC_ERR_UNSUPPORTED;
+}
+int fcc_cuda_conv2d_backward_data(fcc_cuda_conv2d_plan *, const void *,
+                                  const void *, void *) {
+  return FCC_ERR_UNSUPPORTED;
+}
+int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *, const void *,
+                                    const void *, void *, void *) {
+  return FCC_ERR_UNSUPPORTED;
+}
+int fcc_cuda_gemm(int, int, int64_t, int64_t, int64_t, float, const void *,
+                  const void *, float, const void *, int64_t, int64_t, void *,
+                  int) {
+  return setError(FCC_ERR_UNSUPPORTED, "cuBLAS is not emulated");
+}
+
+} // extern "C"
