@@ -94,7 +94,8 @@ struct ParamEntry {
 class Emitter {
 public:
   Emitter(ModuleOp planned, const CodegenOptions &opts)
-      : planned(planned), opts(opts), ctx(planned.getContext()), b(ctx) {}
+      : planned(planned), opts(opts), ctx(planned.getContext()), b(ctx),
+        cuda(opts.target == "cuda") {}
 
   FailureOr<GeneratedProgram> run();
 
@@ -111,16 +112,39 @@ private:
     return emitc::OpaqueAttr::get(ctx, text);
   }
   Attribute num(int64_t v) { return op(std::to_string(v)); }
+  /// GPU kernels take the storage type of their tensors last, except those
+  /// whose tensors are always fp32 or whose plan knows it.
+  bool takesDtype(StringRef callee) const {
+    if (!cuda || !callee.starts_with("fcc_cuda_"))
+      return false;
+    for (StringRef fixed :
+         {"fcc_cuda_conv2d_", "fcc_cuda_batch_norm_update_running",
+          "fcc_cuda_sgd_", "fcc_cuda_ema_", "fcc_cuda_cast",
+          "fcc_cuda_finite", "fcc_cuda_metric"})
+      if (callee.starts_with(fixed))
+        return false;
+    return true;
+  }
+  SmallVector<Attribute> withDtype(StringRef callee,
+                                   ArrayRef<Attribute> args) {
+    SmallVector<Attribute> all(args.begin(), args.end());
+    if (takesDtype(callee))
+      all.push_back(op(dtype));
+    return all;
+  }
   void call(StringRef callee, ArrayRef<Attribute> args) {
     b.create<emitc::CallOpaqueOp>(loc, TypeRange{}, callee, ValueRange{},
-                                  b.getArrayAttr(args), ArrayAttr());
+                                  b.getArrayAttr(withDtype(callee, args)),
+                                  ArrayAttr());
   }
   void checked(StringRef callee, ArrayRef<Attribute> args) {
     std::string text = callee.str() + "(";
-    for (auto [k, a] : llvm::enumerate(args))
+    for (auto [k, a] : llvm::enumerate(withDtype(callee, args)))
       text += (k ? ", " : "") + cast<emitc::OpaqueAttr>(a).getValue().str();
     text += ")";
-    call("fcc_check", {op(text), op(cString(callee))});
+    b.create<emitc::CallOpaqueOp>(
+        loc, TypeRange{}, "fcc_check", ValueRange{},
+        b.getArrayAttr({op(text), op(cString(callee))}), ArrayAttr());
   }
   void comment(const std::string &text) {
     b.create<emitc::VerbatimOp>(loc, "// " + text);
@@ -142,6 +166,8 @@ private:
                        ArrayRef<int64_t> y);
   std::string shapeArray(ArrayRef<int64_t> shape);
   std::string abiWrappers();
+  void cpuEntryPoints(llvm::raw_ostream &os);
+  void cudaEntryPoints(llvm::raw_ostream &os);
 
   ModuleOp planned;
   const CodegenOptions &opts;
@@ -159,7 +185,29 @@ private:
   llvm::DenseMap<Value, std::string> constants;
   llvm::DenseMap<Value, std::string> scalarExprs; // computed scalars
   bool lossScaling = false;
+  // The CUDA target: the same plan against cuda_kernels.h (device pointers,
+  // a trailing storage type per tensor kernel, device scalars, multi-tensor
+  // optimizer and EMA updates, the train step captured as a CUDA graph).
+  bool cuda = false;
+  std::string dtype = "FCC_DTYPE_F32"; // storage type of the current op
+  struct SgdItem {
+    std::string param, grad, buf;
+    int64_t count;
+    float lrMult, wdMult;
+  };
+  std::vector<SgdItem> sgdItems;
+  std::string sgdScale = "NULL", sgdApply = "NULL";
+  struct EmaItem {
+    std::string ema, value;
+    int64_t count;
+  };
+  std::vector<EmaItem> emaItems;
+  /// The target's runtime entry point: fcc_cpu_NAME or fcc_cuda_NAME.
+  std::string rt(StringRef name) const {
+    return (cuda ? "fcc_cuda_" : "fcc_cpu_") + name.str();
+  }
   std::vector<std::string> planNames;
+  std::vector<std::string> planTypes; // storage type of each conv plan
   int counter = 0;
   func::FuncOp current;
   int64_t arenaBytes = 0;
@@ -220,6 +268,10 @@ std::string Emitter::pointer(Value v) {
     return constants[v] = global("kConst", "const float", countOf(v), init);
   }
   case ValueKind::Arena:
+    // The GPU arena is planned in bytes (half tensors take 2); the CPU one
+    // holds only floats.
+    if (cuda)
+      return "((float *)(A + " + std::to_string(arenaOffset(v)) + "))";
     return "(A + " + std::to_string(arenaOffset(v) / 4) + ")";
   case ValueKind::Metric:
     return "<metric>";
@@ -238,11 +290,13 @@ std::string Emitter::scalar(Value v) {
       return "<bad-scalar>";
     StringRef n = h.getValue();
     if (current.getName() == "ema_update" && n == "decay")
-      return "DECAY";
+      return cuda ? "DDECAY" : "DECAY";
     if (current.getName().starts_with("eval_step") && n == "label_smoothing")
-      return "LS";
-    return "H->" + n.str();
+      return cuda ? "DLS" : "LS";
+    return (cuda ? "&H->" : "H->") + n.str();
   }
+  if (cuda)
+    return "<no-device-scalar>"; // constants have no device copy
   if (auto c = v.getDefiningOp<arith::ConstantOp>())
     if (auto d = dyn_cast<DenseElementsAttr>(c.getValue()))
       return fmtFloat(d.getSplatValue<float>());
@@ -271,17 +325,22 @@ std::string Emitter::convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
       "{13}, {14}, {15}, 0, 0}",
       x[0], x[1], x[2], x[3], w[0], w[2], w[3], s[0], s[1], p[0], p[1], p[2],
       p[3], d[0], d[1], groups);
-  auto it = convPlans.find(desc);
+  std::string key = desc + (cuda ? " " + dtype : "");
+  auto it = convPlans.find(key);
   if (it != convPlans.end())
     return it->second;
   std::string name = "conv" + std::to_string(planNames.size());
   planNames.push_back(name);
+  planTypes.push_back(dtype);
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPoint(anchor);
   b.create<emitc::VerbatimOp>(loc, "static fcc_conv2d_desc " + name +
                                        "_desc = " + desc + ";");
-  b.create<emitc::VerbatimOp>(loc, "static fcc_conv2d_plan *" + name + ";");
-  return convPlans[desc] = name;
+  b.create<emitc::VerbatimOp>(loc, std::string("static ") +
+                                       (cuda ? "fcc_cuda_conv2d_plan *"
+                                             : "fcc_conv2d_plan *") +
+                                       name + ";");
+  return convPlans[key] = name;
 }
 
 std::string Emitter::poolDesc(ArrayRef<int64_t> x, ArrayRef<int64_t> k,
@@ -350,6 +409,8 @@ LogicalResult Emitter::collectParams(func::FuncOp train) {
 /// existing half values (casts round themselves, views, ReLU, max pooling)
 /// need no rounding.
 void Emitter::roundHalfResults(Operation *o) {
+  if (cuda) // real 16-bit storage
+    return;
   if (isa<CastOp, ReshapeOp, FlattenOp, ReluOp, MaxPool2DOp, FlipOp>(o))
     return;
   for (Value r : o->getResults()) {
@@ -365,8 +426,28 @@ void Emitter::roundHalfResults(Operation *o) {
   }
 }
 
+/// FCC_DTYPE_* of a float tensor type.
+static std::string dtypeOf(Type t) {
+  Type et = cast<ShapedType>(t).getElementType();
+  return et.isF16() ? "FCC_DTYPE_F16" : et.isBF16() ? "FCC_DTYPE_BF16"
+                                                    : "FCC_DTYPE_F32";
+}
+
 LogicalResult Emitter::emitOp(Operation *o) {
   loc = o->getLoc();
+  // The storage type GPU kernels are told: that of the first float result
+  // (or operand).
+  dtype = "FCC_DTYPE_F32";
+  for (ValueRange vs : {ValueRange(o->getResults()), ValueRange(o->getOperands())}) {
+    auto it = llvm::find_if(vs, [](Value v) {
+      auto t = dyn_cast<ShapedType>(v.getType());
+      return t && isa<FloatType>(t.getElementType());
+    });
+    if (it != vs.end()) {
+      dtype = dtypeOf((*it).getType());
+      break;
+    }
+  }
   std::string where;
   if (auto nl = dyn_cast<NameLoc>(o->getLoc()))
     where = " (" + nl.getName().str() + ")";
@@ -378,7 +459,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string plan =
             convPlan(shapeOf(c.getInput()), shapeOf(c.getWeight()),
                      c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
-        checked("fcc_cpu_conv2d_forward",
+        checked(rt("conv2d_forward"),
                 {op(plan), op(pointer(c.getInput())), op(pointer(c.getWeight())),
                  op(c.getBias() ? pointer(c.getBias()) : "NULL"),
                  op(pointer(c.getOutput()))});
@@ -389,7 +470,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string plan =
             convPlan(shapeOf(c.getInputGrad()), shapeOf(c.getWeight()),
                      c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
-        checked("fcc_cpu_conv2d_backward_data",
+        checked(rt("conv2d_backward_data"),
                 {op(plan), op(pointer(c.getOutputGrad())),
                  op(pointer(c.getWeight())), op(pointer(c.getInputGrad()))});
         return success();
@@ -399,7 +480,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string plan =
             convPlan(shapeOf(c.getInput()), shapeOf(c.getWeightGrad()),
                      c.getStrides(), c.getPads(), c.getDilations(), c.getGroups());
-        checked("fcc_cpu_conv2d_backward_filter",
+        checked(rt("conv2d_backward_filter"),
                 {op(plan), op(pointer(c.getInput())),
                  op(pointer(c.getOutputGrad())), op(pointer(c.getWeightGrad())),
                  op("NULL")});
@@ -411,7 +492,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string eps = fmtFloat(bn.getEpsilon().convertToFloat());
         if (!bn.getTraining()) {
           comment("batch_norm (inference)" + where);
-          call("fcc_cpu_batch_norm_inference",
+          call(rt("batch_norm_inference"),
                {op(pointer(bn.getInput())), op(pointer(bn.getScale())),
                 op(pointer(bn.getShift())), op(pointer(bn.getRunningMean())),
                 op(pointer(bn.getRunningVar())), op(eps), num(n), num(c),
@@ -419,7 +500,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
           return success();
         }
         comment("batch_norm (training)" + where);
-        call("fcc_cpu_batch_norm_train_forward",
+        call(rt("batch_norm_train_forward"),
              {op(pointer(bn.getInput())), op(pointer(bn.getScale())),
               op(pointer(bn.getShift())), op(eps), num(n), num(c), num(hw),
               op(pointer(bn.getOutput())), op(pointer(bn.getBatchMean())),
@@ -432,7 +513,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
           call("fcc_copy_f32", {op(rm), op(pointer(bn.getRunningMean())), num(c)});
         if (rv != pointer(bn.getRunningVar()))
           call("fcc_copy_f32", {op(rv), op(pointer(bn.getRunningVar())), num(c)});
-        call("fcc_cpu_batch_norm_update_running",
+        call(rt("batch_norm_update_running"),
              {op(rm), op(rv), op(pointer(bn.getBatchMean())),
               op(pointer(bn.getBatchVar())),
               op(fmtFloat(bn.getMomentum().convertToFloat())),
@@ -443,7 +524,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         auto xs = shapeOf(g.getInput());
         int64_t n = xs[0], c = xs[1], hw = numElements(xs) / (n * c);
         comment("batch_norm backward" + where);
-        call("fcc_cpu_batch_norm_backward",
+        call(rt("batch_norm_backward"),
              {op(pointer(g.getInput())), op(pointer(g.getOutputGrad())),
               op(pointer(g.getScale())), op(pointer(g.getBatchMean())),
               op(pointer(g.getBatchVar())),
@@ -461,7 +542,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
             f.getResidual() ? pointer(f.getResidual()) : "NULL";
         if (!f.getTraining()) {
           comment("bn_act (inference)" + where);
-          call("fcc_cpu_bn_act_inference",
+          call(rt("bn_act_inference"),
                {op(desc), op(pointer(f.getInput())), op(pointer(f.getScale())),
                 op(pointer(f.getShift())), op(pointer(f.getRunningMean())),
                 op(pointer(f.getRunningVar())), op(residual),
@@ -469,7 +550,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
           return success();
         }
         comment("bn_act (training)" + where);
-        call("fcc_cpu_bn_act_train_forward",
+        call(rt("bn_act_train_forward"),
              {op(desc), op(pointer(f.getInput())), op(pointer(f.getScale())),
               op(pointer(f.getShift())), op(residual),
               op(pointer(f.getOutput())), op(pointer(f.getBatchMean())),
@@ -484,7 +565,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         if (rv != pointer(f.getRunningVar()))
           call("fcc_copy_f32",
                {op(rv), op(pointer(f.getRunningVar())), num(d.c)});
-        call("fcc_cpu_batch_norm_update_running",
+        call(rt("batch_norm_update_running"),
              {op(rm), op(rv), op(pointer(f.getBatchMean())),
               op(pointer(f.getBatchVar())),
               op(fmtFloat(f.getMomentum().convertToFloat())),
@@ -496,7 +577,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string desc = global("kBnAct", "const fcc_bn_act_desc", 1,
                                   bnActDescInit(d));
         comment("bn_act backward" + where);
-        call("fcc_cpu_bn_act_backward",
+        call(rt("bn_act_backward"),
              {op(desc), op(pointer(g.getInput())),
               op(pointer(g.getOutputGrad())), op(pointer(g.getScale())),
               op(pointer(g.getShift())), op(pointer(g.getBatchMean())),
@@ -507,7 +588,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<FoldBnOp>([&](FoldBnOp f) {
         auto ws = shapeOf(f.getWeight());
         comment("fold_bn (BatchNorm into convolution weights)" + where);
-        call("fcc_cpu_fold_bn",
+        call(rt("fold_bn"),
              {op(pointer(f.getWeight())),
               op(f.getBias() ? pointer(f.getBias()) : "NULL"),
               op(pointer(f.getScale())), op(pointer(f.getShift())),
@@ -519,28 +600,28 @@ LogicalResult Emitter::emitOp(Operation *o) {
       })
       .Case<ReluOp>([&](ReluOp r) {
         comment("relu" + where);
-        call("fcc_cpu_relu_forward", {op(pointer(r.getInput())),
+        call(rt("relu_forward"), {op(pointer(r.getInput())),
                                       op(pointer(r.getOutput())),
                                       num(countOf(r.getInput()))});
         return success();
       })
       .Case<ReluGradOp>([&](ReluGradOp r) {
         comment("relu backward" + where);
-        call("fcc_cpu_relu_backward",
+        call(rt("relu_backward"),
              {op(pointer(r.getInput())), op(pointer(r.getOutputGrad())),
               op(pointer(r.getInputGrad())), num(countOf(r.getInput()))});
         return success();
       })
       .Case<CeluOp>([&](CeluOp r) {
         comment("celu" + where);
-        call("fcc_cpu_celu_forward",
+        call(rt("celu_forward"),
              {op(pointer(r.getInput())), op(fmtFloat(r.getAlpha().convertToFloat())),
               op(pointer(r.getOutput())), num(countOf(r.getInput()))});
         return success();
       })
       .Case<CeluGradOp>([&](CeluGradOp r) {
         comment("celu backward" + where);
-        call("fcc_cpu_celu_backward",
+        call(rt("celu_backward"),
              {op(pointer(r.getInput())), op(pointer(r.getOutputGrad())),
               op(fmtFloat(r.getAlpha().convertToFloat())),
               op(pointer(r.getInputGrad())), num(countOf(r.getInput()))});
@@ -551,7 +632,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string d = poolDesc(shapeOf(p.getInput()), p.getKernel(),
                                  p.getStrides(), p.getPads(), p.getDilations(),
                                  p.getCeilMode(), false, shapeOf(p.getOutput()));
-        call("fcc_cpu_max_pool2d_forward",
+        call(rt("max_pool2d_forward"),
              {op("&" + d), op(pointer(p.getInput())), op(pointer(p.getOutput()))});
         return success();
       })
@@ -561,7 +642,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
                                  p.getStrides(), p.getPads(), p.getDilations(),
                                  p.getCeilMode(), false,
                                  shapeOf(p.getOutputGrad()));
-        call("fcc_cpu_max_pool2d_backward",
+        call(rt("max_pool2d_backward"),
              {op("&" + d), op(pointer(p.getInput())),
               op(pointer(p.getOutputGrad())), op(pointer(p.getInputGrad()))});
         return success();
@@ -573,7 +654,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
                                  p.getStrides(), p.getPads(), dense,
                                  p.getCeilMode(), p.getCountIncludePad(),
                                  shapeOf(p.getOutput()));
-        call("fcc_cpu_avg_pool2d_forward",
+        call(rt("avg_pool2d_forward"),
              {op("&" + d), op(pointer(p.getInput())), op(pointer(p.getOutput()))});
         return success();
       })
@@ -584,7 +665,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
                                  p.getStrides(), p.getPads(), dense,
                                  p.getCeilMode(), p.getCountIncludePad(),
                                  shapeOf(p.getOutputGrad()));
-        call("fcc_cpu_avg_pool2d_backward",
+        call(rt("avg_pool2d_backward"),
              {op("&" + d), op(pointer(p.getOutputGrad())),
               op(pointer(p.getInputGrad()))});
         return success();
@@ -597,7 +678,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
           s.append(shapeOf(v).begin(), shapeOf(v).end());
           return shapeArray(s);
         };
-        checked("fcc_cpu_binary",
+        checked(rt("binary"),
                 {op("FCC_BINARY_ADD"), op(pointer(a.getLhs())), op(align(a.getLhs())),
                  op(pointer(a.getRhs())), op(align(a.getRhs())),
                  op(shapeArray(ys)), num(ys.size()), op(pointer(a.getOutput()))});
@@ -606,7 +687,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<MulOp>([&](MulOp m) {
         comment("mul" + where);
         if (!m.getRhs()) {
-          call("fcc_cpu_affine",
+          call(rt("affine"),
                {op(pointer(m.getLhs())),
                 op(fmtFloat(m.getScalar()->convertToDouble())), op("0.0f"),
                 op(pointer(m.getOutput())), num(countOf(m.getLhs()))});
@@ -618,7 +699,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
           s.append(shapeOf(v).begin(), shapeOf(v).end());
           return shapeArray(s);
         };
-        checked("fcc_cpu_binary",
+        checked(rt("binary"),
                 {op("FCC_BINARY_MUL"), op(pointer(m.getLhs())), op(align(m.getLhs())),
                  op(pointer(m.getRhs())), op(align(m.getRhs())),
                  op(shapeArray(ys)), num(ys.size()), op(pointer(m.getOutput()))});
@@ -635,7 +716,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
           cRows = bs.size() == 2 ? bs[0] : 1;
           cCols = bs.empty() ? 1 : bs.back();
         }
-        call("fcc_cpu_gemm",
+        call(rt("gemm"),
              {num(l.getTransA()), num(l.getTransB()), num(m), num(n), num(k),
               op(fmtFloat(l.getAlpha().convertToFloat())),
               op(pointer(l.getInput())), op(pointer(l.getWeight())),
@@ -649,7 +730,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         SmallVector<int64_t> xs(shapeOf(r.getInput())), kept = xs;
         for (int64_t a : r.getAxes())
           kept[a] = 1;
-        checked("fcc_cpu_reduce_sum_to",
+        checked(rt("reduce_sum_to"),
                 {op(pointer(r.getInput())), op(shapeArray(xs)),
                  op(shapeArray(kept)), num(xs.size()), op(pointer(r.getOutput()))});
         return success();
@@ -658,14 +739,19 @@ LogicalResult Emitter::emitOp(Operation *o) {
         if (d.getTraining())
           return d.emitOpError("training-mode dropout must be lowered by "
                                "fcc-build-training");
-        call("fcc_copy_f32", {op(pointer(d.getOutput())),
-                              op(pointer(d.getInput())),
-                              num(countOf(d.getInput()))});
+        if (cuda)
+          call("fcc_copy_bytes",
+               {op(pointer(d.getOutput())), op(pointer(d.getInput())),
+                num(tensorBytes(d.getInput()))});
+        else
+          call("fcc_copy_f32", {op(pointer(d.getOutput())),
+                                op(pointer(d.getInput())),
+                                num(countOf(d.getInput()))});
         return success();
       })
       .Case<DropoutMaskOp>([&](DropoutMaskOp d) {
         comment("dropout mask" + where);
-        call("fcc_cpu_dropout_mask",
+        call(rt("dropout_mask"),
              {op(scalar(d.getSeed())), num(d.getStream()),
               op(fmtFloat(d.getRatio().convertToFloat())),
               op(pointer(d.getMask())), num(countOf(d.getMask()))});
@@ -706,7 +792,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         comment("softmax" + where);
         auto xs = shapeOf(s.getInput());
         int64_t axis = s.getAxis() < 0 ? s.getAxis() + xs.size() : s.getAxis();
-        call("fcc_cpu_softmax",
+        call(rt("softmax"),
              {op(pointer(s.getInput())), num(numElements(xs.take_front(axis))),
               num(xs[axis]), num(numElements(xs.drop_front(axis + 1))),
               op(pointer(s.getOutput()))});
@@ -715,7 +801,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<FlipOp>([&](FlipOp f) {
         comment("horizontal flip" + where);
         auto xs = shapeOf(f.getInput());
-        call("fcc_cpu_flip_w", {op(pointer(f.getInput())), num(xs[0]),
+        call(rt("flip_w"), {op(pointer(f.getInput())), num(xs[0]),
                                 num(xs[1]), num(xs[2]), num(xs[3]),
                                 op(pointer(f.getOutput()))});
         return success();
@@ -727,6 +813,25 @@ LogicalResult Emitter::emitOp(Operation *o) {
           return u.emitOpError("code generation updates parameters in place; "
                                "the results must be returned as updates of "
                                "the operands");
+        if (cuda) {
+          // One launch for every parameter: the items are collected here and
+          // filled in by the train_step wrapper; the call goes where the
+          // first update is (all updates follow all gradients).
+          bool first = sgdItems.empty();
+          sgdItems.push_back({p, pointer(u.getGrad()), m,
+                              countOf(u.getParam()),
+                              u.getLrMult().convertToFloat(),
+                              u.getWdMult().convertToFloat()});
+          if (first) {
+            sgdScale = u.getGradScale() ? scalar(u.getGradScale()) : "NULL";
+            sgdApply = u.getApply() ? scalar(u.getApply()) : "NULL";
+            comment("SGD: every parameter in one launch");
+            call("fcc_cuda_sgd_update_multi",
+                 {op("SGD_ITEMS"), op("SGD_COUNT"), op("SGD_MAX"), op("H"),
+                  op(sgdScale), op(sgdApply)});
+          }
+          return success();
+        }
         std::string lrMult = u.getLrMult().convertToFloat() == 1.0f
                                  ? ""
                                  : " * " + fmtFloat(u.getLrMult().convertToFloat());
@@ -744,21 +849,26 @@ LogicalResult Emitter::emitOp(Operation *o) {
                                              : std::string("1.0f")));
           args.push_back(op(u.getApply() ? scalar(u.getApply()) + " != 0.0f"
                                          : std::string("1")));
-          call("fcc_cpu_sgd_update_scaled", args);
+          call(rt("sgd_update_scaled"), args);
         } else {
-          call("fcc_cpu_sgd_update", args);
+          call(rt("sgd_update"), args);
         }
         return success();
       })
       .Case<CastOp>([&](CastOp c) {
         Type et = cast<ShapedType>(c.getOutput().getType()).getElementType();
         comment("cast to " + typeName(et) + where);
-        call("fcc_cpu_cast",
-             {op(pointer(c.getInput())), op(pointer(c.getOutput())),
-              num(countOf(c.getOutput())),
-              op(et.isF16()    ? "FCC_DTYPE_F16"
-                 : et.isBF16() ? "FCC_DTYPE_BF16"
-                               : "FCC_DTYPE_F32")});
+        if (cuda)
+          call(rt("cast"), {op(pointer(c.getInput())),
+                            op(dtypeOf(c.getInput().getType())),
+                            op(pointer(c.getOutput())),
+                            op(dtypeOf(c.getOutput().getType())),
+                            num(countOf(c.getOutput()))});
+        else
+          call(rt("cast"),
+               {op(pointer(c.getInput())), op(pointer(c.getOutput())),
+                num(countOf(c.getOutput())),
+                op(dtypeOf(c.getOutput().getType()))});
         return success();
       })
       .Case<GradsFiniteOp>([&](GradsFiniteOp g) -> LogicalResult {
@@ -767,13 +877,17 @@ LogicalResult Emitter::emitOp(Operation *o) {
           return g.emitOpError("code generation needs `skipped` to be a "
                                "metric result");
         comment("loss scaling: are all gradients finite?" + where);
-        std::string flag = global("kFinite", "float", 1, "{1.0f}");
-        scalarExprs[g.getFinite()] = flag + "[0]";
+        // The flag: a host float on the CPU, a device float (FINITE,
+        // allocated by setup) on the GPU.
+        std::string flag =
+            cuda ? "FINITE" : global("kFinite", "float", 1, "{1.0f}");
+        std::string value = cuda ? flag : flag + "[0]";
+        scalarExprs[g.getFinite()] = value;
         call("fcc_finite_begin", {op(flag)});
         for (Value v : g.getGrads())
           call("fcc_finite_and", {op(flag), op(pointer(v)), num(countOf(v))});
         if (!g.getSkipped().use_empty())
-          call("fcc_metric_skipped", {op("METRICS"), op(flag + "[0]")});
+          call("fcc_metric_skipped", {op("METRICS"), op(value)});
         lossScaling = true;
         return success();
       })
@@ -781,13 +895,23 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string ema = pointer(e.getEma());
         if (pointer(e.getNewEma()) != ema)
           return e.emitOpError("code generation updates the EMA in place");
-        call("fcc_cpu_ema_update", {op(ema), op(pointer(e.getValue())),
-                                    op(scalar(e.getDecay())),
-                                    num(countOf(e.getEma()))});
+        if (cuda) {
+          bool first = emaItems.empty();
+          emaItems.push_back({ema, pointer(e.getValue()), countOf(e.getEma())});
+          if (first)
+            call("fcc_cuda_ema_update_multi",
+                 {op("EMA_DST"), op("EMA_SRC"), op("EMA_COUNTS"),
+                  op("EMA_NUM"), op("EMA_MAX"), op("DDECAY")});
+          return success();
+        }
+        call(rt("ema_update"), {op(ema), op(pointer(e.getValue())),
+                                op(scalar(e.getDecay())),
+                                num(countOf(e.getEma()))});
         return success();
       })
       .Default([&](Operation *other) {
-        return other->emitOpError("has no CPU code generation");
+        return other->emitOpError("has no code generation for target ")
+               << (cuda ? "cuda" : "cpu");
       });
 }
 
@@ -853,18 +977,30 @@ FailureOr<GeneratedProgram> Emitter::run() {
                          "the training program; A is the planned arena.",
                          opts.modelName, opts.target, batch)
                .str());
-  b.create<emitc::IncludeOp>(loc, "fcc/runtime/cpu_codegen.h", false);
+  b.create<emitc::IncludeOp>(
+      loc, cuda ? "fcc/runtime/cuda_codegen.h" : "fcc/runtime/cpu_codegen.h",
+      false);
   b.create<emitc::IncludeOp>(loc, "fcc/runtime/init.h", false);
   b.create<emitc::VerbatimOp>(
-      loc, "static float *A; // arena\n"
-           "static float *const *P; // parameters (and running statistics)\n"
-           "static float *const *M; // momentum buffers\n"
-           "static float *const *E; // EMA copies\n"
-           "static const float *IMG; // batch, NCHW\n"
-           "static const int32_t *LBL; // labels\n"
-           "static const fcc_hyper *H;\n"
-           "static float *METRICS;\n"
-           "static float LS, DECAY;");
+      loc, std::string(cuda ? "static char *A; // arena (device, bytes)\n"
+                            : "static float *A; // arena\n") +
+               "static float *const *P; // parameters (and running statistics)\n"
+               "static float *const *M; // momentum buffers\n"
+               "static float *const *E; // EMA copies\n"
+               "static const float *IMG; // batch, NCHW\n"
+               "static const int32_t *LBL; // labels\n"
+               "static const fcc_hyper *H;\n"
+               "static float *METRICS;\n" +
+               (cuda ? "// Device scalars: label smoothing, EMA decay, the "
+                       "finite flag of loss scaling.\n"
+                       "static float *DLS, *DDECAY;\n"
+                       "[[maybe_unused]] static float *FINITE;\n"
+                       "// Multi-tensor SGD and EMA (filled by the wrappers).\n"
+                       "static fcc_cuda_sgd_item *SGD_ITEMS;\n"
+                       "static float **EMA_DST;\n"
+                       "static const float **EMA_SRC;\n"
+                       "static int64_t *EMA_COUNTS;"
+                     : "static float LS, DECAY;"));
   // Anchor: globals (descriptors, shapes, constants) are inserted before it.
   anchor = b.create<emitc::VerbatimOp>(loc, "// -- step functions --");
 
@@ -874,6 +1010,21 @@ FailureOr<GeneratedProgram> Emitter::run() {
       failed(emitFunction(ema, "ema_update_body")))
     return failure();
 
+  if (cuda) {
+    // Sizes of the multi-tensor update tables, known once every step
+    // function has been emitted.
+    int64_t sgdMax = 0, emaMax = 0;
+    for (const SgdItem &it : sgdItems)
+      sgdMax = std::max(sgdMax, it.count);
+    for (const EmaItem &it : emaItems)
+      emaMax = std::max(emaMax, it.count);
+    b.setInsertionPoint(anchor);
+    b.create<emitc::VerbatimOp>(
+        loc, llvm::formatv("#define SGD_COUNT {0}\n#define SGD_MAX {1}\n"
+                           "#define EMA_NUM {2}\n#define EMA_MAX {3}",
+                           sgdItems.size(), sgdMax, emaItems.size(), emaMax)
+                 .str());
+  }
   b.setInsertionPointToEnd(out->getBody());
   b.create<emitc::VerbatimOp>(loc, abiWrappers());
 
@@ -887,32 +1038,8 @@ FailureOr<GeneratedProgram> Emitter::run() {
   return result;
 }
 
-std::string Emitter::abiWrappers() {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  if (!weights.empty())
-    os << "// Initial weights, embedded from " << opts.weightsFile << ".\n"
-       << "__asm__(\".section .rodata\\n.balign 64\\n"
-          ".global fcc_initial_weights\\nfcc_initial_weights:\\n.incbin \\\""
-       << opts.weightsFile << "\\\"\\n.previous\\n\");\n"
-       << "extern \"C\" const char fcc_initial_weights[];\n";
-  os << "static const fcc_param_info kParams[" << params.size() << "] = {\n";
-  for (const ParamEntry &p : params) {
-    os << "  {" << cString(p.name) << ", " << int(p.role) << ", "
-       << int(p.trainable) << ", " << p.shape.size() << ", {";
-    for (size_t k = 0; k < 4; ++k)
-      os << (k ? ", " : "") << (k < p.shape.size() ? p.shape[k] : 0);
-    os << "}, " << numElements(p.shape) << ", " << p.fanIn << ", ";
-    if (p.blobOffset >= 0)
-      os << "(const float *)(fcc_initial_weights + " << p.blobOffset << ")";
-    else
-      os << "NULL";
-    os << ", " << fmtFloat(p.lrMult) << ", " << fmtFloat(p.wdMult) << "},\n";
-  }
-  os << "};\n\n";
-  os << "static char last_error_text[256];\n"
-        "static const char *last_error(void) { return last_error_text; }\n\n"
-        "static int setup(void) {\n"
+void Emitter::cpuEntryPoints(llvm::raw_ostream &os) {
+  os << "static int setup(void) {\n"
      << "  A = fcc_arena_alloc(" << arenaBytes << ");\n"
      << "  if (!A) {\n    snprintf(last_error_text, sizeof last_error_text, "
         "\"cannot allocate the %lld-byte arena\", (long long)"
@@ -946,6 +1073,138 @@ std::string Emitter::abiWrappers() {
         "static void ema_update(float *const *ema, float *const *params,\n"
         "                       float decay) {\n"
         "  E = ema; P = params; DECAY = decay;\n  ema_update_body();\n}\n\n";
+}
+
+void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
+  auto fail = [&](const std::string &what) {
+    return "    snprintf(last_error_text, sizeof last_error_text, \"" + what +
+           ": %s\", fcc_cuda_last_error());\n    return 1;\n";
+  };
+  os << "static int setup(void) {\n"
+     << "  A = (char *)fcc_cuda_malloc(" << arenaBytes << ");\n"
+     << "  DLS = (float *)fcc_cuda_malloc(3 * sizeof(float));\n"
+     << "  if (!A || !DLS) {\n" << fail("allocating the GPU arena") << "  }\n"
+     << "  DDECAY = DLS + 1;\n  FINITE = DLS + 2;\n"
+     << "  SGD_ITEMS = (fcc_cuda_sgd_item *)fcc_cuda_malloc("
+     << std::max<size_t>(sgdItems.size(), 1) << " * sizeof(fcc_cuda_sgd_item));\n"
+     << "  EMA_DST = (float **)fcc_cuda_malloc("
+     << std::max<size_t>(emaItems.size(), 1) << " * sizeof(float *));\n"
+     << "  EMA_SRC = (const float **)fcc_cuda_malloc("
+     << std::max<size_t>(emaItems.size(), 1) << " * sizeof(float *));\n"
+     << "  EMA_COUNTS = (int64_t *)fcc_cuda_malloc("
+     << std::max<size_t>(emaItems.size(), 1) << " * sizeof(int64_t));\n"
+     << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS) {\n"
+     << fail("allocating the update tables") << "  }\n";
+  for (auto [k, name] : llvm::enumerate(planNames))
+    os << "  " << name << " = fcc_cuda_conv2d_create(&" << name << "_desc, "
+       << planTypes[k] << ");\n  if (!" << name << ") {\n"
+       << fail(name) << "  }\n";
+  for (const auto &[desc, name] : pools)
+    os << "  if (fcc_pool2d_desc_finalize(&" << name << ") != FCC_OK) {\n"
+       << "    snprintf(last_error_text, sizeof last_error_text, \"" << name
+       << ": %s\", fcc_cpu_last_error());\n    return 1;\n  }\n";
+  os << "  return 0;\n}\n\n";
+  os << "static void *GRAPH; // the captured train step\n"
+        "static float *const *GRAPH_P, *const *GRAPH_M;\n"
+        "static const void *GRAPH_KEY[4];\n\n"
+        "static void teardown(void) {\n"
+        "  fcc_cuda_synchronize();\n"
+        "  if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n  GRAPH = NULL;\n";
+  for (const std::string &name : planNames)
+    os << "  fcc_cuda_conv2d_destroy(" << name << ");\n  " << name
+       << " = NULL;\n";
+  os << "  fcc_cuda_free(A); fcc_cuda_free(DLS); fcc_cuda_free(SGD_ITEMS);\n"
+        "  fcc_cuda_free(EMA_DST); fcc_cuda_free((void *)EMA_SRC);\n"
+        "  fcc_cuda_free(EMA_COUNTS);\n  A = NULL;\n}\n\n";
+  // The SGD table refers to the parameter, gradient and buffer pointers of
+  // the current call; it is rebuilt (and the graph recaptured) when they
+  // change.
+  os << "static void fill_sgd_items(void) {\n";
+  if (!sgdItems.empty()) {
+    os << "  static fcc_cuda_sgd_item items[SGD_COUNT];\n";
+    for (auto [k, it] : llvm::enumerate(sgdItems))
+      os << "  items[" << k << "] = (fcc_cuda_sgd_item){" << it.param
+         << ", " << it.grad << ", " << it.buf << ", " << it.count << ", "
+         << fmtFloat(it.lrMult) << ", " << fmtFloat(it.wdMult) << "};\n";
+    os << "  fcc_check(fcc_cuda_copy_to_device(SGD_ITEMS, items, "
+          "sizeof items), \"SGD table\");\n";
+  }
+  os << "}\n\n";
+  os << "static void train_step(float *const *params, float *const *momentum,\n"
+        "                       const float *images, const int32_t *labels,\n"
+        "                       const fcc_hyper *hyper, float *metrics) {\n"
+        "  P = params; M = momentum; IMG = images; LBL = labels; H = hyper;\n"
+        "  METRICS = metrics;\n"
+        "  const void *key[4] = {images, labels, hyper, metrics};\n"
+        "  if (!fcc_cuda_graphs_enabled()) {\n"
+        "    fill_sgd_items();\n    train_step_body();\n    return;\n  }\n"
+        "  if (!GRAPH || params != GRAPH_P || momentum != GRAPH_M ||\n"
+        "      memcmp(key, GRAPH_KEY, sizeof key) != 0) {\n"
+        "    if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n"
+        "    fill_sgd_items();\n"
+        "    fcc_check(fcc_cuda_graph_begin(), \"capturing the train step\");\n"
+        "    train_step_body();\n"
+        "    fcc_check(fcc_cuda_graph_end(&GRAPH), \"capturing the train step\");\n"
+        "    GRAPH_P = params; GRAPH_M = momentum;\n"
+        "    memcpy(GRAPH_KEY, key, sizeof key);\n  }\n"
+        "  fcc_check(fcc_cuda_graph_launch(GRAPH), \"the train step\");\n}\n\n"
+        "static void eval_step(float *const *params, const float *images,\n"
+        "                      const int32_t *labels, float label_smoothing,\n"
+        "                      int tta, float *metrics) {\n"
+        "  P = params; IMG = images; LBL = labels; METRICS = metrics;\n"
+        "  fcc_check(fcc_cuda_copy_to_device(DLS, &label_smoothing, "
+        "sizeof(float)), \"label smoothing\");\n"
+        "  if (tta) eval_step_tta_body(); else eval_step_body();\n}\n\n"
+        "static void ema_update(float *const *ema, float *const *params,\n"
+        "                       float decay) {\n"
+        "  E = ema; P = params;\n";
+  if (!emaItems.empty()) {
+    os << "  float *dst[EMA_NUM]; const float *src[EMA_NUM];\n"
+          "  int64_t counts[EMA_NUM];\n";
+    for (auto [k, it] : llvm::enumerate(emaItems))
+      os << "  dst[" << k << "] = " << it.ema << "; src[" << k
+         << "] = " << it.value << "; counts[" << k << "] = " << it.count
+         << ";\n";
+    os << "  fcc_check(fcc_cuda_copy_to_device(EMA_DST, dst, sizeof dst), "
+          "\"EMA table\");\n"
+          "  fcc_check(fcc_cuda_copy_to_device((void *)EMA_SRC, src, "
+          "sizeof src), \"EMA table\");\n"
+          "  fcc_check(fcc_cuda_copy_to_device(EMA_COUNTS, counts, "
+          "sizeof counts), \"EMA table\");\n";
+  }
+  os << "  fcc_check(fcc_cuda_copy_to_device(DDECAY, &decay, sizeof(float)), "
+        "\"EMA decay\");\n  ema_update_body();\n}\n\n";
+}
+
+std::string Emitter::abiWrappers() {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  if (!weights.empty())
+    os << "// Initial weights, embedded from " << opts.weightsFile << ".\n"
+       << "__asm__(\".section .rodata\\n.balign 64\\n"
+          ".global fcc_initial_weights\\nfcc_initial_weights:\\n.incbin \\\""
+       << opts.weightsFile << "\\\"\\n.previous\\n\");\n"
+       << "extern \"C\" const char fcc_initial_weights[];\n";
+  os << "static const fcc_param_info kParams[" << params.size() << "] = {\n";
+  for (const ParamEntry &p : params) {
+    os << "  {" << cString(p.name) << ", " << int(p.role) << ", "
+       << int(p.trainable) << ", " << p.shape.size() << ", {";
+    for (size_t k = 0; k < 4; ++k)
+      os << (k ? ", " : "") << (k < p.shape.size() ? p.shape[k] : 0);
+    os << "}, " << numElements(p.shape) << ", " << p.fanIn << ", ";
+    if (p.blobOffset >= 0)
+      os << "(const float *)(fcc_initial_weights + " << p.blobOffset << ")";
+    else
+      os << "NULL";
+    os << ", " << fmtFloat(p.lrMult) << ", " << fmtFloat(p.wdMult) << "},\n";
+  }
+  os << "};\n\n";
+  os << "static char last_error_text[256];\n"
+        "static const char *last_error(void) { return last_error_text; }\n\n";
+  if (cuda)
+    cudaEntryPoints(os);
+  else
+    cpuEntryPoints(os);
   const Recipe &r = opts.recipe;
   os << "extern \"C\" const fcc_program *fcc_generated_program(void) {\n"
      << "  static const fcc_program program = {\n"

@@ -19,3 +19,8 @@ config.environment["PATH"] = path
 config.substitutions.append(("%models", config.fcc_models_dir))
 config.substitutions.append(("%python", config.python_executable))
 config.substitutions.append(("%data", os.path.join(os.path.dirname(config.fcc_models_dir), "tests", "data")))
+
+# "cuda": this build has the CUDA runtime, so `fcc compile --target cuda`
+# builds trainers (running them needs a GPU).
+if getattr(config, "fcc_have_cuda", False):
+    config.available_features.add("cuda")
