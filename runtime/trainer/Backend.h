@@ -72,6 +72,8 @@ public:
   // The step's hyper-parameters where train_step reads them (target
   // memory): the CPU passes `h` itself, a GPU copies it to the device.
   virtual const fcc_hyper *stageHyper(const fcc_hyper &h) { return &h; }
+  // Where kernel-selection measurements persist between runs (GPU).
+  virtual void setTimingCache(const std::string &) {}
   // Bytes of target memory in use, for the report ("" when not tracked).
   virtual std::string memoryReport() const { return ""; }
 };

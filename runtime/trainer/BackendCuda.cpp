@@ -21,6 +21,8 @@
 
 #include "fcc/runtime/cuda_kernels.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -158,6 +160,15 @@ public:
     check(fcc_cuda_copy_to_device(hyper_, &h, sizeof(fcc_hyper)),
           "hyper-parameters");
     return hyper_;
+  }
+  void setTimingCache(const std::string &path) override {
+    if (!path.empty()) {
+      // Create the cache's folder (best effort; without it nothing is kept).
+      for (size_t at = path.find('/', 1); at != std::string::npos;
+           at = path.find('/', at + 1))
+        ::mkdir(path.substr(0, at).c_str(), 0755);
+    }
+    fcc_cuda_set_timing_cache(path.c_str());
   }
   std::string memoryReport() const override {
     int64_t used = 0, total = 0;

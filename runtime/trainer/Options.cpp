@@ -353,6 +353,22 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
                  "infinite, to watch the step being skipped")
       ->type_name("N")
       ->group(scalingGroup);
+  {
+    const char *xdg = std::getenv("XDG_CACHE_HOME");
+    const char *home = std::getenv("HOME");
+    if (xdg && *xdg)
+      o.timingCache = std::string(xdg) + "/fcc/cudnn-timing-cache.tsv";
+    else if (home && *home)
+      o.timingCache = std::string(home) + "/.cache/fcc/cudnn-timing-cache.tsv";
+  }
+  app.add_option("--timing-cache", o.timingCache,
+                 "GPU trainers: file keeping the cuDNN algorithm measured "
+                 "for each convolution shape on this GPU, so later runs "
+                 "start at once; '' measures every run")
+      ->type_name("FILE")
+      ->default_str(o.timingCache.empty() ? "''" : o.timingCache)
+      ->group(std::string(p.target ? p.target : "") == "cuda" ? "Options"
+                                                               : "");
   app.add_option("--dump-step", o.dumpStep,
                  "Debugging/cross-target checks: initialise (--seed), run ONE "
                  "training step on the first batch in file order without "

@@ -530,6 +530,7 @@ int Driver::main(int argc, char **argv) {
   if (!o_.tsvPath.empty() && !tsv_.open(o_.tsvPath, o_.runs > 1))
     return fail(kExitUsage, "--tsv: cannot write '" + o_.tsvPath + "'");
 
+  backend_->setTimingCache(o_.timingCache);
   if (p_.setup() != 0) {
     std::string why = p_.last_error ? p_.last_error() : "unknown error";
     return fail(target == "cpu" ? kExitUsage : kExitNoDevice,
