@@ -24,3 +24,7 @@ config.substitutions.append(("%data", os.path.join(os.path.dirname(config.fcc_mo
 # builds trainers (running them needs a GPU).
 if getattr(config, "fcc_have_cuda", False):
     config.available_features.add("cuda")
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (scripts/install-deps).
+if os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    config.available_features.add("fashion-mnist")
