@@ -35,16 +35,25 @@ static std::optional<int64_t> weightFanIn(Operation *op) {
 std::optional<int64_t> fcc::computeFanIn(func::FuncOp func, unsigned argIndex) {
   llvm::SmallVector<OpOperand *> uses;
   collectUses(func.getArgument(argIndex), uses);
+  // The first use in program order is the forward layer that owns the
+  // parameter. In a training step the same weight also feeds the backward
+  // pass (e.g. dx = dy W, a linear with trans_b = false), whose shape
+  // convention would give the fan-out instead.
+  Operation *layer = nullptr;
   for (OpOperand *use : uses) {
     Operation *op = use->getOwner();
+    bool slot = false;
     if (auto conv = dyn_cast<Conv2DOp>(op))
-      if (use->get() == conv.getWeight() || use->get() == conv.getBias())
-        return weightFanIn(op);
-    if (auto lin = dyn_cast<LinearOp>(op))
-      if (use->get() == lin.getWeight() || use->get() == lin.getBias())
-        return weightFanIn(op);
+      slot = use->get() == conv.getWeight() || use->get() == conv.getBias();
+    else if (auto lin = dyn_cast<LinearOp>(op))
+      slot = use->get() == lin.getWeight() || use->get() == lin.getBias();
+    if (slot && (!layer || (op->getBlock() == layer->getBlock() &&
+                            op->isBeforeInBlock(layer))))
+      layer = op;
   }
-  return std::nullopt;
+  if (!layer)
+    return std::nullopt;
+  return weightFanIn(layer);
 }
 
 unsigned fcc::numDataInputs(func::FuncOp func) {

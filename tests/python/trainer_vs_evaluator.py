@@ -116,6 +116,42 @@ def main():
         if checked == 0:
             failures += 1
             print("no trainable parameters were compared")
+
+        # Initialisation: a graph-only model's trainer starts from the values
+        # fcc-models --with-weights embeds for the same seed (PyTorch's
+        # default scheme with each layer's fan-in, computed by the model zoo
+        # independently of the compiler). AlexNet adds linear layers.
+        for zoo in ["resnet9", "alexnet"]:
+            graph = os.path.join(tmp, zoo + ".onnx")
+            weights = os.path.join(tmp, zoo + "-w.onnx")
+            common = [zoo, "--width-mult", "0.125"]
+            run([os.path.join(bin_dir, "fcc-models"), *common, "-o", graph])
+            run([os.path.join(bin_dir, "fcc-models"), *common, "--with-weights",
+                 "--seed", str(SEED), "-o", weights])
+            exe = os.path.join(tmp, zoo + "-trainer")
+            run([fcc, "compile", graph, "--target", "cpu", "--batch",
+                 str(BATCH), "-o", exe, "-q"])
+            zdump = os.path.join(tmp, zoo + "-dump")
+            run([exe, "--data", data_dir, "--dump-step", zdump, "--seed",
+                 str(SEED), "--lr-knots", "0:0", "--threads", "1", "--quiet"])
+            with open(os.path.join(zdump, "manifest.json")) as f:
+                zman = json.load(f)
+            inits = {t.name: numpy_helper.to_array(t)
+                     for t in onnx.load(weights).graph.initializer}
+            worst, compared = 0.0, 0
+            for p in zman["params"]:
+                if p["name"] not in inits:
+                    continue
+                got = np.fromfile(os.path.join(zdump, p["before"]),
+                                  np.float32)
+                want = inits[p["name"]].reshape(-1)
+                worst = max(worst, float(np.max(np.abs(got - want))))
+                compared += 1
+            ok = compared == len(zman["params"]) and worst == 0.0
+            failures += not ok
+            print(f"initial values of {zoo}: {compared}/{len(zman['params'])} "
+                  f"tensors, max |trainer - fcc-models| {worst:.1e}"
+                  f"{'' if ok else '  <-- FAIL'}")
     if failures:
         sys.exit(f"{failures} mismatches between the trainer and the "
                  "evaluator")
