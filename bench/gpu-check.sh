@@ -1,0 +1,533 @@
+#!/usr/bin/env bash
+# bench/gpu-check.sh - the GPU check of fcc's CUDA trainers, run ON THE GPU
+# MACHINE from the repository root, with bench/gpu/ (made by
+# bench/gpu-prepare.sh on the development machine) carried there:
+#
+#   PYTHONUNBUFFERED=1 bash bench/gpu-check.sh [flags]
+#
+# (a) step:  one training step of the CUDA trainer against the CPU trainer
+#            (same model, recipe, seed and images; --dump-step), fp32 and
+#            fp16, compared by compare_step.py: directly (fixed tolerances), and
+#            as the verdict against a float64 PyTorch step from the same initial
+#            values (torch_reference.py --dump-step --init-from): the CUDA
+#            trainer may be at most 2x less accurate than the CPU trainer.
+# (b) train: bot10 for --epochs (10) epochs on the carried data with the CUDA
+#            trainer(s) (fp16 and fp32), then the PyTorch reference in eager
+#            mode (fp16 and fp32) and with torch.compile (fp16), same data.
+# (c) table: system | train time s (excl. start-up) | start-up s | images/s |
+#            TFLOP/s | % of dense fp16 peak | test acc, and the ratios
+#            fcc time / PyTorch time for each PyTorch mode of the same precision.
+#
+# Libraries: cuDNN/cuBLAS/NCCL are found in the machine's Python packages
+# (site-packages/nvidia/*/lib) and /usr/local/cuda/lib64; oneDNN/OpenBLAS come
+# from bench/gpu/lib. Everything is unpacked into --work (default
+# /tmp/fcc-gpu-check). A part that fails does not stop the others.
+# Results: the log, summary.md and results.tar.gz (metrics, comparisons, logs;
+# not the raw dumps) go to --results (default: $OUT when set, as on the
+# device tool's machine, else bench/gpu/results).
+#
+# Flags: --epochs N (10)  --runs N (1)  --seed N (0)  --parts step,train,table
+#   --fcc-precisions fp16,fp32  --no-compile  --no-torch-fp32
+#   --compile-mode MODE  --train-copies K (repeat the training file K times, for
+#   throughput with longer epochs)  --max-seconds S (480: parts that would
+#   start later are skipped)  --gpu-dir DIR  --work DIR  --results DIR
+#   --strict (skipped parts count as failures)
+#   --smoke-cpu (no GPU: the CPU trainers stand in for the CUDA ones and PyTorch
+#   runs on the CPU, on a few images: tests this script's plumbing only)
+# Exit status: 0 every part that ran passed, 1 a part failed, 2 no GPU.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SCRIPTS=$HERE
+if [ -f "$HERE/../.fcc-gpu-bundle" ]; then
+  GPU_DIR=$(cd "$HERE/.." && pwd)     # bench/gpu/scripts/gpu-check.sh
+else
+  GPU_DIR=$HERE/gpu                   # bench/gpu-check.sh
+fi
+WORK=${TMPDIR:-/tmp}/fcc-gpu-check
+RESULTS=
+EPOCHS=10
+RUNS=1
+SEED=0
+PARTS=step,train,table
+FCC_PRECISIONS=fp16,fp32
+DO_COMPILE=1
+DO_TORCH_FP32=1
+COMPILE_MODE=default
+TRAIN_COPIES=1
+MAX_SECONDS=480
+STRICT=0
+SMOKE=0
+PY=${PYTHON:-python3}
+
+usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --epochs) EPOCHS=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --seed) SEED=$2; shift 2 ;;
+    --parts) PARTS=$2; shift 2 ;;
+    --fcc-precisions) FCC_PRECISIONS=$2; shift 2 ;;
+    --no-compile) DO_COMPILE=0; shift ;;
+    --no-torch-fp32) DO_TORCH_FP32=0; shift ;;
+    --compile-mode) COMPILE_MODE=$2; shift 2 ;;
+    --train-copies) TRAIN_COPIES=$2; shift 2 ;;
+    --max-seconds) MAX_SECONDS=$2; shift 2 ;;
+    --gpu-dir) GPU_DIR=$2; shift 2 ;;
+    --work) WORK=$2; shift 2 ;;
+    --results) RESULTS=$2; shift 2 ;;
+    --strict) STRICT=1; shift ;;
+    --smoke-cpu) SMOKE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu-check: error: unknown argument '$1' (see --help)" >&2; exit 1 ;;
+  esac
+done
+for v in EPOCHS RUNS TRAIN_COPIES MAX_SECONDS; do
+  if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
+    echo "gpu-check: error: $v must be a positive integer (got '${!v}')" >&2
+    exit 1
+  fi
+done
+[[ $SEED =~ ^[0-9]+$ ]] || { echo "gpu-check: error: --seed must be >= 0" >&2; exit 1; }
+if [ -z "$RESULTS" ]; then
+  if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then RESULTS=$OUT; else RESULTS=$GPU_DIR/results; fi
+fi
+mkdir -p "$RESULTS" "$WORK" || exit 1
+LOG=$RESULTS/gpu-check.log
+T_START=$(date +%s)
+
+STATUS=()   # "part|state|note", state: ok FAIL skipped info
+record() {
+  STATUS+=("$1|$2|$3")
+  printf '\n=== %s: %s%s\n' "$1" "$2" "${3:+ ($3)}"
+}
+section() { printf '\n######## %s  [%ss elapsed]\n' "$*" "$(( $(date +%s) - T_START ))"; }
+has_part() { [[ ",$PARTS," == *",$1,"* ]]; }
+time_left() { echo $(( MAX_SECONDS - ($(date +%s) - T_START) )); }
+now() { date +%s.%N; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+
+# run_logged NAME LIMIT_S CMD...: runs CMD with a time limit (cut to what is
+# left of --max-seconds), output to the console and $WORK/logs/NAME.log, wall
+# time to $WORK/logs/NAME.wall. Returns CMD's status (124: timed out, 125:
+# not started for lack of time).
+run_logged() {
+  local name=$1 limit=$2
+  shift 2
+  local left
+  left=$(( $(time_left) - 10 ))
+  if [ "$left" -lt 20 ]; then
+    echo "gpu-check: $name not started: the --max-seconds budget ($MAX_SECONDS s) is spent"
+    return 125
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  mkdir -p "$WORK/logs"
+  echo "+ $*  (limit ${limit}s)"
+  local t0 t1 rc
+  t0=$(now)
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$WORK/logs/$name.log"
+  rc=${PIPESTATUS[0]}
+  t1=$(now)
+  minus "$t1" "$t0" >"$WORK/logs/$name.wall"
+  echo "($name: exit $rc, $(cat "$WORK/logs/$name.wall") s wall)"
+  [ "$rc" = 124 ] && echo "gpu-check: $name TIMED OUT after ${limit}s"
+  return "$rc"
+}
+
+main() {
+  section "setup"
+  echo "gpu-check: $(date -u +%Y-%m-%dT%H:%M:%SZ), bundle $GPU_DIR, work $WORK, results $RESULTS"
+  if [ ! -f "$GPU_DIR/.fcc-gpu-bundle" ]; then
+    echo "gpu-check: error: no bundle at $GPU_DIR: run bench/gpu-prepare.sh on the"
+    echo "  development machine and carry bench/gpu (carry=[\"bench/gpu\"])"
+    return 1
+  fi
+  cat "$GPU_DIR/MANIFEST.txt"
+
+  # -- the GPU -------------------------------------------------------------
+  local gpu_name=
+  if [ "$SMOKE" = 1 ]; then
+    gpu_name=${FCC_SMOKE_GPU_NAME:-NVIDIA H100 80GB HBM3}
+    echo "gpu-check: --smoke-cpu: no GPU used; CPU trainers stand in for the"
+    echo "  CUDA ones, PyTorch runs on the CPU, peaks are those of '$gpu_name'"
+  else
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+      nvidia-smi
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
+        --format=csv 2>/dev/null
+      gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+    elif "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+      gpu_name=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))')
+      echo "gpu-check: nvidia-smi unavailable; PyTorch sees $gpu_name"
+    else
+      echo "gpu-check: error: no NVIDIA GPU found (nvidia-smi is missing or lists no"
+      echo "  GPU, and PyTorch sees no CUDA device). This script runs on the GPU"
+      echo "  machine; use --smoke-cpu to test its plumbing on a CPU."
+      return 2
+    fi
+  fi
+  echo "gpu: $gpu_name"
+
+  # -- unpack the bundle ------------------------------------------------------
+  if ! "$PY" - "$GPU_DIR" "$WORK" <<'EOF'
+import lzma, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+n = 0
+for sub in ("bin", "lib", "data"):
+    sd, dd = os.path.join(src, sub), os.path.join(dst, sub)
+    if not os.path.isdir(sd):
+        continue
+    os.makedirs(dd, exist_ok=True)
+    for name in sorted(os.listdir(sd)):
+        s = os.path.join(sd, name)
+        d = os.path.join(dd, name[:-3] if name.endswith(".xz") else name)
+        if not (os.path.exists(d) and os.path.getmtime(d) >= os.path.getmtime(s)):
+            if name.endswith(".xz"):
+                with lzma.open(s) as fi, open(d + ".part", "wb") as fo:
+                    shutil.copyfileobj(fi, fo, 1 << 20)
+                os.replace(d + ".part", d)
+            else:
+                shutil.copyfile(s, d)
+            n += 1
+        if sub == "bin":
+            os.chmod(d, 0o755)
+print(f"unpacked {n} file(s) into {dst}")
+EOF
+  then
+    echo "gpu-check: error: cannot unpack $GPU_DIR into $WORK"
+    return 1
+  fi
+  local data=$WORK/data
+  if [ "$TRAIN_COPIES" -gt 1 ]; then
+    local k
+    for (( k = 2; k <= TRAIN_COPIES && k <= 5; k++ )); do
+      ln -sf data_batch_1.bin "$data/data_batch_$k.bin"
+    done
+    echo "gpu-check: --train-copies $TRAIN_COPIES: data_batch_1.bin repeated (throughput only)"
+  fi
+  cat "$GPU_DIR/data/NOTE.txt" 2>/dev/null
+
+  # -- libraries for the trainers -----------------------------------------------
+  local nv
+  nv=$("$PY" - <<'EOF' 2>/dev/null
+import glob, os, site
+roots = []
+try:
+    import nvidia
+    roots += list(nvidia.__path__)
+except Exception:
+    pass
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    roots.append(os.path.join(sp, "nvidia"))
+dirs = []
+for r in roots:
+    for dp, _, files in os.walk(r):
+        if any(f.startswith("lib") and ".so" in f for f in files) and dp not in dirs:
+            dirs.append(dp)
+print(":".join(dirs))
+EOF
+)
+  local cuda_dirs=
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib; do
+    [ -d "$d" ] && cuda_dirs=$cuda_dirs:$d
+  done
+  TRAINER_LD=$WORK/lib${nv:+:$nv}$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "trainer LD_LIBRARY_PATH=$TRAINER_LD"
+
+  local t
+  declare -gA TRAINER=()
+  for t in "$WORK"/bin/r9bot-*; do
+    [ -x "$t" ] || continue
+    TRAINER[$(basename "$t")]=$t
+    local missing
+    missing=$(LD_LIBRARY_PATH=$TRAINER_LD ldd "$t" 2>&1 | grep 'not found' || true)
+    if [ -n "$missing" ]; then
+      echo "gpu-check: WARNING: $(basename "$t") lacks libraries:"
+      echo "$missing"
+    else
+      echo "$(basename "$t"): all libraries found"
+    fi
+  done
+  if [ "$SMOKE" = 1 ]; then
+    for t in fp32 fp16; do
+      [ -n "${TRAINER[r9bot-cpu-$t]:-}" ] && TRAINER[r9bot-cuda-$t]=${TRAINER[r9bot-cpu-$t]}
+    done
+  fi
+  HAVE_TORCH=0
+  if "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'; then
+    HAVE_TORCH=1
+  else
+    echo "gpu-check: WARNING: PyTorch is not importable with $PY: PyTorch parts skipped"
+  fi
+  # the smoke test keeps every run tiny
+  LIMITS=()
+  TORCH_DEV=(--device cuda)
+  if [ "$SMOKE" = 1 ]; then
+    LIMITS=(--train-limit 1024 --test-limit 256)
+    TORCH_DEV=(--device cpu)
+  fi
+  mkdir -p "$WORK/step" "$WORK/train"
+
+  has_part step && part_step "$data"
+  has_part train && part_train "$data"
+  has_part table && part_table "$gpu_name"
+  return 0
+}
+
+trainer_run() { # NAME LIMIT TRAINER ARGS...: a trainer with its libraries
+  local name=$1 limit=$2 exe=$3
+  shift 3
+  run_logged "$name" "$limit" env LD_LIBRARY_PATH="$TRAINER_LD" "$exe" "$@"
+}
+
+# -- (a) one-step comparison ----------------------------------------------------
+# Two correct implementations differ by float rounding, which at batch 512 is
+# about 1e-3 (fp32) and 5e-2 (fp16, PyTorch AMP included) in the relative l2
+# error of early layers' gradients. So the verdict compares the CUDA trainer
+# with a float64 PyTorch step from the same initial values (the truth): its
+# error may be up to max(tolerance, 2 x the CPU trainer's error). The direct
+# CUDA-vs-CPU comparison with fixed tolerances is printed as well.
+part_step() {
+  local data=$1 p
+  section "(a) one training step: CUDA trainer vs CPU trainer (--dump-step)"
+  local step_flags=(--data "$data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0)
+  local ready=()
+  for p in fp32 fp16; do
+    local gpu=${TRAINER[r9bot-cuda-$p]:-} cpu=${TRAINER[r9bot-cpu-$p]:-}
+    if [ -z "$gpu" ] || [ -z "$cpu" ]; then
+      record "step-$p" skipped "no CUDA or CPU trainer for $p in the bundle"
+      continue
+    fi
+    if ! LD_LIBRARY_PATH=$TRAINER_LD "$gpu" --help 2>/dev/null | grep -q -- '--dump-step'; then
+      record "step-$p" skipped "the trainers have no --dump-step flag yet"
+      continue
+    fi
+    local extra=()
+    [ "$p" = fp16 ] && extra=(--loss-scale 65536)
+    rm -rf "$WORK/step/cuda-$p" "$WORK/step/cpu-$p"
+    if ! trainer_run "dump-cuda-$p" 120 "$gpu" "${step_flags[@]}" "${extra[@]}" \
+        --dump-step "$WORK/step/cuda-$p"; then
+      record "step-$p" FAIL "the CUDA trainer's --dump-step failed"
+      continue
+    fi
+    if ! trainer_run "dump-cpu-$p" 300 "$cpu" "${step_flags[@]}" "${extra[@]}" \
+        --dump-step "$WORK/step/cpu-$p"; then
+      record "step-$p" FAIL "the CPU trainer's --dump-step failed"
+      continue
+    fi
+    ready+=("$p")
+  done
+  [ ${#ready[@]} -eq 0 ] && return
+  # the truth: float64 PyTorch from the CPU trainer's initial values
+  local truth=
+  if [ "$HAVE_TORCH" = 1 ]; then
+    local from=$WORK/step/cpu-${ready[0]}
+    rm -rf "$WORK/step/torch-fp64"
+    if run_logged dump-torch-fp64 180 "$PY" "$SCRIPTS/torch_reference.py" \
+        "${TORCH_DEV[@]}" --recipe bot10 --dump-step "$WORK/step/torch-fp64" \
+        --dump-dtype float64 --init-from "$from" "${step_flags[@]}"; then
+      truth=$WORK/step/torch-fp64
+    else
+      echo "gpu-check: the float64 PyTorch step failed: judging CUDA against CPU directly"
+    fi
+  fi
+  for p in "${ready[@]}"; do
+    echo
+    echo "--- $p: CUDA vs CPU directly (fixed tolerance)"
+    local direct=ok
+    "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$p" "$WORK/step/cpu-$p" \
+      --precision "$p" --labels "cuda-$p,cpu-$p" --json "$WORK/step/compare-$p.json" \
+      | tee "$WORK/step/compare-$p.txt" || direct=FAIL
+    if [ -z "$truth" ]; then
+      if [ "$direct" = ok ]; then
+        record "step-$p" ok "CUDA and CPU agree within the fixed $p tolerance"
+      else
+        record "step-$p" FAIL "CUDA vs CPU above the fixed $p tolerance (no float64 truth to tell rounding from bugs); see compare-$p.txt"
+      fi
+      continue
+    fi
+    echo
+    echo "--- $p: CUDA vs CPU against the float64 truth"
+    if "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$p" "$WORK/step/cpu-$p" \
+        --truth "$truth" --precision "$p" --labels "cuda-$p,cpu-$p,torch-fp64" \
+        --json "$WORK/step/compare-$p-truth.json" | tee "$WORK/step/compare-$p-truth.txt"; then
+      record "step-$p" ok "CUDA as accurate as the CPU trainer against float64 (direct comparison: $direct)"
+    else
+      record "step-$p" FAIL "CUDA less accurate than the CPU trainer against float64; see compare-$p-truth.txt (direct: $direct)"
+    fi
+  done
+}
+
+# -- (b) training -----------------------------------------------------------------
+SYSTEMS=()  # "name|precision|metrics|wall file|summary json or -"
+part_train() {
+  local data=$1 p
+  section "(b) bot10, $EPOCHS epochs, $RUNS run(s), on $data"
+  local common=(--data "$data" --epochs "$EPOCHS" --runs "$RUNS" --seed "$SEED" "${LIMITS[@]}")
+  for p in ${FCC_PRECISIONS//,/ }; do
+    local exe=${TRAINER[r9bot-cuda-$p]:-}
+    local name=fcc-cuda-$p
+    [ "$SMOKE" = 1 ] && name=fcc-cpu-$p-smoke
+    if [ -z "$exe" ]; then
+      record "train-$name" skipped "no CUDA trainer for $p in the bundle"
+      continue
+    fi
+    rm -f "$WORK/train/$name.jsonl"
+    if trainer_run "$name" 300 "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
+      record "train-$name" ok ""
+      SYSTEMS+=("$name|$p|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
+    else
+      record "train-$name" FAIL "exit status $?"
+    fi
+  done
+  if [ "$HAVE_TORCH" = 0 ]; then
+    record "train-pytorch" skipped "PyTorch is not importable"
+    return
+  fi
+  local modes=("eager fp16")
+  [ "$DO_COMPILE" = 1 ] && modes+=("compile fp16")
+  [ "$DO_TORCH_FP32" = 1 ] && modes+=("eager fp32")
+  # fp16 autocast on a CPU is no reference: the smoke test runs fp32 only
+  [ "$SMOKE" = 1 ] && modes=("eager fp32") && [ "$DO_COMPILE" = 1 ] && modes+=("compile fp32")
+  local m
+  for m in "${modes[@]}"; do
+    local mode=${m% *} prec=${m#* } flags=()
+    [ "$mode" = compile ] && flags=(--compile --compile-mode "$COMPILE_MODE")
+    local name=pytorch-$mode-$prec
+    rm -f "$WORK/train/$name.jsonl" "$WORK/train/$name.summary.json"
+    local limit=300
+    [ "$mode" = compile ] && limit=420
+    if run_logged "$name" "$limit" "$PY" "$SCRIPTS/torch_reference.py" "${TORCH_DEV[@]}" \
+        --recipe bot10 --precision "$prec" "${flags[@]}" "${common[@]}" \
+        --metrics "$WORK/train/$name.jsonl" --summary "$WORK/train/$name.summary.json"; then
+      record "train-$name" ok ""
+      SYSTEMS+=("$name|$prec|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|$WORK/train/$name.summary.json")
+    else
+      record "train-$name" FAIL "exit status $?"
+    fi
+  done
+}
+
+# -- (c) the table ------------------------------------------------------------------
+part_table() {
+  local gpu_name=$1
+  section "(c) summary"
+  if [ ${#SYSTEMS[@]} -eq 0 ]; then
+    record table skipped "no training run finished"
+    return
+  fi
+  if "$PY" - "$SCRIPTS" "$gpu_name" "$RESULTS/summary.md" "${SYSTEMS[@]}" <<'EOF'
+import json, os, sys
+scripts, gpu, out = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, scripts)
+import flops
+flop_img = flops.train_flops_per_image()
+pattern, peak = flops.peak_tflops(gpu)
+rows = []
+for spec in sys.argv[4:]:
+    name, prec, metrics, wall_file, summary = spec.split("|")
+    recs = [json.loads(l) for l in open(metrics) if l.strip()]
+    if not recs:
+        continue
+    wall = float(open(wall_file).read())
+    train = sum(r["epoch_time_s"] for r in recs)
+    evals = sum(r["eval_time_s"] for r in recs)
+    images = sum(r["train_images"] for r in recs)
+    runs = sorted({r["run"] for r in recs})
+    last = {}
+    for r in recs:
+        last[r["run"]] = r
+    acc = sum(last[k]["test_acc"] for k in runs) / len(runs)
+    ips = images / train if train > 0 else 0.0
+    tflops = ips * flop_img / 1e12
+    warm = None
+    if summary != "-" and os.path.exists(summary):
+        warm = json.load(open(summary)).get("warmup_s")
+    rows.append(dict(name=name, prec=prec, train=train / len(runs),
+                     startup=wall - train - evals, eval=evals / len(runs),
+                     ips=ips, tflops=tflops, acc=acc, runs=len(runs),
+                     epochs=max(r["epoch"] for r in recs), warm=warm,
+                     pct=100 * tflops / peak if peak else None,
+                     test_images=recs[-1]["test_images"],
+                     train_images=recs[-1]["train_images"]))
+lines = []
+lines.append(f"GPU: {gpu}; dense fp16 peak: " +
+             (f"{peak:g} TFLOP/s ('{pattern}')" if peak else "unknown"))
+lines.append(f"Training FLOPs: {flop_img / 1e9:.4f} GFLOP per image (conv + linear, "
+             "3 x forward, 2 FLOPs per MAC; bench/flops.py).")
+if rows:
+    r0 = rows[0]
+    lines.append(f"Data per epoch: {r0['train_images']} training images, "
+                 f"{r0['test_images']} test images; {r0['epochs']} epochs, "
+                 f"{r0['runs']} run(s); times per run.")
+lines.append("")
+lines.append("| system | train time s (excl. start-up) | start-up s | images/s "
+             "| TFLOP/s | % of dense fp16 peak | test acc |")
+lines.append("|---|---|---|---|---|---|---|")
+for r in rows:
+    pct = f"{r['pct']:.2f}" if r["pct"] is not None else "-"
+    su = f"{r['startup']:.1f}"
+    if r["warm"] is not None:
+        su += f" (warm-up/compile {r['warm']:.1f})"
+    lines.append(f"| {r['name']} | {r['train']:.2f} | {su} | {r['ips']:.0f} | "
+                 f"{r['tflops']:.2f} | {pct} | {r['acc']:.4f} |")
+lines.append("")
+lines.append("start-up = wall time of the process - training - evaluation "
+             "(process start, data, cuDNN/compile warm-up, teardown); "
+             "train time counts the training steps only.")
+ratios = []
+for f in rows:
+    if not f["name"].startswith("fcc-"):
+        continue
+    for t in rows:
+        if t["name"].startswith("pytorch-") and t["prec"] == f["prec"] and t["train"] > 0:
+            ratio = f["train"] / t["train"]
+            ratios.append(f"- {f['name']} / {t['name']}: {ratio:.2f} "
+                          f"({'fcc faster' if ratio < 1 else 'fcc slower'}; "
+                          f"training time, start-up excluded)")
+if ratios:
+    lines.append("")
+    lines.append("fcc time / PyTorch time:")
+    lines += ratios
+text = "\n".join(lines)
+print(text)
+with open(out, "w") as fh:
+    fh.write(text + "\n")
+EOF
+  then
+    record table ok "$RESULTS/summary.md"
+  else
+    record table FAIL "the summary could not be computed"
+  fi
+}
+
+finish() {
+  section "status"
+  local s failed=0 skipped=0
+  for s in "${STATUS[@]}"; do
+    IFS='|' read -r part state note <<<"$s"
+    printf '  %-28s %-8s %s\n' "$part" "$state" "$note"
+    [ "$state" = FAIL ] && failed=$((failed + 1))
+    [ "$state" = skipped ] && skipped=$((skipped + 1))
+  done
+  # the small outputs (not the raw dumps) in one archive
+  (cd "$WORK" && tar -czf "$RESULTS/results.tar.gz" --exclude='*.f32' \
+     step train logs 2>/dev/null) && echo "results: $RESULTS/results.tar.gz"
+  echo "gpu-check: done in $(( $(date +%s) - T_START )) s: $failed failed, $skipped skipped"
+  [ "$failed" -gt 0 ] && return 1
+  [ "$STRICT" = 1 ] && [ "$skipped" -gt 0 ] && return 1
+  return 0
+}
+
+run_all() {
+  main
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "gpu-check: stopped during setup (status $rc)"
+    return "$rc"
+  fi
+  finish
+}
+
+run_all 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
