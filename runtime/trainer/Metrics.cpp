@@ -111,13 +111,20 @@ void ProgressBar::clear() {
   drawn_ = false;
 }
 
-bool TsvWriter::open(const std::string &path, bool withRunColumn) {
+bool TsvWriter::open(const std::string &path, bool withRunColumn,
+                     bool append) {
   withRun_ = withRunColumn;
-  file_.open(path, std::ios::out | std::ios::trunc);
+  bool header = true;
+  if (append) {
+    std::ifstream existing(path, std::ios::binary);
+    header = !existing || existing.peek() == std::ifstream::traits_type::eof();
+  }
+  file_.open(path, std::ios::out | (append ? std::ios::app : std::ios::trunc));
   if (!file_)
     return false;
-  file_ << (withRun_ ? "run\t" : "") << "epoch\thours\ttop1Accuracy\n"
-        << std::flush;
+  if (header)
+    file_ << (withRun_ ? "run\t" : "") << "epoch\thours\ttop1Accuracy\n"
+          << std::flush;
   return bool(file_);
 }
 
@@ -131,8 +138,8 @@ void TsvWriter::add(const EpochRecord &r) {
         << std::flush;
 }
 
-bool JsonLinesWriter::open(const std::string &path) {
-  file_.open(path, std::ios::out | std::ios::trunc);
+bool JsonLinesWriter::open(const std::string &path, bool append) {
+  file_.open(path, std::ios::out | (append ? std::ios::app : std::ios::trunc));
   return bool(file_);
 }
 

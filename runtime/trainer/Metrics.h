@@ -71,9 +71,11 @@ private:
 };
 
 // --tsv: header written on open; rows appended and flushed per epoch.
+// With `append` (a resumed run) the file is kept and the header is written
+// only when it is empty.
 class TsvWriter {
 public:
-  bool open(const std::string &path, bool withRunColumn);
+  bool open(const std::string &path, bool withRunColumn, bool append = false);
   void add(const EpochRecord &r);
 
 private:
@@ -81,10 +83,11 @@ private:
   bool withRun_ = false;
 };
 
-// --metrics: truncates the file on open; one line per epoch, flushed.
+// --metrics: truncates the file on open (appends with `append`, for a
+// resumed run); one line per epoch, flushed.
 class JsonLinesWriter {
 public:
-  bool open(const std::string &path);
+  bool open(const std::string &path, bool append = false);
   void add(const EpochRecord &r);
 
 private:

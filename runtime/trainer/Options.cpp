@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -65,7 +66,7 @@ void checkWritable(const std::string &flag, const std::string &path) {
 struct RawFlags {
   std::string epochs, lrKnots, momentum, wd, labelSmoothing, ema, emaEvery,
       cutout, seed, trainLimit, testLimit, runs, targetAcc, threads, lossScale,
-      lossScaleWindow, injectOverflow;
+      lossScaleWindow, injectOverflow, checkpointEvery, stopAfterSteps;
 };
 
 void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
@@ -194,6 +195,53 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
                        "(got " + raw.injectOverflow + ")");
     o.injectOverflow = v;
   }
+  if (given("--checkpoint-every")) {
+    if (o.checkpointDir.empty())
+      throw UsageError("--checkpoint-every: needs --checkpoint-dir DIR");
+    std::string text = raw.checkpointEvery;
+    bool epochs = false;
+    for (const char *suffix : {"ep", "e"}) {
+      size_t n = std::strlen(suffix);
+      if (text.size() > n && text.compare(text.size() - n, n, suffix) == 0) {
+        text.resize(text.size() - n);
+        epochs = true;
+        break;
+      }
+    }
+    char *end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno == ERANGE || v < 1 ||
+        v > 1000000000)
+      throw UsageError("--checkpoint-every: must be a positive number of "
+                       "steps (e.g. 500) or of epochs with the suffix 'e' "
+                       "(e.g. 2e) (got '" + raw.checkpointEvery + "')");
+    if (epochs)
+      o.checkpointEveryEpochs = int(std::min(v, 1000000ll));
+    else
+      o.checkpointEverySteps = v;
+  } else if (!o.checkpointDir.empty()) {
+    o.checkpointEveryEpochs = 1;
+  }
+  if (given("--checkpoint-dir") && o.checkpointDir.empty())
+    throw UsageError("--checkpoint-dir: empty directory name");
+  if (o.resume && o.checkpointDir.empty())
+    throw UsageError("--resume: needs --checkpoint-dir DIR (where the "
+                     "checkpoints are)");
+  if (!o.checkpointDir.empty() && o.runs > 1)
+    throw UsageError(std::string(o.resume ? "--resume" : "--checkpoint-dir") +
+                     ": not supported with --runs > 1; checkpoint one run at "
+                     "a time (--seed S picks the run)");
+  if (!o.checkpointDir.empty() && !o.dumpStep.empty())
+    throw UsageError("--checkpoint-dir: not with --dump-step (which trains "
+                     "one step and writes no checkpoint)");
+  if (given("--debug-stop-after-steps")) {
+    int64_t v = toInteger("--debug-stop-after-steps", raw.stopAfterSteps);
+    if (v < 1)
+      throw UsageError("--debug-stop-after-steps: must be a step count >= 1 "
+                       "(got " + raw.stopAfterSteps + ")");
+    o.stopAfterSteps = v;
+  }
   if (given("--metrics"))
     checkWritable("--metrics", o.metricsPath);
   if (given("--tsv"))
@@ -249,7 +297,8 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
       "training so far, accuracy in percent; a leading 'run' column when "
       "--runs > 1).\n"
       "Exit codes: 0 success, 1 bad usage or data, 2 no device, 3 training "
-      "diverged.");
+      "diverged, 130/143 stopped by SIGINT/SIGTERM (after a checkpoint when "
+      "--checkpoint-dir is given).");
 
   RawFlags raw;
   bool flagFlip = o.flip, noCrop = false;
@@ -376,6 +425,26 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
                  "DIR/manifest.json and every parameter before and after the "
                  "step as raw float32 files, and exit")
       ->type_name("DIR");
+  app.add_option("--checkpoint-dir", o.checkpointDir,
+                 "Write checkpoints (state, position, RNG, loss scale) to "
+                 "DIR: every --checkpoint-every, at the end, and on "
+                 "SIGINT/SIGTERM (after the current step); the 2 newest "
+                 "are kept")
+      ->type_name("DIR");
+  app.add_option("--checkpoint-every", raw.checkpointEvery,
+                 "Checkpoint every N steps, or every N epochs with the "
+                 "suffix 'e' (e.g. 500 or 2e)")
+      ->type_name("N|Ne")
+      ->default_str("1e");
+  app.add_flag("--resume", o.resume,
+               "Continue from the newest valid checkpoint in "
+               "--checkpoint-dir (exactly: same result as an uninterrupted "
+               "run); --metrics and --tsv are appended to");
+  app.add_option("--debug-stop-after-steps", raw.stopAfterSteps,
+                 "Testing aid: behave as if SIGINT arrived during step N "
+                 "of the run (checkpoint, exit 130)")
+      ->type_name("N")
+      ->group("");
   app.add_flag("--quiet", o.quiet,
                "Print only the final summary (and errors)");
 

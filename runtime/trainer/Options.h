@@ -54,6 +54,14 @@ struct Options {
   // GPU: cuDNN algorithm choices measured once per shape are kept here
   // ("" = measure every run). Default: $XDG_CACHE_HOME or ~/.cache.
   std::string timingCache;
+  // Checkpoints (Checkpoint.h): written to checkpointDir every
+  // checkpointEverySteps steps or checkpointEveryEpochs epochs (0 = not by
+  // that measure) and at the end; --resume continues from the newest one.
+  std::string checkpointDir;
+  int64_t checkpointEverySteps = 0;
+  int checkpointEveryEpochs = 0;
+  bool resume = false;
+  int64_t stopAfterSteps = -1; // test aid: act as if SIGINT came after step N
 };
 
 // Parses argv. Returns -1 when training should go on, otherwise the exit

@@ -10,12 +10,18 @@
 //  fractional epoch of the step, EMA every k steps; then evaluate on the whole
 //  test set (the last batch padded with ignored rows) with the EMA weights
 //  when --ema is on, print a table row and write --metrics / --tsv.
+//  With --checkpoint-dir the state and the position are saved (Checkpoint.h)
+//  every --checkpoint-every, at the end and on SIGINT/SIGTERM (which only set
+//  a flag; the loop stops after the current step); --resume restores them,
+//  partial metric sums of the epoch included, so that the run continues
+//  exactly.
 //
 //===----------------------------------------------------------------------===//
 #include "Trainer.h"
 
 #include "Augment.h"
 #include "Backend.h"
+#include "Checkpoint.h"
 #include "Data.h"
 #include "Metrics.h"
 #include "Options.h"
@@ -27,6 +33,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cerrno>
@@ -72,6 +79,37 @@ std::string fmt(const char *format, double v) {
   return buf;
 }
 
+// The signal that asked the loop to stop (SIGINT, SIGTERM), or 0. The
+// handlers only set it; SA_RESETHAND makes a second signal act as usual.
+volatile std::sig_atomic_t gStopSignal = 0;
+
+extern "C" void onStopSignal(int sig) { gStopSignal = sig; }
+
+// Installs the handlers for the lifetime of the object.
+class StopSignals {
+public:
+  StopSignals() {
+    gStopSignal = 0;
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = onStopSignal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &sa, &oldInt_);
+    sigaction(SIGTERM, &sa, &oldTerm_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &oldInt_, nullptr);
+    sigaction(SIGTERM, &oldTerm_, nullptr);
+    gStopSignal = 0;
+  }
+  StopSignals(const StopSignals &) = delete;
+  StopSignals &operator=(const StopSignals &) = delete;
+
+private:
+  struct sigaction oldInt_, oldTerm_;
+};
+
 // The persistent state of one training run, in target memory.
 struct State {
   std::vector<float *> params, momentum, ema;
@@ -102,8 +140,24 @@ private:
   int initialiseRun(uint64_t seed);
   // --dump-step: one step on the first batch, parameters before and after.
   int dumpStep(uint64_t seed);
-  // Returns kExitOk or kExitDiverged; fills `summary`.
-  int trainRun(int run, uint64_t seed, RunSummary &summary);
+  // Returns kExitOk, kExitDiverged, kExitInterrupted or kExitTerminated (or
+  // kExitUsage when a checkpoint cannot be written); fills `summary`.
+  // Continues from `from` when given.
+  int trainRun(int run, uint64_t seed, RunSummary &summary,
+               const Checkpoint *from);
+  // The flags that shape training, as text (checkpoints).
+  std::string settings() const;
+  // The checkpoint header of this program and run (no position).
+  Checkpoint checkpointHeader(int run, uint64_t seed) const;
+  // Downloads the state into c and writes it; "" and a message on failure.
+  std::string saveCheckpoint(Checkpoint &c);
+  // --resume: reads the newest valid checkpoint of --checkpoint-dir, checks
+  // it against the program and the options, uploads its state.
+  int resume(std::unique_ptr<Checkpoint> &from);
+  // The tensor table of this program's state (names, kinds, sizes).
+  std::vector<CheckpointTensor> stateTable() const;
+  // After a stop signal (or --debug-stop-after-steps): checkpoint, message.
+  int stopped(int sig, Checkpoint &c);
   void evaluate(float *const *params, double &loss, double &acc);
 
   const fcc_program &p_;
@@ -118,6 +172,7 @@ private:
   AugmentConfig augment_;
   JsonLinesWriter json_;
   TsvWriter tsv_;
+  std::string lastCheckpoint_; // the newest written or resumed from
 };
 
 int Driver::checkProgram() {
@@ -353,7 +408,198 @@ int Driver::dumpStep(uint64_t seed) {
   return kExitOk;
 }
 
-int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
+std::string Driver::settings() const {
+  return "seed " + std::to_string(o_.seed) + ", epochs " +
+         std::to_string(o_.epochs) + ", lr-knots " + o_.lr.toString() +
+         ", momentum " + shortest(o_.momentum) +
+         (o_.nesterov ? " (nesterov)" : "") + ", wd " +
+         shortest(o_.weightDecay) + ", label-smoothing " +
+         shortest(o_.labelSmoothing) + ", ema " + shortest(o_.ema) +
+         " every " + std::to_string(o_.emaEvery) + ", crop-pad " +
+         std::to_string(augment_.pad) + ", flip " +
+         (augment_.flip ? "on" : "off") + ", cutout " +
+         std::to_string(augment_.cutout) + ", train images " +
+         std::to_string(data_.train.count) + ", test images " +
+         std::to_string(data_.test.count) +
+         (p_.loss_scaling
+              ? ", loss-scale-window " + std::to_string(o_.lossScaleWindow)
+              : std::string());
+}
+
+Checkpoint Driver::checkpointHeader(int run, uint64_t seed) const {
+  Checkpoint c;
+  c.planHash = p_.plan_hash;
+  c.target = p_.target ? p_.target : "";
+  c.precision = p_.precision ? p_.precision : "fp32";
+  c.batch = p_.batch;
+  c.seed = seed;
+  c.run = run;
+  c.trainImages = data_.train.count;
+  c.settings = settings();
+  return c;
+}
+
+std::vector<CheckpointTensor> Driver::stateTable() const {
+  std::vector<CheckpointTensor> table;
+  for (int i = 0; i < p_.num_params; ++i) {
+    const fcc_param_info &info = p_.params[i];
+    for (auto kind : {CheckpointTensor::kParam, CheckpointTensor::kMomentum,
+                      CheckpointTensor::kEma}) {
+      const std::vector<float *> &bufs =
+          kind == CheckpointTensor::kParam      ? state_.params
+          : kind == CheckpointTensor::kMomentum ? state_.momentum
+                                                : state_.ema;
+      if (!bufs[size_t(i)])
+        continue;
+      CheckpointTensor t;
+      t.name = info.name ? info.name : "";
+      t.kind = kind;
+      t.index = uint32_t(i);
+      t.values.resize(size_t(info.numel)); // sized; filled by the caller
+      table.push_back(std::move(t));
+    }
+  }
+  return table;
+}
+
+std::string Driver::saveCheckpoint(Checkpoint &c) {
+  backend_->synchronize();
+  c.tensors = stateTable();
+  for (CheckpointTensor &t : c.tensors) {
+    const float *src = t.kind == CheckpointTensor::kParam
+                           ? state_.params[t.index]
+                       : t.kind == CheckpointTensor::kMomentum
+                           ? state_.momentum[t.index]
+                           : state_.ema[t.index];
+    backend_->download(t.values.data(), src, int64_t(t.values.size()));
+  }
+  try {
+    lastCheckpoint_ = writeCheckpoint(o_.checkpointDir, c);
+  } catch (const CheckpointError &e) {
+    fail(kExitUsage, std::string("--checkpoint-dir: ") + e.what());
+    return "";
+  }
+  c.tensors.clear();
+  return lastCheckpoint_;
+}
+
+int Driver::stopped(int sig, Checkpoint &c) {
+  const char *what = sig == SIGTERM ? "SIGTERM"
+                     : sig == SIGINT ? "SIGINT"
+                                     : "--debug-stop-after-steps";
+  std::string where = "after step " + std::to_string(c.step) + " (epoch " +
+                      std::to_string(c.epoch) + ", step " +
+                      std::to_string(c.stepInEpoch) + " of the epoch)";
+  if (o_.checkpointDir.empty()) {
+    err_ << name_ << ": stopped by " << what << " " << where
+         << "; nothing was saved (no --checkpoint-dir)\n";
+  } else {
+    std::string path = saveCheckpoint(c);
+    if (path.empty())
+      return kExitUsage;
+    err_ << name_ << ": stopped by " << what << " " << where
+         << "; checkpoint written to " << path
+         << "; continue with --resume --checkpoint-dir " << o_.checkpointDir
+         << "\n";
+  }
+  err_ << std::flush;
+  return sig == SIGTERM ? kExitTerminated : kExitInterrupted;
+}
+
+int Driver::resume(std::unique_ptr<Checkpoint> &from) {
+  const std::string &dir = o_.checkpointDir;
+  std::vector<std::string> files = listCheckpoints(dir);
+  if (files.empty())
+    return fail(kExitUsage, "--resume: no checkpoint (checkpoint-NNNNNN.fcc) "
+                            "in '" + dir + "'");
+  std::string firstError;
+  for (const std::string &path : files) {
+    try {
+      from = std::make_unique<Checkpoint>(readCheckpoint(path));
+    } catch (const CheckpointError &e) {
+      if (firstError.empty())
+        firstError = e.what();
+      err_ << name_ << ": warning: " << e.what()
+           << "; trying an older checkpoint\n";
+      continue;
+    }
+    const Checkpoint &c = *from;
+    auto hex = [](uint64_t v) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "0x%016llx", (unsigned long long)v);
+      return std::string(buf);
+    };
+    std::string target = p_.target ? p_.target : "";
+    if (c.planHash != p_.plan_hash || c.target != target ||
+        c.batch != p_.batch)
+      return fail(kExitUsage,
+                  "--resume: checkpoint " + path +
+                      " was written by a different compiled model (plan " +
+                      hex(c.planHash) + ", " + c.target + ", batch " +
+                      std::to_string(c.batch) + " vs plan " +
+                      hex(p_.plan_hash) + ", " + target + ", batch " +
+                      std::to_string(p_.batch) + " here)");
+    if (c.trainImages != data_.train.count)
+      return fail(kExitUsage,
+                  "--resume: checkpoint " + path + " was trained on " +
+                      std::to_string(c.trainImages) +
+                      " training images per epoch, this run has " +
+                      std::to_string(data_.train.count) +
+                      " (--data, --train-limit)");
+    if (c.run != 1 || c.epoch < 1 || c.stepInEpoch < 0 ||
+        c.stepInEpoch > data_.train.count / p_.batch || c.step < 0)
+      return fail(kExitUsage, "--resume: checkpoint " + path +
+                                  " has an impossible position (run " +
+                                  std::to_string(c.run) + ", epoch " +
+                                  std::to_string(c.epoch) + ", step " +
+                                  std::to_string(c.stepInEpoch) + ")");
+    std::vector<CheckpointTensor> want = stateTable();
+    bool hasEma = false;
+    for (const CheckpointTensor &t : c.tensors)
+      hasEma |= t.kind == CheckpointTensor::kEma;
+    if (hasEma != (o_.ema > 0))
+      return fail(kExitUsage,
+                  "--resume: checkpoint " + path +
+                      (hasEma ? " has EMA weights but --ema is off here"
+                              : " has no EMA weights but --ema is on here"));
+    bool same = want.size() == c.tensors.size();
+    for (size_t i = 0; same && i < want.size(); ++i)
+      same = want[i].name == c.tensors[i].name &&
+             want[i].kind == c.tensors[i].kind &&
+             want[i].index == c.tensors[i].index &&
+             want[i].values.size() == c.tensors[i].values.size();
+    if (!same)
+      return fail(kExitUsage, "--resume: checkpoint " + path +
+                                  " holds other tensors than this model's "
+                                  "state (names, sizes)");
+    // The run's seed is the checkpoint's; the other flags are this run's.
+    o_.seed = c.seed;
+    if (c.settings != settings())
+      err_ << name_ << ": warning: resuming with other settings than the "
+           << "checkpoint's, so the result will differ from an "
+              "uninterrupted run\n  checkpoint: "
+           << c.settings << "\n  now:        " << settings() << "\n";
+    for (const CheckpointTensor &t : c.tensors) {
+      float *dst = t.kind == CheckpointTensor::kParam ? state_.params[t.index]
+                   : t.kind == CheckpointTensor::kMomentum
+                       ? state_.momentum[t.index]
+                       : state_.ema[t.index];
+      backend_->upload(dst, t.values.data(), int64_t(t.values.size()));
+    }
+    from->tensors.clear();
+    lastCheckpoint_ = path;
+    say("resume    " + path + ": epoch " + std::to_string(c.epoch) +
+        ", step " + std::to_string(c.step) + " of the run (" +
+        std::to_string(c.stepInEpoch) + " into the epoch)");
+    return kExitOk;
+  }
+  from.reset();
+  return fail(kExitUsage, "--resume: no valid checkpoint in '" + dir +
+                              "': " + firstError);
+}
+
+int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
+                     const Checkpoint *from) {
   const int64_t batch = p_.batch;
   const int64_t stepsPerEpoch = data_.train.count / batch;
   // Metrics are read after every step on the CPU (running loss, divergence
@@ -367,6 +613,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
       o_.ema > 0 ? state_.ema.data() : state_.params.data();
   const float emaDecay =
       o_.ema > 0 ? float(std::pow(double(o_.ema), double(o_.emaEvery))) : 0;
+  const bool checkpoints = !o_.checkpointDir.empty();
 
   summary = RunSummary();
   summary.run = run;
@@ -393,13 +640,66 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
 
   double totalTime = 0;
   int64_t step = 0;
-  for (int epoch = 1; epoch <= o_.epochs; ++epoch) {
+  int firstEpoch = 1;
+  if (from) {
+    lossScale = from->lossScale;
+    cleanSteps = from->cleanSteps;
+    totalTime = from->totalTime;
+    step = from->step;
+    firstEpoch = from->epoch;
+    summary.epochs = from->summaryEpochs;
+    summary.testAcc = from->testAcc;
+    summary.testLoss = from->testLoss;
+    summary.trainTime = from->trainTime;
+    summary.trainImages = from->summaryTrainImages;
+    summary.targetEpoch = from->targetEpoch;
+    summary.targetTime = from->targetTime;
+  }
+  // The checkpoint of the current position (state tensors added on save).
+  auto position = [&](int epoch, int64_t stepInEpoch, const double *sums,
+                      double epochTime) {
+    Checkpoint c = checkpointHeader(run, seed);
+    c.epoch = epoch;
+    c.stepInEpoch = stepInEpoch;
+    c.step = step;
+    c.lossScale = lossScale;
+    c.cleanSteps = cleanSteps;
+    for (int k = 0; k < FCC_NUM_METRICS; ++k)
+      c.sums[k] = sums ? sums[k] : 0.0;
+    c.epochTime = epochTime;
+    c.totalTime = totalTime;
+    c.summaryEpochs = summary.epochs;
+    c.testAcc = summary.testAcc;
+    c.testLoss = summary.testLoss;
+    c.trainTime = summary.trainTime;
+    c.summaryTrainImages = summary.trainImages;
+    c.targetEpoch = summary.targetEpoch;
+    c.targetTime = summary.targetTime;
+    return c;
+  };
+  auto diverged = [&](const std::string &message) {
+    std::string kept;
+    if (checkpoints)
+      kept = lastCheckpoint_.empty()
+                 ? "; no checkpoint was written before"
+                 : "; the last good checkpoint is " + lastCheckpoint_;
+    return fail(kExitDiverged, message + kept);
+  };
+  for (int epoch = firstEpoch; epoch <= o_.epochs; ++epoch) {
     Clock::time_point start = Clock::now();
     std::vector<int64_t> order =
         epochOrder(data_.train.count, Shard{}, seed, epoch - 1);
     double sums[FCC_NUM_METRICS] = {}, metrics[FCC_NUM_METRICS] = {};
+    double priorTime = 0; // of this epoch, before a resume
+    int64_t firstStep = 0;
+    if (from && epoch == firstEpoch) {
+      for (int k = 0; k < FCC_NUM_METRICS; ++k)
+        sums[k] = from->sums[k];
+      priorTime = from->epochTime;
+      firstStep = from->stepInEpoch;
+    }
     backend_->takeMetrics(metrics); // start from zero
-    for (int64_t s = 0; s < stepsPerEpoch; ++s, ++step) {
+    for (int64_t s = firstStep; s < stepsPerEpoch; ++s) {
       const int64_t *indices = order.data() + s * batch;
       for (int64_t i = 0; i < batch; ++i)
         draws[size_t(i)] =
@@ -431,8 +731,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
         }
         if (!std::isfinite(metrics[FCC_METRIC_LOSS_SUM])) {
           bar.clear();
-          return fail(kExitDiverged,
-                      "training diverged: the loss of step " +
+          return diverged("training diverged: the loss of step " +
                           std::to_string(step) + " (epoch " +
                           std::to_string(epoch) + ", lr " +
                           formatShortest(hyper.lr) +
@@ -444,6 +743,35 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
                    sums[FCC_METRIC_LOSS_SUM] / seen,
                    seen / std::max(secondsSince(start), 1e-9));
       }
+      ++step;
+      // Stop requests and step checkpoints, between steps.
+      int sig = gStopSignal;
+      if (sig == 0 && o_.stopAfterSteps > 0 && step == o_.stopAfterSteps)
+        sig = -1;
+      bool periodic = checkpoints && o_.checkpointEverySteps > 0 &&
+                      step % o_.checkpointEverySteps == 0;
+      if (sig != 0 || periodic) {
+        if (!cheap) {
+          backend_->takeMetrics(metrics);
+          for (int k = 0; k < FCC_NUM_METRICS; ++k)
+            sums[k] += metrics[k];
+          if (!std::isfinite(sums[FCC_METRIC_LOSS_SUM])) {
+            bar.clear();
+            return diverged("training diverged in epoch " +
+                            std::to_string(epoch) +
+                            ": the training loss is not finite; lower the "
+                            "learning rate (--lr-knots)");
+          }
+        }
+        backend_->synchronize();
+        Checkpoint c =
+            position(epoch, s + 1, sums, priorTime + secondsSince(start));
+        bar.clear();
+        if (sig != 0)
+          return stopped(sig, c);
+        if (saveCheckpoint(c).empty())
+          return kExitUsage;
+      }
     }
     if (!cheap) {
       backend_->takeMetrics(metrics);
@@ -451,7 +779,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
         sums[k] += metrics[k];
     }
     backend_->synchronize();
-    double epochTime = secondsSince(start);
+    double epochTime = priorTime + secondsSince(start);
     totalTime += epochTime;
     bar.clear();
 
@@ -471,8 +799,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
     r.epochTime = epochTime;
     r.totalTime = totalTime;
     if (!std::isfinite(r.trainLoss))
-      return fail(kExitDiverged,
-                  "training diverged in epoch " + std::to_string(epoch) +
+      return diverged("training diverged in epoch " + std::to_string(epoch) +
                       ": the training loss is not finite; lower the "
                       "learning rate (--lr-knots)");
     Clock::time_point evalStart = Clock::now();
@@ -496,6 +823,25 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary) {
         r.testAcc >= *o_.targetAcc) {
       summary.targetEpoch = epoch;
       summary.targetTime = totalTime;
+    }
+    // Epoch checkpoints (and the final one) hold the next epoch's start.
+    int sig = gStopSignal;
+    bool last = epoch == o_.epochs;
+    if (checkpoints &&
+        (last || sig != 0 ||
+         (o_.checkpointEveryEpochs > 0 &&
+          epoch % o_.checkpointEveryEpochs == 0))) {
+      Checkpoint c = position(epoch + 1, 0, nullptr, 0);
+      if (sig != 0 && !last)
+        return stopped(sig, c);
+      std::string path = saveCheckpoint(c);
+      if (path.empty())
+        return kExitUsage;
+      if (last)
+        say("checkpoint " + path);
+    } else if (sig != 0 && !last) {
+      Checkpoint c = position(epoch + 1, 0, nullptr, 0);
+      return stopped(sig, c);
     }
   }
   out_ << runSummaryLine(summary, o_.targetAcc) << "\n" << std::flush;
@@ -525,9 +871,9 @@ int Driver::main(int argc, char **argv) {
   augment_.flip = o_.flip;
   augment_.cutout = o_.cutout;
   printSettings();
-  if (!o_.metricsPath.empty() && !json_.open(o_.metricsPath))
+  if (!o_.metricsPath.empty() && !json_.open(o_.metricsPath, o_.resume))
     return fail(kExitUsage, "--metrics: cannot write '" + o_.metricsPath + "'");
-  if (!o_.tsvPath.empty() && !tsv_.open(o_.tsvPath, o_.runs > 1))
+  if (!o_.tsvPath.empty() && !tsv_.open(o_.tsvPath, o_.runs > 1, o_.resume))
     return fail(kExitUsage, "--tsv: cannot write '" + o_.tsvPath + "'");
 
   backend_->setTimingCache(o_.timingCache);
@@ -554,13 +900,19 @@ int Driver::main(int argc, char **argv) {
       return rc;
     return dumpStep(o_.seed);
   }
+  StopSignals signals;
+  std::unique_ptr<Checkpoint> from;
+  if (o_.resume && (rc = resume(from)) != kExitOk)
+    return rc;
   std::vector<RunSummary> summaries;
   for (int run = 1; run <= o_.runs; ++run) {
     uint64_t seed = o_.seed + uint64_t(run - 1);
-    if ((rc = initialiseRun(seed)) != kExitOk)
+    if (!from && (rc = initialiseRun(seed)) != kExitOk)
       return rc;
     RunSummary summary;
-    if ((rc = trainRun(run, seed, summary)) != kExitOk)
+    rc = trainRun(run, seed, summary, from.get());
+    from.reset();
+    if (rc != kExitOk)
       return rc;
     summaries.push_back(summary);
   }

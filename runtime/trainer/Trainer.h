@@ -22,6 +22,8 @@ enum ExitCode {
   kExitUsage = 1,    // bad command line, data or program
   kExitNoDevice = 2, // no device (or backend) for the program's target
   kExitDiverged = 3, // non-finite training loss
+  kExitInterrupted = 130, // SIGINT (or --debug-stop-after-steps)
+  kExitTerminated = 143,  // SIGTERM
 };
 
 // With std::cout/std::cerr; a progress bar when stdout is a terminal.
