@@ -1033,6 +1033,7 @@ FailureOr<GeneratedProgram> Emitter::run() {
   if (failed(emitc::translateToCpp(*out, os)))
     return failure();
   result.weights = std::move(weights);
+  result.model = opts.onnxModel;
   result.arenaBytes = arenaBytes;
   result.planHash = planHash;
   return result;
@@ -1185,6 +1186,12 @@ std::string Emitter::abiWrappers() {
           ".global fcc_initial_weights\\nfcc_initial_weights:\\n.incbin \\\""
        << opts.weightsFile << "\\\"\\n.previous\\n\");\n"
        << "extern \"C\" const char fcc_initial_weights[];\n";
+  if (!opts.onnxModel.empty())
+    os << "// The source ONNX model, for --export-onnx.\n"
+       << "__asm__(\".section .rodata\\n.balign 64\\n"
+          ".global fcc_source_model\\nfcc_source_model:\\n.incbin "
+          "\\\"model.onnx\\\"\\n.previous\\n\");\n"
+       << "extern \"C\" const char fcc_source_model[];\n";
   os << "static const fcc_param_info kParams[" << params.size() << "] = {\n";
   for (const ParamEntry &p : params) {
     os << "  {" << cString(p.name) << ", " << int(p.role) << ", "
@@ -1221,7 +1228,9 @@ std::string Emitter::abiWrappers() {
      << r.emaEvery << ", " << int(r.tta) << ", " << r.cutout << ", "
      << int(r.flip) << ", " << r.cropPad << "},\n"
      << "    setup, teardown, last_error, train_step, eval_step, ema_update,\n"
-     << "    " << cString(opts.precision) << ", " << int(lossScaling) << "};\n"
+     << "    " << cString(opts.precision) << ", " << int(lossScaling) << ",\n"
+     << "    " << (opts.onnxModel.empty() ? "NULL" : "fcc_source_model") << ", "
+     << opts.onnxModel.size() << "};\n"
      << "  return &program;\n}";
   return s;
 }

@@ -26,11 +26,13 @@ struct CodegenOptions {
   Recipe recipe;          // run-time defaults
   std::string weightsFile = "weights.bin"; // blob name next to the source
   std::string precision = "fp32"; // recorded in the program (fp32/fp16/bf16)
+  std::vector<char> onnxModel; // the source model, embedded for export
 };
 
 struct GeneratedProgram {
   std::string source;        // the C++ translation unit
   std::vector<char> weights; // initial parameter values (may be empty)
+  std::vector<char> model;   // the source ONNX model (may be empty)
   int64_t arenaBytes = 0;
   uint64_t planHash = 0;
 };

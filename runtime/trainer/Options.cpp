@@ -244,6 +244,13 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
   }
   if (given("--metrics"))
     checkWritable("--metrics", o.metricsPath);
+  if (given("--export-onnx")) {
+    if (!p.onnx_model || p.onnx_model_size <= 0)
+      throw UsageError("--export-onnx: this trainer was compiled from ONNX "
+                       "text syntax (or an older fcc) and carries no binary "
+                       "model to export into");
+    checkWritable("--export-onnx", o.exportOnnx);
+  }
   if (given("--tsv"))
     checkWritable("--tsv", o.tsvPath);
   if (o.data.empty())
@@ -418,6 +425,11 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
       ->default_str(o.timingCache.empty() ? "''" : o.timingCache)
       ->group(std::string(p.target ? p.target : "") == "cuda" ? "Options"
                                                                : "");
+  app.add_option("--export-onnx", o.exportOnnx,
+                 "At the end, write the ONNX model this trainer was compiled "
+                 "from with the trained weights (the EMA weights with --ema) "
+                 "and BatchNorm statistics as initializers")
+      ->type_name("FILE");
   app.add_option("--dump-step", o.dumpStep,
                  "Debugging/cross-target checks: initialise (--seed), run ONE "
                  "training step on the first batch in file order without "

@@ -51,6 +51,7 @@ struct Options {
   int lossScaleWindow = 2000; // clean steps before the scale doubles
   int64_t injectOverflow = -1; // test aid: make this step's gradients inf
   std::string dumpStep; // debug: one step on the first batch, dump params
+  std::string exportOnnx; // write the trained model as ONNX at the end
   // GPU: cuDNN algorithm choices measured once per shape are kept here
   // ("" = measure every run). Default: $XDG_CACHE_HOME or ~/.cache.
   std::string timingCache;

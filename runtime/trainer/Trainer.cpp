@@ -24,6 +24,7 @@
 #include "Checkpoint.h"
 #include "Data.h"
 #include "Metrics.h"
+#include "OnnxExport.h"
 #include "Options.h"
 
 #include "fcc/runtime/cpu_kernels.h"
@@ -138,6 +139,8 @@ private:
   void printSettings();
   void allocateState();
   int initialiseRun(uint64_t seed);
+  // --export-onnx: the source model with the trained weights.
+  int exportModel();
   // --dump-step: one step on the first batch, parameters before and after.
   int dumpStep(uint64_t seed);
   // Returns kExitOk, kExitDiverged, kExitInterrupted or kExitTerminated (or
@@ -918,6 +921,44 @@ int Driver::main(int argc, char **argv) {
   }
   if (o_.runs > 1)
     out_ << distributionSummary(summaries, o_.targetAcc) << "\n";
+  if (!o_.exportOnnx.empty())
+    return exportModel();
+  return kExitOk;
+}
+
+int Driver::exportModel() {
+  // The weights evaluation uses: the EMA copies when --ema is on.
+  const std::vector<float *> &source =
+      o_.ema > 0 ? state_.ema : state_.params;
+  std::vector<ExportTensor> tensors;
+  for (int i = 0; i < p_.num_params; ++i) {
+    const fcc_param_info &info = p_.params[i];
+    ExportTensor t;
+    t.name = info.name;
+    t.shape.assign(info.shape, info.shape + info.rank);
+    t.values.resize(size_t(info.numel));
+    backend_->download(t.values.data(), source[size_t(i)], info.numel);
+    tensors.push_back(std::move(t));
+  }
+  std::string bytes;
+  try {
+    bytes = withInitializers(
+        std::string(p_.onnx_model, size_t(p_.onnx_model_size)), tensors);
+  } catch (const ExportError &e) {
+    return fail(kExitUsage, std::string("--export-onnx: ") + e.what());
+  }
+  std::string temp = o_.exportOnnx + ".tmp";
+  {
+    std::ofstream f(temp, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), std::streamsize(bytes.size()));
+    if (!f)
+      return fail(kExitUsage, "--export-onnx: cannot write '" + temp + "'");
+  }
+  if (std::rename(temp.c_str(), o_.exportOnnx.c_str()) != 0)
+    return fail(kExitUsage, "--export-onnx: cannot write '" + o_.exportOnnx +
+                                "': " + std::strerror(errno));
+  out_ << "exported the trained model" << (o_.ema > 0 ? " (EMA weights)" : "")
+       << " to " << o_.exportOnnx << "\n";
   return kExitOk;
 }
 

@@ -103,10 +103,10 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
   // The weights blob is embedded with the assembler's .incbin, by absolute
   // path so that neither the working directory nor assembler flags matter.
   std::string text = program.source;
-  {
-    const std::string rel = ".incbin \\\"weights.bin\\\"";
+  for (const char *name : {"weights.bin", "model.onnx"}) {
+    const std::string rel = ".incbin \\\"" + std::string(name) + "\\\"";
     llvm::SmallString<256> blob(dir);
-    llvm::sys::path::append(blob, "weights.bin");
+    llvm::sys::path::append(blob, name);
     const std::string abs = ".incbin \\\"" + std::string(blob) + "\\\"";
     for (size_t at = text.find(rel); at != std::string::npos;
          at = text.find(rel, at + abs.size()))
@@ -117,6 +117,10 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
   if (!program.weights.empty())
     if (auto err = write("weights.bin", program.weights.data(),
                          program.weights.size()))
+      return err;
+  if (!program.model.empty())
+    if (auto err = write("model.onnx", program.model.data(),
+                         program.model.size()))
       return err;
 
   std::string inc = env("FCC_RUNTIME_INCLUDE_DIR", FCC_RUNTIME_INCLUDE_DIR);

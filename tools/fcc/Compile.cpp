@@ -25,6 +25,7 @@
 #include "mlir/Transforms/Passes.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/ToolOutputFile.h"
 
@@ -234,6 +235,10 @@ int fcc::runCompile(const CompileOptions &options) {
     cg.modelName = modelName;
     cg.recipe = *recipe;
     cg.precision = o.precision;
+    // The binary model rides along for the trainer's --export-onnx.
+    if (!llvm::StringRef(o.model).ends_with(".onnxtxt"))
+      if (auto buf = llvm::MemoryBuffer::getFile(o.model))
+        cg.onnxModel.assign((*buf)->getBufferStart(), (*buf)->getBufferEnd());
     auto program = generateTrainerSource(**module, cg);
     if (failed(program))
       return reportError(o.model + ": code generation failed");

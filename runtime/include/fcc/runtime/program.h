@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FCC_PROGRAM_ABI_VERSION 2
+#define FCC_PROGRAM_ABI_VERSION 3
 #define FCC_MAX_PARAM_RANK 4
 
 /* One parameter of the model (a function argument with #fcc.param). */
@@ -118,6 +118,12 @@ typedef struct fcc_program {
    * update (adding 1 to metrics[FCC_METRIC_SKIPPED]) when any gradient is
    * not finite; the trainer then lowers the scale. */
   int loss_scaling;
+
+  /* The ONNX model the program was compiled from (binary protobuf), so that
+   * the trainer can export the trained weights into it; NULL when compiled
+   * from ONNX text syntax. */
+  const char *onnx_model;
+  int64_t onnx_model_size;
 } fcc_program;
 
 /* Defined by the generated translation unit. */
