@@ -319,7 +319,43 @@ void Importer::prepareInputs(onnx::ModelProto &model) {
   }
 }
 
+/// Window attributes that ONNX's own shape inference divides by: libonnx
+/// 1.12 crashes (SIGFPE) on a zero stride or dilation instead of reporting
+/// it, so they are checked before it runs. Found by the importer's mutation
+/// test (tests/unit/frontend/MutationTest.cpp).
+static void checkWindowAttributes(const onnx::GraphProto &graph, int opset) {
+  static const std::set<std::string> windowed = {
+      "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"};
+  int index = 0;
+  for (const auto &n : graph.node()) {
+    std::string nodeName =
+        n.name().empty() ? n.op_type() + "_" + std::to_string(index) : n.name();
+    ++index;
+    if ((!n.domain().empty() && n.domain() != "ai.onnx") ||
+        !windowed.count(n.op_type()))
+      continue;
+    for (const auto &a : n.attribute()) {
+      bool positive = a.name() == "strides" || a.name() == "dilations" ||
+                      a.name() == "kernel_shape";
+      bool nonNegative = a.name() == "pads";
+      if (a.name() == "group" && a.i() < 1)
+        fail("node '" + nodeName + "' (" + n.op_type() + ", opset " +
+             std::to_string(opset) + "): attribute group = " +
+             std::to_string(a.i()) + " must be at least 1");
+      if (!positive && !nonNegative)
+        continue;
+      for (int64_t v : a.ints())
+        if (positive ? v < 1 : v < 0)
+          fail("node '" + nodeName + "' (" + n.op_type() + ", opset " +
+               std::to_string(opset) + "): attribute " + a.name() +
+               " has value " + std::to_string(v) + "; it must be " +
+               (positive ? "positive" : "non-negative"));
+    }
+  }
+}
+
 void Importer::inferShapes(onnx::ModelProto &model) {
+  checkWindowAttributes(model.graph(), opset);
   // libonnx 1.12's checker accepts IR versions up to 8. Newer exporters write
   // IR 9/10 for models that use nothing newer than opset 17: check those as 8.
   onnx::ModelProto checked = model;
