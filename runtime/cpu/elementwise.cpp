@@ -12,6 +12,8 @@
 //===----------------------------------------------------------------------===//
 #include "internal.h"
 
+#include "fcc/runtime/detail/broadcast.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -89,54 +91,17 @@ extern "C" void fcc_cpu_dropout_mask(uint64_t seed, uint64_t stream,
 
 namespace {
 
-// One dimension of a simplified broadcast: its size and the element strides
-// of the two operands along it (0 where the operand is broadcast).
-struct BroadcastDim {
-  int64_t size;
-  int64_t strideA, strideB;
-};
+using fcc::runtime_detail::BroadcastDim;
 
-// Checks that a_shape and b_shape broadcast to y_shape and returns the
-// simplified dimensions (outermost first). Returns FCC_OK or an error.
+// The shared simplification (detail/broadcast.h), errors recorded as
+// "<what>: ...".
 int simplifyBroadcast(const char *what, const int64_t *aShape,
                       const int64_t *bShape, const int64_t *yShape, int rank,
                       std::vector<BroadcastDim> &dims) {
-  if (rank < 0 || rank > FCC_MAX_RANK)
-    return setError(FCC_ERR_INVALID, format("%s: rank %d is outside [0, %d]",
-                                            what, rank, FCC_MAX_RANK));
-  for (int i = 0; i < rank; ++i) {
-    if (yShape[i] < 0)
-      return setError(FCC_ERR_INVALID,
-                      format("%s: negative size %lld in dimension %d", what,
-                             (long long)yShape[i], i));
-    if ((aShape[i] != 1 && aShape[i] != yShape[i]) ||
-        (bShape[i] != 1 && bShape[i] != yShape[i]))
-      return setError(FCC_ERR_INVALID,
-                      format("%s: dimension %d: sizes %lld and %lld do not "
-                             "broadcast to %lld",
-                             what, i, (long long)aShape[i],
-                             (long long)bShape[i], (long long)yShape[i]));
-  }
-  // Walk from the innermost dimension outwards, tracking contiguous strides.
-  std::vector<BroadcastDim> reversed;
-  int64_t strideA = 1, strideB = 1;
-  bool prevA = false, prevB = false; // Broadcast flags of the last kept dim.
-  for (int i = rank - 1; i >= 0; --i) {
-    if (yShape[i] == 1)
-      continue;
-    bool bcastA = aShape[i] == 1, bcastB = bShape[i] == 1;
-    if (!reversed.empty() && bcastA == prevA && bcastB == prevB) {
-      reversed.back().size *= yShape[i]; // Same pattern: merge.
-    } else {
-      reversed.push_back(
-          {yShape[i], bcastA ? 0 : strideA, bcastB ? 0 : strideB});
-      prevA = bcastA;
-      prevB = bcastB;
-    }
-    strideA *= aShape[i];
-    strideB *= bShape[i];
-  }
-  dims.assign(reversed.rbegin(), reversed.rend());
+  std::string why =
+      fcc::runtime_detail::simplifyBroadcast(aShape, bShape, yShape, rank, dims);
+  if (!why.empty())
+    return setError(FCC_ERR_INVALID, std::string(what) + ": " + why);
   return FCC_OK;
 }
 

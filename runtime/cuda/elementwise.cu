@@ -25,6 +25,8 @@
 //===----------------------------------------------------------------------===//
 #include "common.cuh"
 
+#include "fcc/runtime/detail/broadcast.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -153,55 +155,22 @@ struct BroadcastDims {
   int64_t strideB[FCC_MAX_RANK] = {};
 };
 
-// The host half of elementwise.cpp's simplifyBroadcast, with the same
-// checks and messages.
+// The shared simplification (detail/broadcast.h) into the fixed-size form a
+// kernel takes by value; errors recorded as "<fn>: ...".
 int simplifyBroadcast(const char *fn, const int64_t *aShape,
                       const int64_t *bShape, const int64_t *yShape, int rank,
                       BroadcastDims &out) {
-  if (rank < 0 || rank > FCC_MAX_RANK)
-    return setError(FCC_ERR_INVALID, format("%s: rank %d is outside [0, %d]",
-                                            fn, rank, FCC_MAX_RANK));
-  for (int i = 0; i < rank; ++i) {
-    if (yShape[i] < 0)
-      return setError(FCC_ERR_INVALID,
-                      format("%s: negative size %lld in dimension %d", fn,
-                             (long long)yShape[i], i));
-    if ((aShape[i] != 1 && aShape[i] != yShape[i]) ||
-        (bShape[i] != 1 && bShape[i] != yShape[i]))
-      return setError(FCC_ERR_INVALID,
-                      format("%s: dimension %d: sizes %lld and %lld do not "
-                             "broadcast to %lld",
-                             fn, i, (long long)aShape[i], (long long)bShape[i],
-                             (long long)yShape[i]));
-  }
-  struct Dim {
-    int64_t size, strideA, strideB;
-  };
-  std::vector<Dim> reversed;
-  int64_t strideA = 1, strideB = 1;
-  bool prevA = false, prevB = false;
-  for (int i = rank - 1; i >= 0; --i) {
-    if (yShape[i] == 1)
-      continue;
-    const bool bcastA = aShape[i] == 1, bcastB = bShape[i] == 1;
-    if (!reversed.empty() && bcastA == prevA && bcastB == prevB) {
-      reversed.back().size *= yShape[i];
-    } else {
-      reversed.push_back(
-          {yShape[i], bcastA ? 0 : strideA, bcastB ? 0 : strideB});
-      prevA = bcastA;
-      prevB = bcastB;
-    }
-    strideA *= aShape[i];
-    strideB *= bShape[i];
-  }
+  std::vector<fcc::runtime_detail::BroadcastDim> dims;
+  std::string why =
+      fcc::runtime_detail::simplifyBroadcast(aShape, bShape, yShape, rank, dims);
+  if (!why.empty())
+    return setError(FCC_ERR_INVALID, std::string(fn) + ": " + why);
   out = BroadcastDims();
-  out.rank = int(reversed.size());
+  out.rank = int(dims.size());
   for (int i = 0; i < out.rank; ++i) {
-    const Dim &d = reversed[size_t(out.rank - 1 - i)];
-    out.size[i] = d.size;
-    out.strideA[i] = d.strideA;
-    out.strideB[i] = d.strideB;
+    out.size[i] = dims[size_t(i)].size;
+    out.strideA[i] = dims[size_t(i)].strideA;
+    out.strideB[i] = dims[size_t(i)].strideB;
   }
   return FCC_OK;
 }
