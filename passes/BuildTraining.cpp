@@ -96,6 +96,42 @@ private:
   Type labelsType() {
     return RankedTensorType::get({m.batch}, b.getI32Type());
   }
+  DictionaryAttr updates(unsigned argIndex) {
+    return b.getDictionaryAttr({b.getNamedAttr(
+        FccDialect::kUpdatesAttrName, b.getI64IntegerAttr(argIndex))});
+  }
+
+  /// The arguments of a step function, built in order.
+  struct Signature {
+    SmallVector<Type> types;
+    SmallVector<DictionaryAttr> attrs;
+    unsigned add(Type type, DictionaryAttr attr) {
+      types.push_back(type);
+      attrs.push_back(attr);
+      return types.size() - 1;
+    }
+  };
+  /// Every forward parameter with its #fcc.param attributes.
+  void addParams(Signature &sig) {
+    for (unsigned p : m.params)
+      sig.add(m.forward.getArgument(p).getType(), paramAttrs(p));
+  }
+  /// The image batch, then its labels; returns the batch's index.
+  unsigned addBatch(Signature &sig) {
+    unsigned input = sig.add(m.forward.getArgument(m.inputIndex).getType(),
+                             m.forward.getArgAttrDict(m.inputIndex));
+    sig.add(labelsType(),
+            b.getDictionaryAttr(
+                {b.getNamedAttr(FccDialect::kInputAttrName,
+                                b.getStringAttr("labels")),
+                 b.getNamedAttr(FccDialect::kLabelsAttrName, b.getUnitAttr())}));
+    return input;
+  }
+  /// A run-time hyper-parameter (an f32 scalar unless `type` says else).
+  unsigned addHyper(Signature &sig, StringRef name, Type type = {}) {
+    return sig.add(type ? type : scalarF32(b),
+                   named(FccDialect::kHyperAttrName, name));
+  }
 
   ModuleOp module;
   Model &m;
@@ -183,39 +219,25 @@ LogicalResult TrainingBuilder::buildTrainStep() {
   func::FuncOp fwd = m.forward;
 
   // Which parameters train: trainable ones the loss depends on.
-  SmallVector<Type> args;
-  SmallVector<DictionaryAttr> attrs;
-  for (unsigned p : m.params) {
-    args.push_back(fwd.getArgument(p).getType());
-    attrs.push_back(paramAttrs(p));
-  }
+  Signature sig;
+  addParams(sig);
   // Momentum buffers come next, one per trainable parameter; the ones whose
   // parameter turns out to get no gradient are removed at the end.
   SmallVector<unsigned> trainable;
   for (unsigned p : m.params)
     if (getParamAttr(fwd, p).getTrainable()) {
       trainable.push_back(p);
-      args.push_back(fwd.getArgument(p).getType());
-      attrs.push_back(named(FccDialect::kStateAttrName,
-                            ("momentum:" + getParamAttr(fwd, p).getName()).str()));
+      sig.add(fwd.getArgument(p).getType(),
+              named(FccDialect::kStateAttrName,
+                    ("momentum:" + getParamAttr(fwd, p).getName()).str()));
     }
-  unsigned inputArg = args.size();
-  args.push_back(fwd.getArgument(m.inputIndex).getType());
-  attrs.push_back(fwd.getArgAttrDict(m.inputIndex));
-  args.push_back(labelsType());
-  attrs.push_back(b.getDictionaryAttr(
-      {b.getNamedAttr(FccDialect::kInputAttrName, b.getStringAttr("labels")),
-       b.getNamedAttr(FccDialect::kLabelsAttrName, b.getUnitAttr())}));
-  const char *hyperNames[] = {"lr",       "momentum",        "weight_decay",
-                              "nesterov", "label_smoothing", "loss_scale"};
-  for (const char *h : hyperNames) {
-    args.push_back(scalar);
-    attrs.push_back(named(FccDialect::kHyperAttrName, h));
-  }
-  args.push_back(RankedTensorType::get({}, b.getI64Type()));
-  attrs.push_back(named(FccDialect::kHyperAttrName, "seed"));
+  unsigned inputArg = addBatch(sig);
+  for (StringRef h : {"lr", "momentum", "weight_decay", "nesterov",
+                      "label_smoothing", "loss_scale"})
+    addHyper(sig, h);
+  addHyper(sig, "seed", RankedTensorType::get({}, b.getI64Type()));
 
-  func::FuncOp f = createFunc("train_step", args, attrs);
+  func::FuncOp f = createFunc("train_step", sig.types, sig.attrs);
   Block &body = f.getBody().front();
   auto arg = [&](unsigned i) { return body.getArgument(i); };
   auto hyper = [&](unsigned k) { return arg(inputArg + 2 + k); };
@@ -260,11 +282,7 @@ LogicalResult TrainingBuilder::buildTrainStep() {
   // Optimizer updates, after every use of the old values.
   SmallVector<Value> results;
   SmallVector<DictionaryAttr> resultAttrs;
-  auto updates = [&](unsigned argIndex) {
-    return b.getDictionaryAttr({b.getNamedAttr(
-        FccDialect::kUpdatesAttrName, b.getI64IntegerAttr(argIndex))});
-  };
-  llvm::BitVector unusedBuffers(args.size());
+  llvm::BitVector unusedBuffers(sig.types.size());
   for (auto [k, p] : llvm::enumerate(trainable)) {
     unsigned paramArg = llvm::find(m.params, p) - m.params.begin();
     unsigned bufferArg = m.params.size() + k;
@@ -315,8 +333,8 @@ LogicalResult TrainingBuilder::buildTrainStep() {
   b.create<func::ReturnOp>(loc, results);
 
   // Drop the buffers of parameters that get no gradient, then fix indices.
-  SmallVector<unsigned> oldToNew(args.size());
-  for (unsigned i = 0, n = 0; i < args.size(); ++i)
+  SmallVector<unsigned> oldToNew(sig.types.size());
+  for (unsigned i = 0, n = 0; i < sig.types.size(); ++i)
     oldToNew[i] = unusedBuffers.test(i) ? ~0u : n++;
   for (auto &d : resultAttrs)
     if (auto u = d.getAs<IntegerAttr>(FccDialect::kUpdatesAttrName))
@@ -333,23 +351,13 @@ LogicalResult TrainingBuilder::buildTrainStep() {
 LogicalResult TrainingBuilder::buildEvalStep(bool tta) {
   Type scalar = scalarF32(b);
   func::FuncOp fwd = m.forward;
-  SmallVector<Type> args;
-  SmallVector<DictionaryAttr> attrs;
-  for (unsigned p : m.params) {
-    args.push_back(fwd.getArgument(p).getType());
-    attrs.push_back(paramAttrs(p));
-  }
-  unsigned inputArg = args.size();
-  args.push_back(fwd.getArgument(m.inputIndex).getType());
-  attrs.push_back(fwd.getArgAttrDict(m.inputIndex));
-  args.push_back(labelsType());
-  attrs.push_back(b.getDictionaryAttr(
-      {b.getNamedAttr(FccDialect::kInputAttrName, b.getStringAttr("labels")),
-       b.getNamedAttr(FccDialect::kLabelsAttrName, b.getUnitAttr())}));
-  args.push_back(scalar);
-  attrs.push_back(named(FccDialect::kHyperAttrName, "label_smoothing"));
+  Signature sig;
+  addParams(sig);
+  unsigned inputArg = addBatch(sig);
+  addHyper(sig, "label_smoothing");
 
-  func::FuncOp f = createFunc(tta ? "eval_step_tta" : "eval_step", args, attrs);
+  func::FuncOp f =
+      createFunc(tta ? "eval_step_tta" : "eval_step", sig.types, sig.attrs);
   Block &body = f.getBody().front();
   Location loc = fwd.getLoc();
   auto runForward = [&](Value input) -> Value {
@@ -386,22 +394,15 @@ LogicalResult TrainingBuilder::buildEvalStep(bool tta) {
 }
 
 LogicalResult TrainingBuilder::buildEmaUpdate() {
-  Type scalar = scalarF32(b);
   func::FuncOp fwd = m.forward;
-  SmallVector<Type> args;
-  SmallVector<DictionaryAttr> attrs;
-  for (unsigned p : m.params) {
-    args.push_back(fwd.getArgument(p).getType());
-    attrs.push_back(named(FccDialect::kStateAttrName,
-                          ("ema:" + getParamAttr(fwd, p).getName()).str()));
-  }
-  for (unsigned p : m.params) {
-    args.push_back(fwd.getArgument(p).getType());
-    attrs.push_back(paramAttrs(p));
-  }
-  args.push_back(scalar);
-  attrs.push_back(named(FccDialect::kHyperAttrName, "decay"));
-  func::FuncOp f = createFunc("ema_update", args, attrs);
+  Signature sig;
+  for (unsigned p : m.params)
+    sig.add(fwd.getArgument(p).getType(),
+            named(FccDialect::kStateAttrName,
+                  ("ema:" + getParamAttr(fwd, p).getName()).str()));
+  addParams(sig);
+  addHyper(sig, "decay");
+  func::FuncOp f = createFunc("ema_update", sig.types, sig.attrs);
   Block &body = f.getBody().front();
   unsigned n = m.params.size();
   SmallVector<Value> results;
@@ -410,8 +411,7 @@ LogicalResult TrainingBuilder::buildEmaUpdate() {
     results.push_back(b.create<EmaUpdateOp>(fwd.getLoc(), body.getArgument(k),
                                             body.getArgument(n + k),
                                             body.getArgument(2 * n)));
-    resultAttrs.push_back(b.getDictionaryAttr({b.getNamedAttr(
-        FccDialect::kUpdatesAttrName, b.getI64IntegerAttr(k))}));
+    resultAttrs.push_back(updates(k));
   }
   b.create<func::ReturnOp>(fwd.getLoc(), results);
   f.setFunctionType(b.getFunctionType(body.getArgumentTypes(),
@@ -423,24 +423,12 @@ LogicalResult TrainingBuilder::buildEmaUpdate() {
 LogicalResult TrainingBuilder::buildLossAndGrads() {
   Type scalar = scalarF32(b);
   func::FuncOp fwd = m.forward;
-  SmallVector<Type> args;
-  SmallVector<DictionaryAttr> attrs;
-  for (unsigned p : m.params) {
-    args.push_back(fwd.getArgument(p).getType());
-    attrs.push_back(paramAttrs(p));
-  }
-  unsigned inputArg = args.size();
-  args.push_back(fwd.getArgument(m.inputIndex).getType());
-  attrs.push_back(fwd.getArgAttrDict(m.inputIndex));
-  args.push_back(labelsType());
-  attrs.push_back(b.getDictionaryAttr(
-      {b.getNamedAttr(FccDialect::kInputAttrName, b.getStringAttr("labels")),
-       b.getNamedAttr(FccDialect::kLabelsAttrName, b.getUnitAttr())}));
-  args.push_back(scalar);
-  attrs.push_back(named(FccDialect::kHyperAttrName, "label_smoothing"));
-  args.push_back(RankedTensorType::get({}, b.getI64Type()));
-  attrs.push_back(named(FccDialect::kHyperAttrName, "seed"));
-  func::FuncOp f = createFunc("loss_and_grads", args, attrs);
+  Signature sig;
+  addParams(sig);
+  unsigned inputArg = addBatch(sig);
+  addHyper(sig, "label_smoothing");
+  addHyper(sig, "seed", RankedTensorType::get({}, b.getI64Type()));
+  func::FuncOp f = createFunc("loss_and_grads", sig.types, sig.attrs);
   Block &body = f.getBody().front();
   Location loc = fwd.getLoc();
   IRMapping map;
