@@ -280,6 +280,18 @@ struct Candidate {
   bool deterministic;
 };
 
+// The first `returned` results of a cuDNN search (any direction's perf
+// type), keeping those that ran successfully.
+template <class Perf>
+void appendSuccessful(const std::vector<Perf> &perf, int returned,
+                      std::vector<Candidate> &out) {
+  for (int i = 0; i < returned; ++i)
+    if (perf[size_t(i)].status == CUDNN_STATUS_SUCCESS)
+      out.push_back({int(perf[size_t(i)].algo), int(perf[size_t(i)].mathType),
+                     perf[size_t(i)].time,
+                     perf[size_t(i)].determinism == CUDNN_DETERMINISTIC});
+}
+
 // Runs the search of one direction; candidates in cuDNN's order (fastest
 // first), only those that ran successfully.
 int measure(fcc_cuda_conv2d_plan &p, Direction dir, SearchBuffers &buf,
@@ -304,11 +316,7 @@ int measure(fcc_cuda_conv2d_plan &p, Direction dir, SearchBuffers &buf,
                                 perf.data(), buf.ws, buf.wsBytes),
                             fn, "cudnnFindConvolutionForwardAlgorithmEx"))
       return rc;
-    for (int i = 0; i < returned; ++i)
-      if (perf[size_t(i)].status == CUDNN_STATUS_SUCCESS)
-        out.push_back({int(perf[size_t(i)].algo), int(perf[size_t(i)].mathType),
-                       perf[size_t(i)].time,
-                       perf[size_t(i)].determinism == CUDNN_DETERMINISTIC});
+    appendSuccessful(perf, returned, out);
     break;
   }
   case kBackwardData: {
@@ -326,11 +334,7 @@ int measure(fcc_cuda_conv2d_plan &p, Direction dir, SearchBuffers &buf,
                                 perf.data(), buf.ws, buf.wsBytes),
                             fn, "cudnnFindConvolutionBackwardDataAlgorithmEx"))
       return rc;
-    for (int i = 0; i < returned; ++i)
-      if (perf[size_t(i)].status == CUDNN_STATUS_SUCCESS)
-        out.push_back({int(perf[size_t(i)].algo), int(perf[size_t(i)].mathType),
-                       perf[size_t(i)].time,
-                       perf[size_t(i)].determinism == CUDNN_DETERMINISTIC});
+    appendSuccessful(perf, returned, out);
     break;
   }
   case kBackwardFilter: {
@@ -347,11 +351,7 @@ int measure(fcc_cuda_conv2d_plan &p, Direction dir, SearchBuffers &buf,
                             fn,
                             "cudnnFindConvolutionBackwardFilterAlgorithmEx"))
       return rc;
-    for (int i = 0; i < returned; ++i)
-      if (perf[size_t(i)].status == CUDNN_STATUS_SUCCESS)
-        out.push_back({int(perf[size_t(i)].algo), int(perf[size_t(i)].mathType),
-                       perf[size_t(i)].time,
-                       perf[size_t(i)].determinism == CUDNN_DETERMINISTIC});
+    appendSuccessful(perf, returned, out);
     break;
   }
   }
