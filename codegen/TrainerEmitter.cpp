@@ -167,6 +167,7 @@ private:
   std::string shapeArray(ArrayRef<int64_t> shape);
   std::string abiWrappers();
   void cpuEntryPoints(llvm::raw_ostream &os);
+  void finalizePools(llvm::raw_ostream &os);
   void cudaEntryPoints(llvm::raw_ostream &os);
 
   ModuleOp planned;
@@ -1039,6 +1040,15 @@ FailureOr<GeneratedProgram> Emitter::run() {
   return result;
 }
 
+/// setup(): the pooling descriptors are completed by the (host) CPU runtime
+/// on both targets.
+void Emitter::finalizePools(llvm::raw_ostream &os) {
+  for (const auto &[desc, name] : pools)
+    os << "  if (fcc_pool2d_desc_finalize(&" << name << ") != FCC_OK) {\n"
+       << "    snprintf(last_error_text, sizeof last_error_text, \"" << name
+       << ": %s\", fcc_cpu_last_error());\n    return 1;\n  }\n";
+}
+
 void Emitter::cpuEntryPoints(llvm::raw_ostream &os) {
   os << "static int setup(void) {\n"
      << "  A = fcc_arena_alloc(" << arenaBytes << ");\n"
@@ -1050,10 +1060,7 @@ void Emitter::cpuEntryPoints(llvm::raw_ostream &os) {
        << "  if (!" << name << ") {\n    snprintf(last_error_text, sizeof "
           "last_error_text, \"" << name << ": %s\", fcc_cpu_last_error());\n"
           "    return 1;\n  }\n";
-  for (const auto &[desc, name] : pools)
-    os << "  if (fcc_pool2d_desc_finalize(&" << name << ") != FCC_OK) {\n"
-       << "    snprintf(last_error_text, sizeof last_error_text, \"" << name
-       << ": %s\", fcc_cpu_last_error());\n    return 1;\n  }\n";
+  finalizePools(os);
   os << "  return 0;\n}\n\n"
         "static void teardown(void) {\n";
   for (const std::string &name : planNames)
@@ -1100,10 +1107,7 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
     os << "  " << name << " = fcc_cuda_conv2d_create(&" << name << "_desc, "
        << planTypes[k] << ");\n  if (!" << name << ") {\n"
        << fail(name) << "  }\n";
-  for (const auto &[desc, name] : pools)
-    os << "  if (fcc_pool2d_desc_finalize(&" << name << ") != FCC_OK) {\n"
-       << "    snprintf(last_error_text, sizeof last_error_text, \"" << name
-       << ": %s\", fcc_cpu_last_error());\n    return 1;\n  }\n";
+  finalizePools(os);
   os << "  return 0;\n}\n\n";
   os << "static void *GRAPH; // the captured train step\n"
         "static float *const *GRAPH_P, *const *GRAPH_M;\n"
