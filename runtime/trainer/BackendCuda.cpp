@@ -102,7 +102,6 @@ public:
     metrics_ = allocate(FCC_NUM_METRICS);
     hyper_ = reinterpret_cast<fcc_hyper *>(
         allocate((sizeof(fcc_hyper) + 3) / 4));
-    hostIndex_.resize(size_t(batch));
     hostDraws_.resize(size_t(5 * batch));
     hostLabels_.resize(size_t(batch));
   }
@@ -198,7 +197,6 @@ private:
   float *metrics_ = nullptr;
   fcc_hyper *hyper_ = nullptr;
   std::vector<int32_t> hostDraws_, hostLabels_;
-  std::vector<int64_t> hostIndex_;
 };
 
 } // namespace

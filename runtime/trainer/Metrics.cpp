@@ -45,6 +45,16 @@ std::string formatShortest(double v) {
   return buf;
 }
 
+std::string formatShortestFloat(float v) {
+  char buf[32];
+  for (int precision = 1; precision <= 9; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
+    if (std::strtof(buf, nullptr) == v)
+      break;
+  }
+  return buf;
+}
+
 std::string tableHeader() {
   return "epoch  lr      train loss  train acc  test loss  test acc  "
          "epoch time  total time";

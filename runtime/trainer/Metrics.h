@@ -51,6 +51,8 @@ std::string jsonLine(const EpochRecord &r);
 
 // Shortest decimal text that reads back as the same double.
 std::string formatShortest(double v);
+// Shortest decimal text that reads back as the same float (0.9f -> "0.9").
+std::string formatShortestFloat(float v);
 
 // A one-line progress bar redrawn in place with '\r'; does nothing when
 // disabled (output is not a terminal, or --quiet).

@@ -7,6 +7,8 @@
 //===----------------------------------------------------------------------===//
 #include "Options.h"
 
+#include "Metrics.h"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -21,17 +23,6 @@
 namespace fcc::trainer {
 
 namespace {
-
-// Shortest decimal form that reads back as the same float.
-std::string shortestFloat(float v) {
-  char buf[32];
-  for (int precision = 1; precision <= 9; ++precision) {
-    std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
-    if (std::strtof(buf, nullptr) == v)
-      break;
-  }
-  return buf;
-}
 
 int64_t toInteger(const std::string &flag, const std::string &text) {
   errno = 0;
@@ -321,22 +312,22 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
       ->default_str(orEmpty(d.lr_knots));
   app.add_option("--momentum", raw.momentum, "SGD momentum")
       ->type_name("M")
-      ->default_str(shortestFloat(d.momentum));
+      ->default_str(formatShortestFloat(d.momentum));
   app.add_flag("--nesterov,!--no-nesterov", o.nesterov,
                std::string("Nesterov momentum (default: ") +
                    (d.nesterov ? "on" : "off") + ")");
   app.add_option("--wd", raw.wd, "Weight decay (L2)")
       ->type_name("WD")
-      ->default_str(shortestFloat(d.weight_decay));
+      ->default_str(formatShortestFloat(d.weight_decay));
   app.add_option("--label-smoothing", raw.labelSmoothing,
                  "Label smoothing of the cross-entropy loss")
       ->type_name("LS")
-      ->default_str(shortestFloat(d.label_smoothing));
+      ->default_str(formatShortestFloat(d.label_smoothing));
   app.add_option("--ema", raw.ema,
                  "EMA of the weights, per-step decay in [0, 1); 0 = off; "
                  "evaluation uses the EMA weights")
       ->type_name("DECAY")
-      ->default_str(shortestFloat(d.ema_decay));
+      ->default_str(formatShortestFloat(d.ema_decay));
   app.add_option("--ema-every", raw.emaEvery,
                  "Update the EMA every K steps (with decay^K)")
       ->type_name("K")

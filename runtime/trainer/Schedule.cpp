@@ -6,6 +6,8 @@
 //===----------------------------------------------------------------------===//
 #include "Schedule.h"
 
+#include "Metrics.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -34,16 +36,6 @@ double number(const std::string &text, const char *what,
   return v;
 }
 
-std::string shortest(double v) {
-  char buf[32];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v)
-      break;
-  }
-  return buf;
-}
-
 } // namespace
 
 LrSchedule LrSchedule::parse(const std::string &text) {
@@ -70,7 +62,7 @@ LrSchedule LrSchedule::parse(const std::string &text) {
     if (!s.knots_.empty() && epoch < s.knots_.back().epoch)
       throw std::invalid_argument(
           "knot '" + knot + "' comes after epoch " +
-          shortest(s.knots_.back().epoch) + "; epochs must be in order");
+          formatShortest(s.knots_.back().epoch) + "; epochs must be in order");
     s.knots_.push_back({epoch, lr});
     if (comma == std::string::npos)
       break;
@@ -99,7 +91,7 @@ std::string LrSchedule::toString() const {
   for (const Knot &k : knots_) {
     if (!out.empty())
       out += ',';
-    out += shortest(k.epoch) + ":" + shortest(k.lr);
+    out += formatShortest(k.epoch) + ":" + formatShortest(k.lr);
   }
   return out;
 }

@@ -63,17 +63,6 @@ std::string baseName(const char *path) {
   return slash == std::string::npos ? s : s.substr(slash + 1);
 }
 
-// Shortest text that reads back as the same float (0.9f -> "0.9").
-std::string shortest(float v) {
-  char buf[32];
-  for (int precision = 1; precision <= 9; ++precision) {
-    std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
-    if (std::strtof(buf, nullptr) == v)
-      break;
-  }
-  return buf;
-}
-
 std::string fmt(const char *format, double v) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), format, v);
@@ -242,11 +231,11 @@ void Driver::printSettings() {
       ", scratch arena " + fmt("%.1f MB", double(p_.arena_bytes) / 1e6));
   say("recipe    " + std::string(p_.defaults.name ? p_.defaults.name : "?") +
       ": epochs " + std::to_string(o_.epochs) + ", lr-knots " +
-      o_.lr.toString() + ", momentum " + shortest(o_.momentum) +
+      o_.lr.toString() + ", momentum " + formatShortestFloat(o_.momentum) +
       (o_.nesterov ? " (nesterov)" : "") + ", wd " +
-      shortest(o_.weightDecay) + ", label-smoothing " +
-      shortest(o_.labelSmoothing) + ", ema " +
-      (o_.ema > 0 ? shortest(o_.ema) + " every " +
+      formatShortestFloat(o_.weightDecay) + ", label-smoothing " +
+      formatShortestFloat(o_.labelSmoothing) + ", ema " +
+      (o_.ema > 0 ? formatShortestFloat(o_.ema) + " every " +
                         std::to_string(o_.emaEvery)
                   : std::string("off")) +
       ", tta " + (o_.tta ? "on" : "off"));
@@ -414,10 +403,10 @@ int Driver::dumpStep(uint64_t seed) {
 std::string Driver::settings() const {
   return "seed " + std::to_string(o_.seed) + ", epochs " +
          std::to_string(o_.epochs) + ", lr-knots " + o_.lr.toString() +
-         ", momentum " + shortest(o_.momentum) +
+         ", momentum " + formatShortestFloat(o_.momentum) +
          (o_.nesterov ? " (nesterov)" : "") + ", wd " +
-         shortest(o_.weightDecay) + ", label-smoothing " +
-         shortest(o_.labelSmoothing) + ", ema " + shortest(o_.ema) +
+         formatShortestFloat(o_.weightDecay) + ", label-smoothing " +
+         formatShortestFloat(o_.labelSmoothing) + ", ema " + formatShortestFloat(o_.ema) +
          " every " + std::to_string(o_.emaEvery) + ", crop-pad " +
          std::to_string(augment_.pad) + ", flip " +
          (augment_.flip ? "on" : "off") + ", cutout " +
