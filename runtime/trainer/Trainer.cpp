@@ -128,6 +128,14 @@ private:
   void printSettings();
   void allocateState();
   int initialiseRun(uint64_t seed);
+  // Takes the backend's accumulated metrics into `taken` and adds them to
+  // `sums`.
+  void drainMetrics(double taken[FCC_NUM_METRICS],
+                    double sums[FCC_NUM_METRICS]) {
+    backend_->takeMetrics(taken);
+    for (int k = 0; k < FCC_NUM_METRICS; ++k)
+      sums[k] += taken[k];
+  }
   // --export-onnx: the source model with the trained weights.
   int exportModel();
   // --dump-step: one step on the first batch, parameters before and after.
@@ -312,15 +320,11 @@ void Driver::evaluate(float *const *params, double &loss, double &acc) {
     p_.eval_step(params, backend_->batchImages(), backend_->batchLabels(),
                  o_.labelSmoothing, o_.tta ? 1 : 0, backend_->metrics());
     if (backend_->cheapMetrics()) {
-      backend_->takeMetrics(metrics);
-      for (int k = 0; k < FCC_NUM_METRICS; ++k)
-        sums[k] += metrics[k];
+      drainMetrics(metrics, sums);
     }
   }
   if (!backend_->cheapMetrics()) {
-    backend_->takeMetrics(metrics);
-    for (int k = 0; k < FCC_NUM_METRICS; ++k)
-      sums[k] += metrics[k];
+    drainMetrics(metrics, sums);
   }
   loss = sums[FCC_METRIC_LOSS_SUM] / double(count);
   acc = sums[FCC_METRIC_CORRECT] / double(count);
@@ -709,9 +713,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       if (o_.ema > 0 && (step + 1) % o_.emaEvery == 0)
         p_.ema_update(state_.ema.data(), params, emaDecay);
       if (cheap) {
-        backend_->takeMetrics(metrics);
-        for (int k = 0; k < FCC_NUM_METRICS; ++k)
-          sums[k] += metrics[k];
+        drainMetrics(metrics, sums);
         if (scaling) {
           if (metrics[FCC_METRIC_SKIPPED] > 0) {
             lossScale = std::max(1.0, lossScale / 2);
@@ -744,9 +746,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
                       step % o_.checkpointEverySteps == 0;
       if (sig != 0 || periodic) {
         if (!cheap) {
-          backend_->takeMetrics(metrics);
-          for (int k = 0; k < FCC_NUM_METRICS; ++k)
-            sums[k] += metrics[k];
+          drainMetrics(metrics, sums);
           if (!std::isfinite(sums[FCC_METRIC_LOSS_SUM])) {
             bar.clear();
             return diverged("training diverged in epoch " +
@@ -766,9 +766,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       }
     }
     if (!cheap) {
-      backend_->takeMetrics(metrics);
-      for (int k = 0; k < FCC_NUM_METRICS; ++k)
-        sums[k] += metrics[k];
+      drainMetrics(metrics, sums);
     }
     backend_->synchronize();
     double epochTime = priorTime + secondsSince(start);
