@@ -157,6 +157,23 @@ private:
   LogicalResult emitFunction(func::FuncOp f, StringRef bodyName);
   LogicalResult emitOp(Operation *op);
   void roundHalfResults(Operation *op);
+  /// The running-statistics update of a training BatchNorm (fcc.batch_norm
+  /// or fcc.bn_act): the new statistics are normally the old buffers,
+  /// updated in place; otherwise they start from a copy of the old values.
+  template <class BatchNormLike>
+  void emitRunningStatsUpdate(BatchNormLike bn, int64_t count, int64_t c) {
+    std::string rm = pointer(bn.getNewRunningMean());
+    std::string rv = pointer(bn.getNewRunningVar());
+    if (rm != pointer(bn.getRunningMean()))
+      call("fcc_copy_f32", {op(rm), op(pointer(bn.getRunningMean())), num(c)});
+    if (rv != pointer(bn.getRunningVar()))
+      call("fcc_copy_f32", {op(rv), op(pointer(bn.getRunningVar())), num(c)});
+    call(rt("batch_norm_update_running"),
+         {op(rm), op(rv), op(pointer(bn.getBatchMean())),
+          op(pointer(bn.getBatchVar())),
+          op(fmtFloat(bn.getMomentum().convertToFloat())),
+          num(bn.getRunningVarUnbiased()), num(count), num(c)});
+  }
   std::string convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
                        ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
                        ArrayRef<int64_t> dilations, int64_t groups);
@@ -506,19 +523,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
               op(pointer(bn.getShift())), op(eps), num(n), num(c), num(hw),
               op(pointer(bn.getOutput())), op(pointer(bn.getBatchMean())),
               op(pointer(bn.getBatchVar()))});
-        // New running statistics are normally the old buffers, updated in
-        // place; otherwise start from a copy of the old values.
-        std::string rm = pointer(bn.getNewRunningMean());
-        std::string rv = pointer(bn.getNewRunningVar());
-        if (rm != pointer(bn.getRunningMean()))
-          call("fcc_copy_f32", {op(rm), op(pointer(bn.getRunningMean())), num(c)});
-        if (rv != pointer(bn.getRunningVar()))
-          call("fcc_copy_f32", {op(rv), op(pointer(bn.getRunningVar())), num(c)});
-        call(rt("batch_norm_update_running"),
-             {op(rm), op(rv), op(pointer(bn.getBatchMean())),
-              op(pointer(bn.getBatchVar())),
-              op(fmtFloat(bn.getMomentum().convertToFloat())),
-              num(bn.getRunningVarUnbiased()), num(n * hw), num(c)});
+        emitRunningStatsUpdate(bn, n * hw, c);
         return success();
       })
       .Case<BatchNormGradOp>([&](BatchNormGradOp g) {
@@ -556,21 +561,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
               op(pointer(f.getShift())), op(residual),
               op(pointer(f.getOutput())), op(pointer(f.getBatchMean())),
               op(pointer(f.getBatchVar()))});
-        // As for fcc.batch_norm: the running statistics are normally updated
-        // in place.
-        std::string rm = pointer(f.getNewRunningMean());
-        std::string rv = pointer(f.getNewRunningVar());
-        if (rm != pointer(f.getRunningMean()))
-          call("fcc_copy_f32",
-               {op(rm), op(pointer(f.getRunningMean())), num(d.c)});
-        if (rv != pointer(f.getRunningVar()))
-          call("fcc_copy_f32",
-               {op(rv), op(pointer(f.getRunningVar())), num(d.c)});
-        call(rt("batch_norm_update_running"),
-             {op(rm), op(rv), op(pointer(f.getBatchMean())),
-              op(pointer(f.getBatchVar())),
-              op(fmtFloat(f.getMomentum().convertToFloat())),
-              num(f.getRunningVarUnbiased()), num(d.n * d.h * d.w), num(d.c)});
+        emitRunningStatsUpdate(f, d.n * d.h * d.w, d.c);
         return success();
       })
       .Case<BnActGradOp>([&](BnActGradOp g) {
