@@ -270,5 +270,6 @@ def Fcc_CastOp : Fcc_Op<"cast", [Pure]> {
 
 include "ir/FccTrainingOps.td"
 include "ir/FccFusedOps.td"
+include "ir/FccCommOps.td"
 
 #endif // FCC_OPS_TD

@@ -28,7 +28,9 @@ enum class ValueKind {
   InPlace,  // returned with fcc.updates: written into that argument's buffer
   Metric,   // returned with fcc.metric: accumulated into the metrics array
   Constant, // arith.constant: static data in the generated code
-  Arena     // a temporary at a planned arena offset
+  Arena,    // a temporary at a planned arena offset
+  Runtime   // fcc.all_gather rows: sized by the rank count, owned by the
+            // communication runtime
 };
 
 ValueKind classifyValue(mlir::Value v);

@@ -22,6 +22,10 @@ namespace fcc {
 /// textual pipelines).
 void registerAllPasses();
 
+/// Checks the `method` option of fcc-inject-compression (a compressor spec
+/// or per-parameter rules); on failure `error` says what is wrong.
+bool validateCompressionMethod(llvm::StringRef method, std::string &error);
+
 } // namespace fcc
 
 #endif // FCC_PASSES_PASSES_H

@@ -97,4 +97,51 @@ def FoldBatchNorm : Pass<"fcc-fold-batchnorm", "mlir::ModuleOp"> {
   let dependentDialects = ["::fcc::FccDialect"];
 }
 
+def InjectCompression : Pass<"fcc-inject-compression", "mlir::ModuleOp"> {
+  let summary = "Compress gradients before the optimizer update";
+  let description = [{
+    In @train_step, each gradient that the compression rules select becomes
+    `decompress(compress(g))` (fcc.compress / fcc.decompress with a packed
+    byte payload), layer by layer or, with scope=entire-model, for all
+    gradients flattened into one vector (fcc.concat_flat / fcc.split_flat).
+    With error feedback the residual `g - decompress(compress(g))` is kept in
+    a new `fcc.state = "residual:<name>"` argument and added to the next
+    step's gradient. On one rank the program is then exactly what the
+    compression does to SGD; fcc-insert-collectives adds the communication.
+    See passes/InjectCompression.cpp.
+  }];
+  let options = [
+    Option<"method", "method", "std::string", "\"none\"",
+           "A compressor spec (topk:0.01, qsgd:255, ...) or per-parameter "
+           "rules 'glob=spec,glob=spec' (first match wins, unmatched: none)">,
+    Option<"scope", "scope", "std::string", "\"layerwise\"",
+           "layerwise (each gradient on its own) or entire-model">,
+    Option<"errorFeedback", "error-feedback", "bool", "false",
+           "Keep the compression residual and add it to the next gradient">,
+    Option<"minCompressBytes", "min-compress-bytes", "int64_t", "0",
+           "Send gradients smaller than this many fp32 bytes dense">,
+    Option<"randomkUnbiased", "randomk-unbiased", "bool", "false",
+           "Scale RandomK's kept values by n/k (unbiased)">,
+  ];
+  let dependentDialects = ["::fcc::FccDialect"];
+}
+
+def InsertCollectives : Pass<"fcc-insert-collectives", "mlir::ModuleOp"> {
+  let summary = "Average gradients over the ranks of data-parallel training";
+  let description = [{
+    In @train_step: summable payloads (fp16, bf16, RandomK values) and dense
+    gradients get an averaging fcc.all_reduce; payloads with per-rank scales
+    or indices (TopK, thresholds, TernGrad, QSGD) an fcc.all_gather whose
+    rows fcc.decompress averages. Dense gradients smaller than bucket-bytes
+    share one collective (fcc.concat_flat / fcc.split_flat). The loss-scaling
+    check then looks at the averaged gradients, so all ranks skip together.
+    See passes/InsertCollectives.cpp.
+  }];
+  let options = [
+    Option<"bucketBytes", "bucket-bytes", "int64_t", "262144",
+           "Dense gradients below this size are bucketed into one all_reduce">,
+  ];
+  let dependentDialects = ["::fcc::FccDialect"];
+}
+
 #endif // FCC_PASSES_TD

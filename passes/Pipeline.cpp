@@ -32,6 +32,19 @@ void fcc::buildPipeline(OpPassManager &pm, const PipelineOptions &o) {
   // Inference BatchNorms (evaluation steps) into the convolution weights.
   if (o.fuseBatchNorm)
     pm.addPass(createFoldBatchNorm());
+  // Compressed gradients, then the collectives of data-parallel training.
+  InjectCompressionOptions compression;
+  compression.method = o.compress;
+  compression.scope = o.compressScope;
+  compression.errorFeedback = o.errorFeedback;
+  compression.randomkUnbiased = o.randomkUnbiased;
+  compression.minCompressBytes = o.minCompressBytes;
+  pm.addPass(createInjectCompression(compression));
+  if (o.collectives) {
+    InsertCollectivesOptions collectives;
+    collectives.bucketBytes = o.bucketBytes;
+    pm.addPass(createInsertCollectives(collectives));
+  }
   // Removes gradients nobody uses (e.g. of frozen parameters) and duplicates.
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());

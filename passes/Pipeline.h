@@ -28,6 +28,15 @@ struct PipelineOptions {
   std::string precision = "fp32"; // fp32, fp16 (loss scaling) or bf16
   int64_t halfBytes = 4;     // storage of a half element (4: CPU emulation)
   bool fuseBatchNorm = true; // fcc-fuse-batchnorm and fcc-fold-batchnorm
+  // Data parallelism: gradient compression (fcc-inject-compression) and the
+  // collectives that average gradients over ranks (fcc-insert-collectives).
+  std::string compress = "none";
+  std::string compressScope = "layerwise";
+  bool errorFeedback = false;
+  bool randomkUnbiased = false;
+  int64_t minCompressBytes = 0;
+  bool collectives = false;
+  int64_t bucketBytes = 262144;
 };
 
 void buildPipeline(mlir::OpPassManager &pm, const PipelineOptions &options);

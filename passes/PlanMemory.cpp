@@ -69,6 +69,8 @@ ValueKind fcc::classifyValue(Value v) {
     return ValueKind::View;
   if (isa<arith::ConstantOp>(def))
     return ValueKind::Constant;
+  if (isa<AllGatherOp>(def))
+    return ValueKind::Runtime;
   for (OpOperand &use : v.getUses()) {
     auto ret = dyn_cast<func::ReturnOp>(use.getOwner());
     if (!ret)
@@ -99,6 +101,8 @@ bool fcc::canWriteInPlace(Operation *op, unsigned operand) {
     return add.getOperand(operand).getType() == add.getType();
   if (auto mul = dyn_cast<MulOp>(op))
     return !mul.getRhs() && operand == 0; // by a scalar
+  if (isa<AllReduceOp>(op)) // MPI_IN_PLACE
+    return true;
   if (auto fused = dyn_cast<BnActOp>(op)) // y[i] = ... + residual[i]
     return fused.getResidual() && operand == 5;
   return false;
