@@ -19,6 +19,7 @@
 #include "ir/ShapeInference.h"
 #include "passes/MemoryPlan.h"
 
+#include "fcc/runtime/compress.h"
 #include "fcc/runtime/init.h"
 #include "fcc/runtime/program.h"
 
@@ -156,6 +157,7 @@ private:
   LogicalResult collectParams(func::FuncOp train);
   LogicalResult emitFunction(func::FuncOp f, StringRef bodyName);
   LogicalResult emitOp(Operation *op);
+  LogicalResult emitCommOp(Operation *op, const std::string &where);
   void roundHalfResults(Operation *op);
   /// The running-statistics update of a training BatchNorm (fcc.batch_norm
   /// or fcc.bn_act): the new statistics are normally the old buffers,
@@ -226,6 +228,30 @@ private:
   }
   std::vector<std::string> planNames;
   std::vector<std::string> planTypes; // storage type of each conv plan
+  // Data parallelism: compressors by spec, gather buffers, comm state.
+  std::map<std::string, std::string> compressors; // spec -> global name
+  llvm::DenseMap<Value, std::string> gatherBuffers;
+  std::vector<std::pair<std::string, int64_t>> gatherSetup; // name, capacity
+  std::vector<std::pair<std::string, int64_t>> commState;   // name, numel
+  bool collectives = false;
+  int64_t gradNumel = 0, payloadBytes = 0;
+  bool payloadFixed = true;
+  size_t commStateIndex(StringRef name, Value v) {
+    for (size_t k = 0; k < commState.size(); ++k)
+      if (commState[k].first == name)
+        return k;
+    commState.push_back({name.str(), countOf(v)});
+    return commState.size() - 1;
+  }
+  /// The global fcc_compressor of a spec (parsed by setup()).
+  std::string compressor(StringRef spec) {
+    auto it = compressors.find(spec.str());
+    if (it != compressors.end())
+      return "&" + it->second + "[0]";
+    std::string name = global("kCompressor", "fcc_compressor", 1, "{}");
+    compressors[spec.str()] = name;
+    return "&" + name + "[0]";
+  }
   int counter = 0;
   func::FuncOp current;
   int64_t arenaBytes = 0;
@@ -264,6 +290,8 @@ std::string Emitter::pointer(Value v) {
       return paramPtr(p.getName());
     if (auto s = current.getArgAttrOfType<StringAttr>(i, FccDialect::kStateAttrName)) {
       auto [kind, name] = s.getValue().split(':');
+      if (kind == "residual")
+        return "R[" + std::to_string(commStateIndex(s.getValue(), v)) + "]";
       return (kind == "momentum" ? "M[" : "E[") +
              std::to_string(paramIndex.at(name.str())) + "]";
     }
@@ -293,6 +321,16 @@ std::string Emitter::pointer(Value v) {
     return "(A + " + std::to_string(arenaOffset(v) / 4) + ")";
   case ValueKind::Metric:
     return "<metric>";
+  case ValueKind::Runtime: {
+    // Gathered payloads: a buffer of the communication runtime per op.
+    auto it = gatherBuffers.find(v);
+    if (it != gatherBuffers.end())
+      return it->second;
+    int64_t capacity = cast<ShapedType>(v.getType()).getDimSize(1);
+    std::string name = global("kGather", "void *", 1, "{NULL}");
+    gatherSetup.push_back({name, capacity});
+    return gatherBuffers[v] = name + "[0]";
+  }
   }
   return "<bad>";
 }
@@ -901,10 +939,133 @@ LogicalResult Emitter::emitOp(Operation *o) {
                                 num(countOf(e.getEma()))});
         return success();
       })
+      .Case<CompressOp, DecompressOp, CompressResidualOp, AllReduceOp,
+            AllGatherOp, ConcatFlatOp, SplitFlatOp>(
+          [&](Operation *c) { return emitCommOp(c, where); })
       .Default([&](Operation *other) {
         return other->emitOpError("has no code generation for target ")
                << (cuda ? "cuda" : "cpu");
       });
+}
+
+/// Compression, collectives and flattening (runtime/include/fcc/runtime/
+/// comm.h). Seeds come from the step's seed; the tensor id separates the
+/// random streams of different tensors.
+LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
+  if (cuda)
+    return o->emitOpError("has no code generation for target cuda yet "
+                          "(gradient compression and collectives run on "
+                          "the cpu target)");
+  auto n = [&](Value v) { return num(countOf(v)); };
+  auto bytesOf = [](Value v) {
+    auto t = cast<ShapedType>(v.getType());
+    return t.getDimSize(t.getRank() - 1);
+  };
+  return llvm::TypeSwitch<Operation *, LogicalResult>(o)
+      .Case<CompressOp>([&](CompressOp c) {
+        comment("compress " + c.getMethod().str() + where);
+        call("fcc_comm_compress",
+             {op(compressor(c.getMethod())), num(c.getTensor()),
+              op(pointer(c.getGrad())), n(c.getGrad()), op(scalar(c.getSeed())),
+              op(pointer(c.getPayload()))});
+        return success();
+      })
+      .Case<DecompressOp>([&](DecompressOp d) {
+        bool gathered = cast<ShapedType>(d.getPayload().getType()).getRank() == 2;
+        comment(std::string(gathered ? "mean of the ranks' " : "") +
+                "decompressed " + d.getMethod().str() + where);
+        if (gathered)
+          call("fcc_comm_decompress_mean",
+               {op(compressor(d.getMethod())), num(d.getTensor()),
+                op(pointer(d.getPayload())), num(bytesOf(d.getPayload())),
+                n(d.getGrad()), op(scalar(d.getSeed())),
+                op(pointer(d.getGrad()))});
+        else
+          call("fcc_comm_decompress",
+               {op(compressor(d.getMethod())), num(d.getTensor()),
+                op(pointer(d.getPayload())), n(d.getGrad()),
+                op(scalar(d.getSeed())), op(pointer(d.getGrad()))});
+        return success();
+      })
+      .Case<CompressResidualOp>([&](CompressResidualOp r) {
+        comment("error feedback: residual of " + r.getMethod().str() + where);
+        call("fcc_comm_residual",
+             {op(compressor(r.getMethod())), num(r.getTensor()),
+              op(pointer(r.getGrad())), op(pointer(r.getPayload())),
+              n(r.getGrad()), op(scalar(r.getSeed())),
+              op(pointer(r.getResidual()))});
+        return success();
+      })
+      .Case<AllReduceOp>([&](AllReduceOp a) {
+        if (auto m = a.getMethod()) {
+          comment("all-reduce of " + m->str() + " payloads" + where);
+          // The gradient's element count, from the decompression that reads
+          // the sum.
+          int64_t count = 0;
+          for (Operation *user : a->getUsers())
+            if (auto d = dyn_cast<DecompressOp>(user))
+              count = countOf(d.getGrad());
+          call("fcc_comm_allreduce_payload",
+               {op(compressor(*m)), op(pointer(a.getInput())),
+                op(pointer(a.getOutput())), num(bytesOf(a.getInput())),
+                num(count), num(a.getAverage())});
+          payloadBytes += bytesOf(a.getInput());
+        } else {
+          comment("all-reduce of dense gradients" + where);
+          call("fcc_comm_allreduce_f32",
+               {op(pointer(a.getInput())), op(pointer(a.getOutput())),
+                n(a.getInput()), num(a.getAverage())});
+          payloadBytes += 4 * countOf(a.getInput());
+        }
+        return success();
+      })
+      .Case<AllGatherOp>([&](AllGatherOp g) {
+        comment("all-gather of " + g.getMethod().str() + " payloads" + where);
+        int64_t count = 0;
+        for (Operation *user : g->getUsers())
+          if (auto d = dyn_cast<DecompressOp>(user))
+            count = countOf(d.getGrad());
+        call("fcc_comm_allgather",
+             {op(compressor(g.getMethod())), op(pointer(g.getPayload())),
+              num(count), num(bytesOf(g.getPayload())),
+              op(pointer(g.getGathered()))});
+        payloadBytes += bytesOf(g.getPayload());
+        fcc_compressor parsed;
+        char err[256];
+        if (fcc_compressor_parse(g.getMethod().str().c_str(), &parsed, err,
+                                 sizeof err) == 0 &&
+            !fcc_compress_fixed_size(&parsed))
+          payloadFixed = false;
+        return success();
+      })
+      .Case<ConcatFlatOp>([&](ConcatFlatOp c) {
+        comment("flatten " + std::to_string(c.getInputs().size()) +
+                " gradients" + where);
+        std::string out = pointer(c.getOutput());
+        int64_t offset = 0;
+        for (Value v : c.getInputs()) {
+          call("fcc_copy_f32", {op("(" + out + " + " + std::to_string(offset) +
+                                   ")"),
+                                op(pointer(v)), n(v)});
+          offset += countOf(v);
+        }
+        return success();
+      })
+      .Case<SplitFlatOp>([&](SplitFlatOp s) {
+        comment("unflatten " + std::to_string(s.getOutputs().size()) +
+                " gradients" + where);
+        std::string in = pointer(s.getInput());
+        int64_t offset = 0;
+        for (Value v : s.getOutputs()) {
+          call("fcc_copy_f32", {op(pointer(v)),
+                                op("(" + in + " + " + std::to_string(offset) +
+                                   ")"),
+                                n(v)});
+          offset += countOf(v);
+        }
+        return success();
+      })
+      .Default([](Operation *) { return failure(); });
 }
 
 LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
@@ -941,6 +1102,13 @@ FailureOr<GeneratedProgram> Emitter::run() {
            failure();
   if (failed(collectParams(train)))
     return failure();
+  collectives = train->hasAttr("fcc.collectives");
+  for (unsigned i = 0; i < train.getNumArguments(); ++i)
+    if (auto st = train.getArgAttrOfType<StringAttr>(i, FccDialect::kStateAttrName))
+      if (st.getValue().starts_with("residual:"))
+        commStateIndex(st.getValue(), train.getArgument(i));
+  for (auto u : train.getOps<SgdUpdateOp>())
+    gradNumel += countOf(u.getGrad());
   for (unsigned i = 0; i < train.getNumArguments(); ++i) {
     if (train.getArgAttr(i, FccDialect::kLabelsAttrName))
       batch = shapeOf(train.getArgument(i))[0];
@@ -982,6 +1150,7 @@ FailureOr<GeneratedProgram> Emitter::run() {
                "static const float *IMG; // batch, NCHW\n"
                "static const int32_t *LBL; // labels\n"
                "static const fcc_hyper *H;\n"
+               "[[maybe_unused]] static float *const *R; // comm state (residuals)\n"
                "static float *METRICS;\n" +
                (cuda ? "// Device scalars: label smoothing, EMA decay, the "
                        "finite flag of loss scaling.\n"
@@ -1052,6 +1221,15 @@ void Emitter::cpuEntryPoints(llvm::raw_ostream &os) {
           "last_error_text, \"" << name << ": %s\", fcc_cpu_last_error());\n"
           "    return 1;\n  }\n";
   finalizePools(os);
+  // Compressors from their specs (checked at compile time), and the gather
+  // buffers, whose size depends on the number of ranks.
+  for (const auto &[spec, name] : compressors)
+    os << "  if (fcc_compressor_parse(" << cString(spec) << ", &" << name
+       << "[0], last_error_text, sizeof last_error_text) != 0)\n"
+       << "    return 1;\n";
+  for (const auto &[name, capacity] : gatherSetup)
+    os << "  " << name << "[0] = fcc_comm_gather_buffer(" << capacity
+       << ");\n";
   os << "  return 0;\n}\n\n"
         "static void teardown(void) {\n";
   for (const std::string &name : planNames)
@@ -1060,9 +1238,10 @@ void Emitter::cpuEntryPoints(llvm::raw_ostream &os) {
   os << "  free(A);\n  A = NULL;\n}\n\n";
   os << "static void train_step(float *const *params, float *const *momentum,\n"
         "                       const float *images, const int32_t *labels,\n"
-        "                       const fcc_hyper *hyper, float *metrics) {\n"
+        "                       const fcc_hyper *hyper, float *metrics,\n"
+        "                       float *const *comm_state) {\n"
         "  P = params; M = momentum; IMG = images; LBL = labels; H = hyper;\n"
-        "  METRICS = metrics;\n  train_step_body();\n}\n\n"
+        "  METRICS = metrics; R = comm_state;\n  train_step_body();\n}\n\n"
         "static void eval_step(float *const *params, const float *images,\n"
         "                      const int32_t *labels, float label_smoothing,\n"
         "                      int tta, float *metrics) {\n"
@@ -1128,7 +1307,9 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
   os << "}\n\n";
   os << "static void train_step(float *const *params, float *const *momentum,\n"
         "                       const float *images, const int32_t *labels,\n"
-        "                       const fcc_hyper *hyper, float *metrics) {\n"
+        "                       const fcc_hyper *hyper, float *metrics,\n"
+        "                       float *const *comm_state) {\n"
+        "  (void)comm_state;\n"
         "  P = params; M = momentum; IMG = images; LBL = labels; H = hyper;\n"
         "  METRICS = metrics;\n"
         "  const void *key[4] = {images, labels, hyper, metrics};\n"
@@ -1201,6 +1382,13 @@ std::string Emitter::abiWrappers() {
     os << ", " << fmtFloat(p.lrMult) << ", " << fmtFloat(p.wdMult) << "},\n";
   }
   os << "};\n\n";
+  if (!commState.empty()) {
+    os << "static const fcc_state_info kCommState[" << commState.size()
+       << "] = {\n";
+    for (const auto &[name, numel] : commState)
+      os << "  {" << cString(name) << ", " << numel << "},\n";
+    os << "};\n\n";
+  }
   os << "static char last_error_text[256];\n"
         "static const char *last_error(void) { return last_error_text; }\n\n";
   if (cuda)
@@ -1225,7 +1413,11 @@ std::string Emitter::abiWrappers() {
      << "    setup, teardown, last_error, train_step, eval_step, ema_update,\n"
      << "    " << cString(opts.precision) << ", " << int(lossScaling) << ",\n"
      << "    " << (opts.onnxModel.empty() ? "NULL" : "fcc_source_model") << ", "
-     << opts.onnxModel.size() << "};\n"
+     << opts.onnxModel.size() << ",\n"
+     << "    " << int(collectives) << ", " << cString(opts.compression) << ", "
+     << cString(opts.compressionScope) << ", " << commState.size() << ", "
+     << (commState.empty() ? "NULL" : "kCommState") << ", " << gradNumel
+     << ", " << payloadBytes << ", " << int(payloadFixed) << "};\n"
      << "  return &program;\n}";
   return s;
 }

@@ -27,6 +27,8 @@ struct CodegenOptions {
   std::string weightsFile = "weights.bin"; // blob name next to the source
   std::string precision = "fp32"; // recorded in the program (fp32/fp16/bf16)
   std::vector<char> onnxModel; // the source model, embedded for export
+  std::string compression = "none";        // recorded for reports
+  std::string compressionScope = "layerwise";
 };
 
 struct GeneratedProgram {

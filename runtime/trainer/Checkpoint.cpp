@@ -217,7 +217,7 @@ Checkpoint parseCheckpoint(const std::vector<uint8_t> &bytes,
     CheckpointTensor t;
     t.name = r.getString();
     uint8_t kind = r.get<uint8_t>();
-    if (kind > CheckpointTensor::kEma)
+    if (kind > CheckpointTensor::kCommState)
       throw CheckpointError(what + ": malformed checkpoint (tensor kind " +
                             std::to_string(kind) + ")");
     t.kind = CheckpointTensor::Kind(kind);

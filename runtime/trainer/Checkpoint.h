@@ -29,7 +29,9 @@
 //              str settings (the flags that shape training, for a warning
 //              when a resumed run uses others)
 //              u32 tensor count; per tensor: str name, u8 kind (0 param,
-//              1 momentum, 2 EMA), u32 index of the program parameter,
+//              1 momentum, 2 EMA, 3 comm state: an error-feedback
+//              residual), u32 index of the program parameter (of
+//              fcc_program.comm_state for kind 3),
 //              i64 numel
 //   payload    f32 values of every tensor, in table order
 //   last 8     u64 FNV-1a 64 of every byte before it
@@ -62,7 +64,7 @@ public:
 };
 
 struct CheckpointTensor {
-  enum Kind : uint8_t { kParam = 0, kMomentum = 1, kEma = 2 };
+  enum Kind : uint8_t { kParam = 0, kMomentum = 1, kEma = 2, kCommState = 3 };
   std::string name;
   Kind kind = kParam;
   uint32_t index = 0; // the program parameter it belongs to

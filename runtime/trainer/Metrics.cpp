@@ -87,8 +87,44 @@ std::string jsonLine(const EpochRecord &r) {
   s += ",\"skipped_steps\":" + std::to_string(r.skippedSteps);
   s += ",\"loss_scale\":" + jsonNumber(r.lossScale);
   s += ",\"images_per_s\":" + format("%.1f", imagesPerSecond);
+  s += ",\"ranks\":" + std::to_string(r.ranks);
+  if (!r.commBytesPerStep.empty()) {
+    s += ",\"comm_bytes_per_step\":" + jsonNumber(r.commBytesPerStep[0]);
+    s += ",\"comm_bytes_per_step_by_rank\":[";
+    for (size_t k = 0; k < r.commBytesPerStep.size(); ++k)
+      s += (k ? "," : "") + jsonNumber(r.commBytesPerStep[k]);
+    s += "]";
+    s += ",\"dense_fp32_bytes_per_step\":" + jsonNumber(r.denseBytesPerStep);
+    double sent = r.commBytesPerStep[0];
+    s += ",\"compression_ratio_fp32\":" +
+         jsonNumber(sent > 0 ? r.denseBytesPerStep / sent : 0.0);
+    s += ",\"compression_ratio_fp16\":" +
+         jsonNumber(sent > 0 ? r.denseBytesPerStep / 2 / sent : 0.0);
+    s += ",\"compress_time_s\":" + format("%.6f", r.compressSeconds);
+    s += ",\"comm_time_s\":" + format("%.6f", r.commSeconds);
+  }
   s += "}";
   return s;
+}
+
+std::string commLine(const EpochRecord &r) {
+  if (r.commBytesPerStep.empty())
+    return "";
+  double sent = r.commBytesPerStep[0];
+  std::string line = "          comm: " +
+                     format("%.4g", sent / 1e6) + " MB/step sent by rank 0";
+  if (r.commBytesPerStep.size() > 1) {
+    line += " (ranks:";
+    for (double b : r.commBytesPerStep)
+      line += " " + format("%.4g", b / 1e6);
+    line += ")";
+  }
+  if (sent > 0)
+    line += format(", %.2fx smaller than dense fp32", r.denseBytesPerStep / sent) +
+            format(" (%.2fx than fp16)", r.denseBytesPerStep / 2 / sent);
+  line += format("; compress %.3f s, communicate %.3f s", r.compressSeconds,
+                 r.commSeconds);
+  return line;
 }
 
 void ProgressBar::update(int epoch, int epochs, int64_t step, int64_t steps,

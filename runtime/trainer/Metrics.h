@@ -40,7 +40,17 @@ struct EpochRecord {
   double totalTime = 0;    // seconds of training so far in this run
   int64_t trainImages = 0, testImages = 0, steps = 0, skippedSteps = 0;
   double lossScale = 1; // at the end of the epoch (1 without loss scaling)
+  // Data parallelism (runtime/comm): ranks, and per training step the
+  // payload bytes each rank handed to collectives, against the dense fp32
+  // gradients; seconds compressing and communicating (rank 0's).
+  int ranks = 1;
+  std::vector<double> commBytesPerStep; // one entry per rank (ranks > 1)
+  double denseBytesPerStep = 0;         // 4 x gradient elements
+  double compressSeconds = 0, commSeconds = 0;
 };
+
+// "comm      rank 0: 1.23 MB/step ..." or "" on one rank.
+std::string commLine(const EpochRecord &r);
 
 // The table: header line and one row per epoch (no trailing newline).
 std::string tableHeader();

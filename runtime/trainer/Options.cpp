@@ -416,6 +416,12 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
       ->default_str(o.timingCache.empty() ? "''" : o.timingCache)
       ->group(std::string(p.target ? p.target : "") == "cuda" ? "Options"
                                                                : "");
+  app.add_option("--comm-timeout", o.commTimeout,
+                 "Several ranks (mpirun): seconds a collective may wait for "
+                 "the other ranks before the job is ended with a message "
+                 "(a rank died or hangs); 0 waits forever")
+      ->check(CLI::NonNegativeNumber)
+      ->default_str("300");
   app.add_option("--export-onnx", o.exportOnnx,
                  "At the end, write the ONNX model this trainer was compiled "
                  "from with the trained weights (the EMA weights with --ema) "

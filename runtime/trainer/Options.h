@@ -63,6 +63,9 @@ struct Options {
   int checkpointEveryEpochs = 0;
   bool resume = false;
   int64_t stopAfterSteps = -1; // test aid: act as if SIGINT came after step N
+  // Data parallelism: how long a collective may wait for the other ranks
+  // before the job is ended (a rank died); <= 0 waits forever.
+  double commTimeout = 300;
 };
 
 // Parses argv. Returns -1 when training should go on, otherwise the exit

@@ -27,6 +27,7 @@
 #include "OnnxExport.h"
 #include "Options.h"
 
+#include "fcc/runtime/comm.h"
 #include "fcc/runtime/cpu_kernels.h"
 #include "fcc/runtime/init.h"
 
@@ -103,6 +104,7 @@ private:
 // The persistent state of one training run, in target memory.
 struct State {
   std::vector<float *> params, momentum, ema;
+  std::vector<float *> comm; // fcc_program.comm_state (residuals)
 };
 
 class Driver {
@@ -159,6 +161,27 @@ private:
   // After a stop signal (or --debug-stop-after-steps): checkpoint, message.
   int stopped(int sig, Checkpoint &c);
   void evaluate(float *const *params, double &loss, double &acc);
+  // Data parallelism: each rank trains on a fixed shard of the training set
+  // (Augment.h epochOrder); every shard yields the same number of steps.
+  int64_t stepsPerEpoch() const {
+    return data_.train.count / world_ / p_.batch;
+  }
+  // Starts the ranks (runtime/comm) and checks that they agree.
+  int startRanks(int &argc, char **&argv);
+  // Averages the BatchNorm running statistics (of the weights and of their
+  // EMA) over the ranks, whose batches differed; before evaluation,
+  // checkpoints and export, so that every rank holds the same model.
+  void syncRunningStatistics();
+  // The buffer of a checkpoint tensor.
+  float *stateBuffer(const CheckpointTensor &t) const {
+    switch (t.kind) {
+    case CheckpointTensor::kParam: return state_.params[t.index];
+    case CheckpointTensor::kMomentum: return state_.momentum[t.index];
+    case CheckpointTensor::kEma: return state_.ema[t.index];
+    case CheckpointTensor::kCommState: return state_.comm[t.index];
+    }
+    return nullptr;
+  }
 
   const fcc_program &p_;
   std::string name_;
@@ -173,6 +196,7 @@ private:
   JsonLinesWriter json_;
   TsvWriter tsv_;
   std::string lastCheckpoint_; // the newest written or resumed from
+  int rank_ = 0, world_ = 1;   // data-parallel ranks (runtime/comm)
 };
 
 int Driver::checkProgram() {
@@ -209,11 +233,14 @@ int Driver::loadData() {
                     o_.data + ": label " + std::to_string(label) +
                         " does not fit the model's " +
                         std::to_string(p_.classes) + " classes");
-  if (data_.train.count < p_.batch)
+  if (data_.train.count / world_ < p_.batch)
     return fail(kExitUsage,
                 o_.data + ": " + std::to_string(data_.train.count) +
                     " training images" +
                     (o_.trainLimit > 0 ? " (after --train-limit)" : "") +
+                    (world_ > 1 ? " shared by " + std::to_string(world_) +
+                                      " ranks"
+                                : std::string()) +
                     " do not fill one batch of " + std::to_string(p_.batch) +
                     " (the batch size is fixed at compile time: fcc compile "
                     "--batch)");
@@ -224,7 +251,7 @@ int Driver::loadData() {
 }
 
 void Driver::printSettings() {
-  int64_t stepsPerEpoch = data_.train.count / p_.batch;
+  int64_t stepsPerEpoch = this->stepsPerEpoch();
   say("model     " + std::string(p_.model ? p_.model : "?") + "  (" +
       std::to_string(p_.num_params) + " parameter tensors, " +
       std::to_string(p_.classes) + " classes)");
@@ -257,9 +284,27 @@ void Driver::printSettings() {
   say("data      " + data_.dir + " (" + data_.format + "): " +
       std::to_string(data_.train.count) + " train images (" +
       std::to_string(stepsPerEpoch) + " steps/epoch, " +
-      std::to_string(data_.train.count - stepsPerEpoch * p_.batch) +
+      std::to_string(data_.train.count -
+                     stepsPerEpoch * p_.batch * world_) +
       " left over per epoch), " + std::to_string(data_.test.count) +
       " test images");
+  std::string method = p_.compression ? p_.compression : "none";
+  if (p_.collectives && (world_ > 1 || method != "none")) {
+    say("parallel  " + std::to_string(world_) + " rank" +
+        (world_ > 1 ? "s" : "") + " (" + fcc_comm_describe() +
+        "), batch " + std::to_string(p_.batch) + " per rank, " +
+        std::to_string(p_.batch * world_) + " per step; each rank keeps a "
+        "shard of " + std::to_string(data_.train.count / world_) +
+        " images; gradients " +
+        (method == "none" ? std::string("averaged dense")
+                          : "compressed with " + method + " (" +
+                                (p_.compression_scope ? p_.compression_scope
+                                                      : "layerwise") +
+                                ")") +
+        ", " + fmt("%.4g", double(p_.payload_bytes) / 1e6) +
+        (p_.payload_fixed ? "" : " (at most)") + " MB/step per rank vs " +
+        fmt("%.4g", 4.0 * double(p_.grad_numel) / 1e6) + " MB dense fp32");
+  }
   std::string seeds = std::to_string(o_.seed);
   if (o_.runs > 1)
     seeds += ".." + std::to_string(o_.seed + uint64_t(o_.runs) - 1) + " (" +
@@ -280,6 +325,9 @@ void Driver::allocateState() {
     if (o_.ema > 0)
       state_.ema[size_t(i)] = backend_->allocate(info.numel);
   }
+  state_.comm.assign(size_t(p_.num_comm_state), nullptr);
+  for (int k = 0; k < p_.num_comm_state; ++k)
+    state_.comm[size_t(k)] = backend_->allocate(p_.comm_state[k].numel);
 }
 
 int Driver::initialiseRun(uint64_t seed) {
@@ -304,7 +352,32 @@ int Driver::initialiseRun(uint64_t seed) {
     if (state_.ema[size_t(i)])
       backend_->copy(state_.ema[size_t(i)], dst, info.numel);
   }
+  for (int k = 0; k < p_.num_comm_state; ++k)
+    backend_->fillZero(state_.comm[size_t(k)], p_.comm_state[k].numel);
   return kExitOk;
+}
+
+void Driver::syncRunningStatistics() {
+  if (world_ == 1)
+    return;
+  std::vector<float> host;
+  std::vector<double> sum;
+  for (int i = 0; i < p_.num_params; ++i) {
+    const fcc_param_info &info = p_.params[i];
+    if (info.role != FCC_ROLE_RUNNING_MEAN && info.role != FCC_ROLE_RUNNING_VAR)
+      continue;
+    for (float *buf : {state_.params[size_t(i)], state_.ema[size_t(i)]}) {
+      if (!buf)
+        continue;
+      host.resize(size_t(info.numel));
+      backend_->download(host.data(), buf, info.numel);
+      sum.assign(host.begin(), host.end());
+      fcc_comm_allreduce_f64(sum.data(), info.numel, 0);
+      for (size_t k = 0; k < host.size(); ++k)
+        host[k] = float(sum[k] / world_);
+      backend_->upload(buf, host.data(), info.numel);
+    }
+  }
 }
 
 void Driver::evaluate(float *const *params, double &loss, double &acc) {
@@ -312,7 +385,8 @@ void Driver::evaluate(float *const *params, double &loss, double &acc) {
   std::vector<int64_t> indices(static_cast<size_t>(batch));
   double metrics[FCC_NUM_METRICS] = {}, sums[FCC_NUM_METRICS] = {};
   backend_->takeMetrics(metrics); // start from zero
-  for (int64_t first = 0; first < count; first += batch) {
+  // Rank r evaluates batches r, r + ranks, ...; the sums meet at the end.
+  for (int64_t first = rank_ * batch; first < count; first += batch * world_) {
     int64_t valid = std::min(batch, count - first);
     for (int64_t i = 0; i < batch; ++i)
       indices[size_t(i)] = first + std::min(i, valid - 1);
@@ -326,6 +400,7 @@ void Driver::evaluate(float *const *params, double &loss, double &acc) {
   if (!backend_->cheapMetrics()) {
     drainMetrics(metrics, sums);
   }
+  fcc_comm_allreduce_f64(sums, FCC_NUM_METRICS, 0);
   loss = sums[FCC_METRIC_LOSS_SUM] / double(count);
   acc = sums[FCC_METRIC_CORRECT] / double(count);
 }
@@ -370,7 +445,8 @@ int Driver::dumpStep(uint64_t seed) {
   backend_->takeMetrics(metrics);
   p_.train_step(state_.params.data(), state_.momentum.data(),
                 backend_->batchImages(), backend_->batchLabels(),
-                backend_->stageHyper(hyper), backend_->metrics());
+                backend_->stageHyper(hyper), backend_->metrics(),
+                state_.comm.data());
   backend_->synchronize();
   backend_->takeMetrics(metrics);
   if (!saveAll("after"))
@@ -455,20 +531,24 @@ std::vector<CheckpointTensor> Driver::stateTable() const {
       table.push_back(std::move(t));
     }
   }
+  for (int k = 0; k < p_.num_comm_state; ++k) {
+    CheckpointTensor t;
+    t.name = p_.comm_state[k].name;
+    t.kind = CheckpointTensor::kCommState;
+    t.index = uint32_t(k);
+    t.values.resize(size_t(p_.comm_state[k].numel));
+    table.push_back(std::move(t));
+  }
   return table;
 }
 
 std::string Driver::saveCheckpoint(Checkpoint &c) {
   backend_->synchronize();
+  syncRunningStatistics();
   c.tensors = stateTable();
-  for (CheckpointTensor &t : c.tensors) {
-    const float *src = t.kind == CheckpointTensor::kParam
-                           ? state_.params[t.index]
-                       : t.kind == CheckpointTensor::kMomentum
-                           ? state_.momentum[t.index]
-                           : state_.ema[t.index];
-    backend_->download(t.values.data(), src, int64_t(t.values.size()));
-  }
+  for (CheckpointTensor &t : c.tensors)
+    backend_->download(t.values.data(), stateBuffer(t),
+                       int64_t(t.values.size()));
   try {
     lastCheckpoint_ = writeCheckpoint(o_.checkpointDir, c);
   } catch (const CheckpointError &e) {
@@ -543,7 +623,7 @@ int Driver::resume(std::unique_ptr<Checkpoint> &from) {
                       std::to_string(data_.train.count) +
                       " (--data, --train-limit)");
     if (c.run != 1 || c.epoch < 1 || c.stepInEpoch < 0 ||
-        c.stepInEpoch > data_.train.count / p_.batch || c.step < 0)
+        c.stepInEpoch > stepsPerEpoch() || c.step < 0)
       return fail(kExitUsage, "--resume: checkpoint " + path +
                                   " has an impossible position (run " +
                                   std::to_string(c.run) + ", epoch " +
@@ -575,13 +655,9 @@ int Driver::resume(std::unique_ptr<Checkpoint> &from) {
            << "checkpoint's, so the result will differ from an "
               "uninterrupted run\n  checkpoint: "
            << c.settings << "\n  now:        " << settings() << "\n";
-    for (const CheckpointTensor &t : c.tensors) {
-      float *dst = t.kind == CheckpointTensor::kParam ? state_.params[t.index]
-                   : t.kind == CheckpointTensor::kMomentum
-                       ? state_.momentum[t.index]
-                       : state_.ema[t.index];
-      backend_->upload(dst, t.values.data(), int64_t(t.values.size()));
-    }
+    for (const CheckpointTensor &t : c.tensors)
+      backend_->upload(stateBuffer(t), t.values.data(),
+                       int64_t(t.values.size()));
     from->tensors.clear();
     lastCheckpoint_ = path;
     say("resume    " + path + ": epoch " + std::to_string(c.epoch) +
@@ -597,7 +673,7 @@ int Driver::resume(std::unique_ptr<Checkpoint> &from) {
 int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
                      const Checkpoint *from) {
   const int64_t batch = p_.batch;
-  const int64_t stepsPerEpoch = data_.train.count / batch;
+  const int64_t stepsPerEpoch = this->stepsPerEpoch();
   // Metrics are read after every step on the CPU (running loss, divergence
   // check) and whenever the loss scale depends on them; a GPU otherwise
   // reads them once per epoch.
@@ -684,7 +760,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
   for (int epoch = firstEpoch; epoch <= o_.epochs; ++epoch) {
     Clock::time_point start = Clock::now();
     std::vector<int64_t> order =
-        epochOrder(data_.train.count, Shard{}, seed, epoch - 1);
+        epochOrder(data_.train.count, Shard{rank_, world_}, seed, epoch - 1);
     double sums[FCC_NUM_METRICS] = {}, metrics[FCC_NUM_METRICS] = {};
     double priorTime = 0; // of this epoch, before a resume
     int64_t firstStep = 0;
@@ -695,6 +771,8 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       firstStep = from->stepInEpoch;
     }
     backend_->takeMetrics(metrics); // start from zero
+    fcc_comm_stats commStats;
+    fcc_comm_take_stats(&commStats); // start from zero
     for (int64_t s = firstStep; s < stepsPerEpoch; ++s) {
       const int64_t *indices = order.data() + s * batch;
       for (int64_t i = 0; i < batch; ++i)
@@ -709,11 +787,24 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
         hyper.loss_scale = std::numeric_limits<float>::infinity();
       p_.train_step(params, momentum, backend_->batchImages(),
                     backend_->batchLabels(), backend_->stageHyper(hyper),
-                    backend_->metrics());
+                    backend_->metrics(), state_.comm.data());
       if (o_.ema > 0 && (step + 1) % o_.emaEvery == 0)
         p_.ema_update(state_.ema.data(), params, emaDecay);
+      // Several ranks stop together: on a signal any of them got, or when
+      // any of them saw a non-finite loss.
+      int agreedSignal = gStopSignal;
+      bool lossNonFinite = false;
       if (cheap) {
         drainMetrics(metrics, sums);
+        lossNonFinite = !std::isfinite(metrics[FCC_METRIC_LOSS_SUM]);
+      }
+      if (world_ > 1) {
+        double flags[2] = {double(agreedSignal), lossNonFinite ? 1.0 : 0.0};
+        fcc_comm_allreduce_f64(flags, 2, 1);
+        agreedSignal = int(flags[0]);
+        lossNonFinite = flags[1] > 0;
+      }
+      if (cheap) {
         if (scaling) {
           if (metrics[FCC_METRIC_SKIPPED] > 0) {
             lossScale = std::max(1.0, lossScale / 2);
@@ -723,7 +814,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
             cleanSteps = 0;
           }
         }
-        if (!std::isfinite(metrics[FCC_METRIC_LOSS_SUM])) {
+        if (lossNonFinite) {
           bar.clear();
           return diverged("training diverged: the loss of step " +
                           std::to_string(step) + " (epoch " +
@@ -739,7 +830,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       }
       ++step;
       // Stop requests and step checkpoints, between steps.
-      int sig = gStopSignal;
+      int sig = agreedSignal;
       if (sig == 0 && o_.stopAfterSteps > 0 && step == o_.stopAfterSteps)
         sig = -1;
       bool periodic = checkpoints && o_.checkpointEverySteps > 0 &&
@@ -770,6 +861,9 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     }
     backend_->synchronize();
     double epochTime = priorTime + secondsSince(start);
+    fcc_comm_take_stats(&commStats);
+    // The epoch's metrics over all ranks' shards.
+    fcc_comm_allreduce_f64(sums, FCC_NUM_METRICS, 0);
     totalTime += epochTime;
     bar.clear();
 
@@ -778,13 +872,27 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     r.seed = seed;
     r.epoch = epoch;
     r.lr = o_.lr.atStep(step, stepsPerEpoch);
-    double trained = double(stepsPerEpoch * batch);
+    double trained = double(stepsPerEpoch * batch * world_);
     r.trainLoss = sums[FCC_METRIC_LOSS_SUM] / trained;
     r.trainAcc = sums[FCC_METRIC_CORRECT] / trained;
-    r.skippedSteps = int64_t(sums[FCC_METRIC_SKIPPED]);
+    r.skippedSteps = int64_t(sums[FCC_METRIC_SKIPPED]) / world_;
     r.lossScale = lossScale;
     r.steps = stepsPerEpoch;
-    r.trainImages = stepsPerEpoch * batch;
+    r.trainImages = stepsPerEpoch * batch * world_;
+    r.ranks = world_;
+    if (p_.collectives && world_ > 1) {
+      int64_t steps = std::max<int64_t>(stepsPerEpoch - (from && epoch == firstEpoch
+                                                             ? from->stepInEpoch
+                                                             : 0),
+                                        1);
+      std::vector<uint64_t> bytes(static_cast<size_t>(world_));
+      fcc_comm_allgather_u64(commStats.bytes_sent, bytes.data());
+      for (uint64_t b : bytes)
+        r.commBytesPerStep.push_back(double(b) / double(steps));
+      r.denseBytesPerStep = 4.0 * double(p_.grad_numel);
+      r.compressSeconds = commStats.compress_seconds;
+      r.commSeconds = commStats.comm_seconds;
+    }
     r.testImages = data_.test.count;
     r.epochTime = epochTime;
     r.totalTime = totalTime;
@@ -793,10 +901,13 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
                       ": the training loss is not finite; lower the "
                       "learning rate (--lr-knots)");
     Clock::time_point evalStart = Clock::now();
+    syncRunningStatistics();
     evaluate(evalParams, r.testLoss, r.testAcc);
     r.evalTime = secondsSince(evalStart);
 
     say(tableRow(r));
+    if (!commLine(r).empty())
+      say(commLine(r));
     if (r.skippedSteps > 0)
       say("          " + std::to_string(r.skippedSteps) + " step" +
           (r.skippedSteps == 1 ? "" : "s") +
@@ -816,6 +927,11 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     }
     // Epoch checkpoints (and the final one) hold the next epoch's start.
     int sig = gStopSignal;
+    if (world_ > 1) {
+      double agreed = double(sig);
+      fcc_comm_allreduce_f64(&agreed, 1, 1);
+      sig = int(agreed);
+    }
     bool last = epoch == o_.epochs;
     if (checkpoints &&
         (last || sig != 0 ||
@@ -834,7 +950,8 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       return stopped(sig, c);
     }
   }
-  out_ << runSummaryLine(summary, o_.targetAcc) << "\n" << std::flush;
+  if (rank_ == 0)
+    out_ << runSummaryLine(summary, o_.targetAcc) << "\n" << std::flush;
   return kExitOk;
 }
 
@@ -843,6 +960,8 @@ int Driver::main(int argc, char **argv) {
   if (rc >= 0)
     return rc;
   if ((rc = checkProgram()) != kExitOk)
+    return rc;
+  if ((rc = startRanks(argc, argv)) != kExitOk)
     return rc;
   if (o_.threads > 0)
     fcc_cpu_set_num_threads(o_.threads);
@@ -861,6 +980,28 @@ int Driver::main(int argc, char **argv) {
   augment_.flip = o_.flip;
   augment_.cutout = o_.cutout;
   printSettings();
+  {
+    // Every rank must run the same program on the same data and settings.
+    std::vector<uint64_t> hashes(static_cast<size_t>(world_));
+    fcc_comm_allgather_u64(p_.plan_hash ^ fcc_fnv1a64(settings().c_str()),
+                           hashes.data());
+    for (int r = 1; r < world_; ++r)
+      if (hashes[size_t(r)] != hashes[0])
+        return fail(kExitUsage,
+                    "rank " + std::to_string(r) + " runs another program or "
+                    "other settings than rank 0 (same trainer, flags and "
+                    "data on every rank, please)");
+  }
+  // Output, metrics and exports come from rank 0; checkpoints are per rank
+  // (each keeps its own error-feedback residuals).
+  if (rank_ != 0) {
+    o_.metricsPath.clear();
+    o_.tsvPath.clear();
+  }
+  if (world_ > 1 && !o_.checkpointDir.empty()) {
+    ::mkdir(o_.checkpointDir.c_str(), 0777);
+    o_.checkpointDir += "/rank-" + std::to_string(rank_);
+  }
   if (!o_.metricsPath.empty() && !json_.open(o_.metricsPath, o_.resume))
     return fail(kExitUsage, "--metrics: cannot write '" + o_.metricsPath + "'");
   if (!o_.tsvPath.empty() && !tsv_.open(o_.tsvPath, o_.runs > 1, o_.resume))
@@ -886,6 +1027,8 @@ int Driver::main(int argc, char **argv) {
   if (!memory.empty())
     say("memory    " + memory);
   if (!o_.dumpStep.empty()) {
+    if (world_ > 1)
+      return fail(kExitUsage, "--dump-step runs on one rank only");
     if ((rc = initialiseRun(o_.seed)) != kExitOk)
       return rc;
     return dumpStep(o_.seed);
@@ -906,10 +1049,32 @@ int Driver::main(int argc, char **argv) {
       return rc;
     summaries.push_back(summary);
   }
-  if (o_.runs > 1)
+  if (o_.runs > 1 && rank_ == 0)
     out_ << distributionSummary(summaries, o_.targetAcc) << "\n";
-  if (!o_.exportOnnx.empty())
+  if (!o_.exportOnnx.empty() && rank_ == 0)
     return exportModel();
+  return kExitOk;
+}
+
+int Driver::startRanks(int &argc, char **&argv) {
+  char why[256] = "";
+  if (fcc_comm_init(&argc, &argv, o_.commTimeout, why, sizeof why) != 0)
+    return fail(kExitUsage, std::string("starting the ranks: ") + why);
+  rank_ = fcc_comm_rank();
+  world_ = fcc_comm_size();
+  if (world_ > 1 && !p_.collectives)
+    return fail(kExitUsage,
+                "this trainer was compiled without collectives (target " +
+                    std::string(p_.target ? p_.target : "?") +
+                    ") and runs on one rank only; it was started on " +
+                    std::to_string(world_));
+  if (world_ > 1 && o_.runs > 1)
+    return fail(kExitUsage, "--runs > 1 is not supported on several ranks");
+  if (rank_ != 0) {
+    o_.quiet = true;
+    progress_ = false;
+    name_ += " (rank " + std::to_string(rank_) + ")";
+  }
   return kExitOk;
 }
 
@@ -958,16 +1123,25 @@ int run(const fcc_program *program, int argc, char **argv, std::ostream &out,
     err << name << ": error: no compiled program\n";
     return kExitUsage;
   }
+  int rc;
   try {
     Driver driver(*program, name, out, err, progress);
-    return driver.main(argc, argv);
+    rc = driver.main(argc, argv);
   } catch (const std::bad_alloc &) {
     err << name << ": error: out of memory\n";
-    return kExitUsage;
+    rc = kExitUsage;
   } catch (const std::exception &e) {
     err << name << ": error: " << e.what() << "\n";
-    return kExitUsage;
+    rc = kExitUsage;
   }
+  // Several ranks end together when they agreed to stop (a signal, a
+  // diverged loss, the end); an error of one rank ends all of them rather
+  // than leaving the others waiting in a collective.
+  if (fcc_comm_size() > 1 && rc != kExitOk && rc != kExitDiverged &&
+      rc != kExitInterrupted && rc != kExitTerminated)
+    fcc_comm_abort(rc);
+  fcc_comm_finalize();
+  return rc;
 }
 
 int run(const fcc_program *program, int argc, char **argv) {

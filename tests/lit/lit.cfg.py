@@ -8,7 +8,7 @@ import lit.formats
 config.name = "fcc"
 config.test_format = lit.formats.ShTest(execute_external=True)
 config.suffixes = [".mlir", ".onnxtxt", ".test"]
-config.excludes = ["Inputs", "check_metrics.py", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
+config.excludes = ["Inputs", "check_metrics.py", "compare_weights.py", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.fcc_binary_dir, "tests", "lit")
 
@@ -28,3 +28,16 @@ if getattr(config, "fcc_have_cuda", False):
 # Fashion-MNIST from Debian's dataset-fashion-mnist (scripts/install-deps).
 if os.path.isdir("/usr/share/datasets/fashion-mnist"):
     config.available_features.add("fashion-mnist")
+
+# "mpi": Open MPI's mpirun launches several ranks of a CPU trainer.
+# %mpirun N runs N ranks on this machine, oversubscribed (CI has 2 cores),
+# also as root (containers), with one OpenMP thread per rank.
+import shutil
+mpirun = shutil.which("mpirun")
+if mpirun:
+    config.available_features.add("mpi")
+    for v in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
+        config.environment[v] = "1"
+    config.environment["OMP_NUM_THREADS"] = "1"
+    config.substitutions.append(
+        ("%mpirun", mpirun + " --oversubscribe --bind-to none -x OMP_NUM_THREADS -np"))

@@ -129,10 +129,12 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
       cuda ? std::vector<std::string>{"libfcc_trainer_main_cuda.a",
                                       "libfcc_trainer_cuda.a",
                                       "libfcc_trainer.a",
+                                      "libfcc_runtime_comm_local.a",
                                       "libfcc_runtime_cuda.a",
                                       "libfcc_runtime_cpu.a"}
            : std::vector<std::string>{"libfcc_trainer_main.a",
                                       "libfcc_trainer.a",
+                                      "libfcc_runtime_comm.a",
                                       "libfcc_runtime_cpu.a"};
   for (const std::string &name : libs) {
     llvm::SmallString<256> p(lib);
@@ -186,6 +188,14 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
       args.push_back(lib + "/" + name);
     args.insert(args.end(),
                 {FCC_DNNL_LIB, FCC_OPENBLAS_LIB, FCC_ZLIB_LIB, "-lpthread"});
+  }
+  // MPI (rank bootstrap and collectives, runtime/comm) for CPU trainers;
+  // CUDA trainers run on one rank and carry no MPI to GPU machines.
+  if (!cuda) {
+    llvm::SmallVector<llvm::StringRef> mpi;
+    llvm::StringRef(FCC_MPI_LIBS).split(mpi, ';', -1, false);
+    for (llvm::StringRef m : mpi)
+      args.push_back(m.str());
   }
   if (o.verbose) {
     std::cerr << "fcc: ";

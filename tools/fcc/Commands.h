@@ -31,6 +31,13 @@ struct CompileOptions {
   bool noFuseBn = false; // --no-fuse-bn
   std::optional<double> biasLrMult;
   std::optional<double> biasWdMult;
+  // Data-parallel training (fcc-inject-compression, fcc-insert-collectives).
+  std::string compress = "none";
+  std::string compressScope = "layerwise";
+  bool errorFeedback = false;
+  bool randomkUnbiased = false;
+  int64_t minCompressBytes = 0;
+  int64_t bucketBytes = 262144;
 };
 
 struct RunOptions {

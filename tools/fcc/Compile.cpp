@@ -118,6 +118,27 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
               "activation + pool + residual as one op, forward and "
               "backward) and no fcc-fold-batchnorm (evaluation BatchNorms "
               "folded into the convolution weights)");
+  c->add_option("--compress", o.compress,
+                "Gradient compression of data-parallel training: none, fp16, "
+                "bf16, randomk:K, topk:K, thresholdv:V, adaptive-threshold, "
+                "terngrad, qsgd[:S[:bucket=B]]; or per-parameter rules "
+                "'GLOB=METHOD,...' (first match wins, unmatched: none)")
+      ->default_str("none");
+  c->add_option("--compress-scope", o.compressScope,
+                "layerwise (each gradient on its own) or entire-model (all "
+                "gradients flattened and compressed as one)")
+      ->check(CLI::IsMember({"layerwise", "entire-model"}));
+  c->add_flag("--error-feedback", o.errorFeedback,
+              "Keep each rank's compression residual and add it to the next "
+              "step's gradient");
+  c->add_flag("--randomk-unbiased", o.randomkUnbiased,
+              "RandomK scales the kept values by n/k");
+  c->add_option("--min-compress-bytes", o.minCompressBytes,
+                "Send gradients of fewer fp32 bytes dense (layerwise)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--bucket-bytes", o.bucketBytes,
+                "Dense gradients smaller than this share one all-reduce")
+      ->check(CLI::NonNegativeNumber);
   return c;
 }
 
@@ -163,6 +184,16 @@ int fcc::runCompile(const CompileOptions &options) {
       return reportError("--gpu-arch: '" + o.gpuArch +
                          "' is not a list like sm_80,sm_90 (sm_75 or newer)");
   }
+  {
+    std::string why;
+    if (!validateCompressionMethod(o.compress, why))
+      return reportError("--compress '" + o.compress + "': " + why);
+  }
+  if (o.target == "cuda" && o.compress != "none")
+    return reportError("--compress " + o.compress +
+                       ": gradient compression is implemented for --target "
+                       "cpu only so far (the CUDA compressors and NCCL "
+                       "collectives are not written yet)");
   ImportOptions importOpts;
   importOpts.batchSize = o.batch;
   for (const std::string &spec : o.inputShapes) {
@@ -224,6 +255,14 @@ int fcc::runCompile(const CompileOptions &options) {
   pipeline.fuseBatchNorm = !o.noFuseBn;
   pipeline.biasLrMult = o.biasLrMult ? *o.biasLrMult : recipe->biasLrMult;
   pipeline.biasWdMult = o.biasWdMult ? *o.biasWdMult : recipe->biasWdMult;
+  pipeline.compress = o.compress;
+  pipeline.compressScope = o.compressScope;
+  pipeline.errorFeedback = o.errorFeedback;
+  pipeline.randomkUnbiased = o.randomkUnbiased;
+  pipeline.minCompressBytes = o.minCompressBytes;
+  pipeline.bucketBytes = o.bucketBytes;
+  // CPU trainers average gradients over MPI ranks (one rank: plain copies).
+  pipeline.collectives = o.target == "cpu";
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");
@@ -235,6 +274,8 @@ int fcc::runCompile(const CompileOptions &options) {
     cg.modelName = modelName;
     cg.recipe = *recipe;
     cg.precision = o.precision;
+    cg.compression = o.compress;
+    cg.compressionScope = o.compressScope;
     // The binary model rides along for the trainer's --export-onnx.
     if (!llvm::StringRef(o.model).ends_with(".onnxtxt"))
       if (auto buf = llvm::MemoryBuffer::getFile(o.model))

@@ -415,14 +415,16 @@ TEST(CheckpointResume, FromAnEpochCheckpointIsBitIdentical) {
 // the step finishes, then the trainer checkpoints and exits 143).
 fcc_program gRaising;
 void (*gTrainStep)(float *const *, float *const *, const float *,
-                   const int32_t *, const fcc_hyper *, float *);
+                   const int32_t *, const fcc_hyper *, float *,
+                   float *const *);
 int gSteps = 0;
 void raisingTrainStep(float *const *params, float *const *momentum,
                       const float *images, const int32_t *labels,
-                      const fcc_hyper *hyper, float *metrics) {
+                      const fcc_hyper *hyper, float *metrics,
+                      float *const *comm) {
   if (++gSteps == 10)
     std::raise(SIGTERM);
-  gTrainStep(params, momentum, images, labels, hyper, metrics);
+  gTrainStep(params, momentum, images, labels, hyper, metrics, comm);
 }
 
 TEST(CheckpointResume, SigtermCheckpointsAndResumesBitIdentical) {

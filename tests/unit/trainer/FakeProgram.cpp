@@ -66,7 +66,8 @@ const char *fakeLastError() {
 
 void fakeTrainStep(float *const *params, float *const *momentum,
                    const float *images, const int32_t *labels,
-                   const fcc_hyper *hyper, float *metrics) {
+                   const fcc_hyper *hyper, float *metrics,
+                   float *const * /*comm_state*/) {
   Fake &f = fake();
   const int64_t n = f.config.batch, k = f.config.classes, d = f.dim;
   f.log.hypers.push_back(*hyper);

@@ -283,7 +283,7 @@ TEST(FakeProgram, OneStepByHand) {
   h.nesterov = 1.0f;
   h.loss_scale = 1.0f;
   float metrics[FCC_NUM_METRICS] = {};
-  p->train_step(params, momentum, images, labels, &h, metrics);
+  p->train_step(params, momentum, images, labels, &h, metrics, nullptr);
   // Loss log 2 per row; argmax of a tie is class 0: row 0 right, row 1 not.
   EXPECT_NEAR(metrics[FCC_METRIC_LOSS_SUM], 2 * std::log(2.0), 1e-6);
   EXPECT_EQ(metrics[FCC_METRIC_CORRECT], 1.0f);

@@ -7,6 +7,7 @@
 #ifndef FCC_RUNTIME_CPU_CODEGEN_H
 #define FCC_RUNTIME_CPU_CODEGEN_H
 
+#include "fcc/runtime/comm.h"
 #include "fcc/runtime/cpu_kernels.h"
 #include "fcc/runtime/program.h"
 

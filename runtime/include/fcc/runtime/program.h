@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FCC_PROGRAM_ABI_VERSION 3
+#define FCC_PROGRAM_ABI_VERSION 4
 #define FCC_MAX_PARAM_RANK 4
 
 /* One parameter of the model (a function argument with #fcc.param). */
@@ -37,6 +37,15 @@ typedef struct fcc_param_info {
                                then fcc_param_init(role, name, numel, fan_in, seed) */
   float lr_mult, wd_mult;   /* per-group multipliers baked into the update */
 } fcc_param_info;
+
+/* A buffer of per-rank state that train_step reads and updates besides the
+ * parameters and momentum: the error-feedback residual of a compressed
+ * gradient ("residual:<parameter>" or "residual:entire-model"). Zero at the
+ * start of a run; checkpointed with the rest of the state. */
+typedef struct fcc_state_info {
+  const char *name;
+  int64_t numel;
+} fcc_state_info;
 
 /* Run-time hyper-parameters of one training step. */
 typedef struct fcc_hyper {
@@ -100,7 +109,8 @@ typedef struct fcc_program {
    * place. images: batch x C x H x W floats, normalised; labels: batch int32. */
   void (*train_step)(float *const *params, float *const *momentum,
                      const float *images, const int32_t *labels,
-                     const fcc_hyper *hyper, float *metrics);
+                     const fcc_hyper *hyper, float *metrics,
+                     float *const *comm_state);
   /* Inference-mode forward on one batch; adds to metrics. With tta != 0 the
    * logits are averaged with those of the horizontally flipped batch. The
    * last test batch may be partial: its padding rows are labelled -1
@@ -124,6 +134,20 @@ typedef struct fcc_program {
    * from ONNX text syntax. */
   const char *onnx_model;
   int64_t onnx_model_size;
+
+  /* Data parallelism (fcc-inject-compression, fcc-insert-collectives). With
+   * `collectives`, train_step averages the gradients over the ranks of
+   * fcc/runtime/comm.h (one rank: no communication); without, the program
+   * runs on one rank only. */
+  int collectives;
+  const char *compression;       /* the --compress method or rules */
+  const char *compression_scope; /* "layerwise" or "entire-model" */
+  int num_comm_state;            /* comm_state buffers of train_step */
+  const fcc_state_info *comm_state;
+  int64_t grad_numel;            /* gradient elements per step (all params) */
+  int64_t payload_bytes;         /* bytes one rank sends per step (capacity
+                                    for threshold payloads: an upper bound) */
+  int payload_fixed;             /* 1: payload_bytes is exact */
 } fcc_program;
 
 /* Defined by the generated translation unit. */
