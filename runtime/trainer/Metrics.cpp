@@ -31,6 +31,13 @@ std::string jsonNumber(double v) {
   return std::isfinite(v) ? formatShortest(v) : "null";
 }
 
+// Byte counts: whole numbers print as integers (6040, not 6.04e+03).
+std::string jsonCount(double v) {
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9e15)
+    return format("%.0f", v);
+  return jsonNumber(v);
+}
+
 std::string seconds(double s) { return format("%.1fs", s); }
 
 } // namespace
@@ -89,12 +96,12 @@ std::string jsonLine(const EpochRecord &r) {
   s += ",\"images_per_s\":" + format("%.1f", imagesPerSecond);
   s += ",\"ranks\":" + std::to_string(r.ranks);
   if (!r.commBytesPerStep.empty()) {
-    s += ",\"comm_bytes_per_step\":" + jsonNumber(r.commBytesPerStep[0]);
+    s += ",\"comm_bytes_per_step\":" + jsonCount(r.commBytesPerStep[0]);
     s += ",\"comm_bytes_per_step_by_rank\":[";
     for (size_t k = 0; k < r.commBytesPerStep.size(); ++k)
-      s += (k ? "," : "") + jsonNumber(r.commBytesPerStep[k]);
+      s += (k ? "," : "") + jsonCount(r.commBytesPerStep[k]);
     s += "]";
-    s += ",\"dense_fp32_bytes_per_step\":" + jsonNumber(r.denseBytesPerStep);
+    s += ",\"dense_fp32_bytes_per_step\":" + jsonCount(r.denseBytesPerStep);
     double sent = r.commBytesPerStep[0];
     s += ",\"compression_ratio_fp32\":" +
          jsonNumber(sent > 0 ? r.denseBytesPerStep / sent : 0.0);

@@ -379,7 +379,7 @@ TEST(Trainer, MetricsJsonLines) {
       "train_loss",   "train_acc",   "test_loss",     "test_acc",
       "epoch_time_s", "eval_time_s", "total_time_s",  "train_images",
       "test_images",  "steps",       "skipped_steps", "loss_scale",
-      "images_per_s"};
+      "images_per_s", "ranks"};
   double total = 0;
   for (int e = 0; e < 3; ++e) {
     const JsonObject &j = m[size_t(e)];

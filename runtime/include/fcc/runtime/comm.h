@@ -34,7 +34,7 @@ int fcc_comm_init(int *argc, char ***argv, double timeout_seconds, char *err,
 void fcc_comm_finalize(void);
 int fcc_comm_rank(void);
 int fcc_comm_size(void);
-/* "MPI (Open MPI v4.1.4)" or "none". */
+/* "MPI (Open MPI v4.1.4)" or "one process, no MPI". */
 const char *fcc_comm_describe(void);
 /* Ends every rank of the job (MPI_Abort) or, alone, this process. */
 void fcc_comm_abort(int code);
