@@ -25,6 +25,7 @@ typedef int MPI_Request;
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -57,7 +58,48 @@ struct Timer {
 };
 
 #if FCC_COMM_MPI
-/// Polls `req` to completion; past the deadline, ends the job with a message.
+constexpr int kCensusTag = 0xfcc;
+
+/// After a collective timed out: which ranks still answer? Every live rank
+/// that timed out (they all wait in the same collective) sends one byte to
+/// every other rank and listens for theirs during a grace period; ranks
+/// that say nothing are reported lost.
+std::string lostRanks() {
+  double grace = std::min(std::max(S.timeout, 1.0), 30.0);
+  std::vector<char> in(size_t(S.size), 0), out(size_t(S.size), 1);
+  std::vector<MPI_Request> sends, recvs(size_t(S.size), MPI_REQUEST_NULL);
+  for (int r = 0; r < S.size; ++r) {
+    if (r == S.rank)
+      continue;
+    MPI_Request req;
+    MPI_Isend(&out[size_t(r)], 1, MPI_CHAR, r, kCensusTag, MPI_COMM_WORLD,
+              &req);
+    sends.push_back(req);
+    MPI_Irecv(&in[size_t(r)], 1, MPI_CHAR, r, kCensusTag, MPI_COMM_WORLD,
+              &recvs[size_t(r)]);
+  }
+  double start = now();
+  while (now() - start < grace) {
+    int all = 1;
+    for (int r = 0; r < S.size; ++r) {
+      int done = 1;
+      if (recvs[size_t(r)] != MPI_REQUEST_NULL)
+        MPI_Test(&recvs[size_t(r)], &done, MPI_STATUS_IGNORE);
+      all &= done;
+    }
+    if (all)
+      break;
+    sched_yield();
+  }
+  std::string lost;
+  for (int r = 0; r < S.size; ++r)
+    if (r != S.rank && !in[size_t(r)])
+      lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+  return lost;
+}
+
+/// Polls `req` to completion; past the deadline, names the ranks that no
+/// longer answer and ends the job.
 void wait(MPI_Request *req, const char *what) {
   double start = now();
   for (unsigned spins = 0;; ++spins) {
@@ -68,11 +110,14 @@ void wait(MPI_Request *req, const char *what) {
     if (spins >= 64)
       sched_yield();
     if (S.timeout > 0 && (spins & 1023) == 0 && now() - start > S.timeout) {
+      std::string lost = lostRanks();
       std::fprintf(stderr,
                    "fcc: rank %d of %d: %s did not complete within %g s "
-                   "(--comm-timeout): another rank has died or stopped "
-                   "answering; ending the job\n",
-                   S.rank, S.size, what, S.timeout);
+                   "(--comm-timeout); %s; ending the job\n",
+                   S.rank, S.size, what, S.timeout,
+                   lost.empty()
+                       ? "every rank still answers, so one of them is stuck"
+                       : ("lost rank " + lost + " (no answer)").c_str());
       std::fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 4);
       std::_Exit(4);

@@ -57,7 +57,8 @@ void checkWritable(const std::string &flag, const std::string &path) {
 struct RawFlags {
   std::string epochs, lrKnots, momentum, wd, labelSmoothing, ema, emaEvery,
       cutout, seed, trainLimit, testLimit, runs, targetAcc, threads, lossScale,
-      lossScaleWindow, injectOverflow, checkpointEvery, stopAfterSteps;
+      lossScaleWindow, injectOverflow, checkpointEvery, stopAfterSteps,
+      fault;
 };
 
 void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
@@ -232,6 +233,23 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
       throw UsageError("--debug-stop-after-steps: must be a step count >= 1 "
                        "(got " + raw.stopAfterSteps + ")");
     o.stopAfterSteps = v;
+  }
+  if (given("--debug-fault")) {
+    std::vector<std::string> parts;
+    std::string rest = raw.fault;
+    for (size_t at; (at = rest.find(':')) != std::string::npos;
+         rest = rest.substr(at + 1))
+      parts.push_back(rest.substr(0, at));
+    parts.push_back(rest);
+    if (parts.size() != 3 || (parts[0] != "kill" && parts[0] != "hang"))
+      throw UsageError("--debug-fault: '" + raw.fault +
+                       "' is not kill:RANK:STEP or hang:RANK:STEP");
+    o.fault.kind = parts[0];
+    o.fault.rank = toInteger("--debug-fault", parts[1]);
+    o.fault.step = toInteger("--debug-fault", parts[2]);
+    if (o.fault.rank < 0 || o.fault.step < 1)
+      throw UsageError("--debug-fault: rank must be >= 0 and step >= 1 (got '" +
+                       raw.fault + "')");
   }
   if (given("--metrics"))
     checkWritable("--metrics", o.metricsPath);
@@ -453,6 +471,12 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
                  "Testing aid: behave as if SIGINT arrived during step N "
                  "of the run (checkpoint, exit 130)")
       ->type_name("N")
+      ->group("");
+  app.add_option("--debug-fault", raw.fault,
+                 "Testing aid for several ranks: rank R kills itself "
+                 "(kill, like kill -9) or stops answering (hang, SIGSTOP) "
+                 "after step S of the run")
+      ->type_name("kill|hang:R:S")
       ->group("");
   app.add_flag("--quiet", o.quiet,
                "Print only the final summary (and errors)");

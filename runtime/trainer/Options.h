@@ -66,6 +66,12 @@ struct Options {
   // Data parallelism: how long a collective may wait for the other ranks
   // before the job is ended (a rank died); <= 0 waits forever.
   double commTimeout = 300;
+  // Test aid (--debug-fault kill|hang:R:S): rank R dies or hangs after
+  // step S, to test how the other ranks notice.
+  struct Fault {
+    std::string kind; // "" = none
+    int64_t rank = -1, step = -1;
+  } fault;
 };
 
 // Parses argv. Returns -1 when training should go on, otherwise the exit

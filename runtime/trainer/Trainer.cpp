@@ -169,8 +169,9 @@ private:
   // Starts the ranks (runtime/comm) and checks that they agree.
   int startRanks(int &argc, char **&argv);
   // Averages the BatchNorm running statistics (of the weights and of their
-  // EMA) over the ranks, whose batches differed; before evaluation,
-  // checkpoints and export, so that every rank holds the same model.
+  // EMA) over the ranks, whose batches differed, before each evaluation, so
+  // that every rank holds the same model (and rank 0 exports it).
+  // Checkpoints are per rank and keep each rank's own statistics.
   void syncRunningStatistics();
   // The buffer of a checkpoint tensor.
   float *stateBuffer(const CheckpointTensor &t) const {
@@ -544,7 +545,6 @@ std::vector<CheckpointTensor> Driver::stateTable() const {
 
 std::string Driver::saveCheckpoint(Checkpoint &c) {
   backend_->synchronize();
-  syncRunningStatistics();
   c.tensors = stateTable();
   for (CheckpointTensor &t : c.tensors)
     backend_->download(t.values.data(), stateBuffer(t),
@@ -588,6 +588,38 @@ int Driver::resume(std::unique_ptr<Checkpoint> &from) {
   if (files.empty())
     return fail(kExitUsage, "--resume: no checkpoint (checkpoint-NNNNNN.fcc) "
                             "in '" + dir + "'");
+  if (world_ > 1) {
+    // Every rank resumes from the same step: the newest that all of them
+    // wrote validly (a rank may have died before writing its last one).
+    int64_t mine = -1;
+    for (const std::string &path : files) {
+      try {
+        mine = readCheckpoint(path).step;
+        break;
+      } catch (const CheckpointError &) {
+      }
+    }
+    double newest = -double(mine); // the minimum, as a maximum
+    fcc_comm_allreduce_f64(&newest, 1, 1);
+    int64_t agreed = int64_t(-newest);
+    if (agreed < 0)
+      return fail(kExitUsage, "--resume: some rank has no valid checkpoint "
+                              "(this one: " + dir + ")");
+    char name[64];
+    std::snprintf(name, sizeof name, "checkpoint-%06lld.fcc",
+                  (long long)agreed);
+    std::vector<std::string> kept;
+    for (const std::string &path : files)
+      if (path.size() >= std::strlen(name) &&
+          path.compare(path.size() - std::strlen(name), std::string::npos,
+                       name) == 0)
+        kept.push_back(path);
+    if (kept.empty())
+      return fail(kExitUsage, "--resume: the ranks' newest common checkpoint "
+                              "is step " + std::to_string(agreed) +
+                              ", which " + dir + " does not hold");
+    files = kept;
+  }
   std::string firstError;
   for (const std::string &path : files) {
     try {
@@ -829,6 +861,13 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
                    seen / std::max(secondsSince(start), 1e-9));
       }
       ++step;
+      if (!o_.fault.kind.empty() && step == o_.fault.step &&
+          rank_ == o_.fault.rank) {
+        err_ << name_ << ": --debug-fault: rank " << rank_ << " "
+             << (o_.fault.kind == "kill" ? "kills itself" : "stops answering")
+             << " after step " << step << "\n" << std::flush;
+        std::raise(o_.fault.kind == "kill" ? SIGKILL : SIGSTOP);
+      }
       // Stop requests and step checkpoints, between steps.
       int sig = agreedSignal;
       if (sig == 0 && o_.stopAfterSteps > 0 && step == o_.stopAfterSteps)
@@ -880,15 +919,15 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     r.steps = stepsPerEpoch;
     r.trainImages = stepsPerEpoch * batch * world_;
     r.ranks = world_;
-    if (p_.collectives && world_ > 1) {
-      int64_t steps = std::max<int64_t>(stepsPerEpoch - (from && epoch == firstEpoch
-                                                             ? from->stepInEpoch
-                                                             : 0),
-                                        1);
+    // Steps this process ran in the epoch (fewer after a resume).
+    const int64_t stepsRun =
+        stepsPerEpoch - (from && epoch == firstEpoch ? from->stepInEpoch : 0);
+    if (p_.collectives && world_ > 1 && stepsRun > 0) {
+      const double steps = double(stepsRun);
       std::vector<uint64_t> bytes(static_cast<size_t>(world_));
       fcc_comm_allgather_u64(commStats.bytes_sent, bytes.data());
       for (uint64_t b : bytes)
-        r.commBytesPerStep.push_back(double(b) / double(steps));
+        r.commBytesPerStep.push_back(double(b) / steps);
       r.denseBytesPerStep = 4.0 * double(p_.grad_numel);
       r.compressSeconds = commStats.compress_seconds;
       r.commSeconds = commStats.comm_seconds;
