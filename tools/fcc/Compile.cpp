@@ -191,9 +191,9 @@ int fcc::runCompile(const CompileOptions &options) {
   }
   if (o.target == "cuda" && o.compress != "none")
     return reportError("--compress " + o.compress +
-                       ": gradient compression is implemented for --target "
-                       "cpu only so far (the CUDA compressors and NCCL "
-                       "collectives are not written yet)");
+                       ": gradient compression and several ranks run on "
+                       "--target cpu only so far (the CUDA target has no "
+                       "NCCL collectives yet); add --target cpu");
   ImportOptions importOpts;
   importOpts.batchSize = o.batch;
   for (const std::string &spec : o.inputShapes) {
