@@ -16,7 +16,9 @@ import sys
 # Kernels whose blocks synchronise (block reductions): their threads must run
 # concurrently in the emulation.
 SYNC_KERNELS = ('channelPartialsKernel', 'reduceSumBlockKernel',
-                'metricLossKernel', 'metricCorrectKernel')
+                'metricLossKernel', 'metricCorrectKernel',
+                # compress.cu names all of its synchronising kernels so
+                'SyncKernel')
 
 LAUNCH = re.compile(r'(\w+(?:\s*<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);',
                     re.S)
