@@ -58,8 +58,37 @@ struct RawFlags {
   std::string epochs, lrKnots, momentum, wd, labelSmoothing, ema, emaEvery,
       cutout, seed, trainLimit, testLimit, runs, targetAcc, threads, lossScale,
       lossScaleWindow, injectOverflow, checkpointEvery, stopAfterSteps,
-      fault;
+      fault, checkpointMode, deltaEvery, exportBn;
 };
+
+// "N" steps or "Ne" epochs (--checkpoint-every, --delta-every).
+void parseEvery(const std::string &flag, const std::string &raw,
+                int64_t &steps, int &epochs) {
+  std::string text = raw;
+  bool inEpochs = false;
+  for (const char *suffix : {"ep", "e"}) {
+    size_t n = std::strlen(suffix);
+    if (text.size() > n && text.compare(text.size() - n, n, suffix) == 0) {
+      text.resize(text.size() - n);
+      inEpochs = true;
+      break;
+    }
+  }
+  char *end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno == ERANGE || v < 1 ||
+      v > 1000000000)
+    throw UsageError(flag + ": must be a positive number of steps (e.g. 500) "
+                     "or of epochs with the suffix 'e' (e.g. 2e) (got '" +
+                     raw + "')");
+  steps = 0;
+  epochs = 0;
+  if (inEpochs)
+    epochs = int(std::min(v, 1000000ll));
+  else
+    steps = v;
+}
 
 void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
               Options &o) {
@@ -190,30 +219,45 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
   if (given("--checkpoint-every")) {
     if (o.checkpointDir.empty())
       throw UsageError("--checkpoint-every: needs --checkpoint-dir DIR");
-    std::string text = raw.checkpointEvery;
-    bool epochs = false;
-    for (const char *suffix : {"ep", "e"}) {
-      size_t n = std::strlen(suffix);
-      if (text.size() > n && text.compare(text.size() - n, n, suffix) == 0) {
-        text.resize(text.size() - n);
-        epochs = true;
-        break;
-      }
-    }
-    char *end = nullptr;
-    errno = 0;
-    long long v = std::strtoll(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno == ERANGE || v < 1 ||
-        v > 1000000000)
-      throw UsageError("--checkpoint-every: must be a positive number of "
-                       "steps (e.g. 500) or of epochs with the suffix 'e' "
-                       "(e.g. 2e) (got '" + raw.checkpointEvery + "')");
-    if (epochs)
-      o.checkpointEveryEpochs = int(std::min(v, 1000000ll));
-    else
-      o.checkpointEverySteps = v;
+    parseEvery("--checkpoint-every", raw.checkpointEvery,
+               o.checkpointEverySteps, o.checkpointEveryEpochs);
   } else if (!o.checkpointDir.empty()) {
     o.checkpointEveryEpochs = 1;
+  }
+  if (given("--checkpoint-mode")) {
+    try {
+      o.checkpointMode = DeltaSpec::parse(raw.checkpointMode);
+    } catch (const std::invalid_argument &e) {
+      throw UsageError(std::string("--checkpoint-mode: ") + e.what());
+    }
+    if (o.checkpointMode.delta() && o.checkpointDir.empty())
+      throw UsageError("--checkpoint-mode: needs --checkpoint-dir DIR (where "
+                       "the full and delta checkpoints go)");
+    if (o.checkpointMode.delta() && !given("--delta-every"))
+      throw UsageError("--checkpoint-mode: " + o.checkpointMode.toString() +
+                       " needs --delta-every N|Ne (how often a delta is "
+                       "written between the full checkpoints of "
+                       "--checkpoint-every)");
+  }
+  if (given("--delta-every")) {
+    if (!o.checkpointMode.delta())
+      throw UsageError("--delta-every: needs --checkpoint-mode "
+                       "delta:topk:K or delta:threshold:V");
+    parseEvery("--delta-every", raw.deltaEvery, o.deltaEverySteps,
+               o.deltaEveryEpochs);
+    bool coincide =
+        (o.deltaEverySteps > 0 && o.checkpointEverySteps > 0 &&
+         o.deltaEverySteps % o.checkpointEverySteps == 0) ||
+        (o.deltaEveryEpochs > 0 && o.checkpointEveryEpochs > 0 &&
+         o.deltaEveryEpochs % o.checkpointEveryEpochs == 0);
+    if (coincide)
+      throw UsageError("--delta-every: every delta (" + raw.deltaEvery +
+                       ") would fall on a full checkpoint (--checkpoint-every "
+                       + (given("--checkpoint-every") ? raw.checkpointEvery
+                                                      : std::string("1e")) +
+                       "), where no delta is written; write full checkpoints "
+                       "less often, e.g. --checkpoint-every 5e "
+                       "--delta-every 1e");
   }
   if (given("--checkpoint-dir") && o.checkpointDir.empty())
     throw UsageError("--checkpoint-dir: empty directory name");
@@ -227,6 +271,29 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
   if (!o.checkpointDir.empty() && !o.dumpStep.empty())
     throw UsageError("--checkpoint-dir: not with --dump-step (which trains "
                      "one step and writes no checkpoint)");
+  if (given("--restore-delta")) {
+    if (o.restoreDelta.empty())
+      throw UsageError("--restore-delta: empty file name");
+    if (o.resume)
+      throw UsageError("--restore-delta: not with --resume (which continues "
+                       "from the newest full checkpoint)");
+    if (o.runs > 1)
+      throw UsageError("--restore-delta: not with --runs > 1");
+  }
+  if (o.evalOnly) {
+    if (o.runs > 1)
+      throw UsageError("--eval-only: not with --runs > 1");
+    if (!o.dumpStep.empty())
+      throw UsageError("--eval-only: not with --dump-step");
+    for (const char *flag : {"--metrics", "--tsv"})
+      if (given(flag))
+        throw UsageError(std::string("--eval-only: not with ") + flag +
+                         " (the accuracy is printed)");
+    if (!o.checkpointDir.empty() && !o.resume)
+      throw UsageError("--eval-only: writes no checkpoints; --checkpoint-dir "
+                       "only goes with --resume (to evaluate the newest "
+                       "checkpoint)");
+  }
   if (given("--debug-stop-after-steps")) {
     int64_t v = toInteger("--debug-stop-after-steps", raw.stopAfterSteps);
     if (v < 1)
@@ -259,6 +326,14 @@ void validate(const fcc_program &p, const CLI::App &app, const RawFlags &raw,
                        "text syntax (or an older fcc) and carries no binary "
                        "model to export into");
     checkWritable("--export-onnx", o.exportOnnx);
+  }
+  if (given("--export-bn")) {
+    if (raw.exportBn != "fold" && raw.exportBn != "keep")
+      throw UsageError("--export-bn: must be fold or keep (got '" +
+                       raw.exportBn + "')");
+    if (!given("--export-onnx"))
+      throw UsageError("--export-bn: needs --export-onnx FILE");
+    o.exportFoldBn = raw.exportBn == "fold";
   }
   if (given("--tsv"))
     checkWritable("--tsv", o.tsvPath);
@@ -445,6 +520,13 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
                  "from with the trained weights (the EMA weights with --ema) "
                  "and BatchNorm statistics as initializers")
       ->type_name("FILE");
+  app.add_option("--export-bn", raw.exportBn,
+                 "With --export-onnx: 'keep' the BatchNormalization nodes "
+                 "(inference mode, trained statistics) or 'fold' each one "
+                 "that directly follows a Conv into the Conv's weights and "
+                 "bias")
+      ->type_name("fold|keep")
+      ->default_str("keep");
   app.add_option("--dump-step", o.dumpStep,
                  "Debugging/cross-target checks: initialise (--seed), run ONE "
                  "training step on the first batch in file order without "
@@ -464,9 +546,33 @@ int parseOptions(const fcc_program &p, const std::string &name, int argc,
       ->type_name("N|Ne")
       ->default_str("1e");
   app.add_flag("--resume", o.resume,
-               "Continue from the newest valid checkpoint in "
+               "Continue from the newest valid (full) checkpoint in "
                "--checkpoint-dir (exactly: same result as an uninterrupted "
                "run); --metrics and --tsv are appended to");
+  app.add_option("--checkpoint-mode", raw.checkpointMode,
+                 "full: full checkpoints only. delta:topk:K or "
+                 "delta:threshold:V: also small delta checkpoints "
+                 "DIR/delta-NNNNNN.fcc every --delta-every, holding the "
+                 "fraction K of the weights that changed most since the "
+                 "last full checkpoint (or those that changed by >= V); "
+                 "':q8' stores the changes in 8 bits")
+      ->type_name("MODE")
+      ->default_str("full");
+  app.add_option("--delta-every", raw.deltaEvery,
+                 "With a delta --checkpoint-mode: write a delta every N "
+                 "steps, or every N epochs with the suffix 'e', between the "
+                 "full checkpoints")
+      ->type_name("N|Ne");
+  app.add_option("--restore-delta", o.restoreDelta,
+                 "Start from a delta checkpoint applied to its base full "
+                 "checkpoint (found next to it): with --eval-only to "
+                 "evaluate or export that model; training on from it is "
+                 "approximate (the momentum is the base's)")
+      ->type_name("FILE");
+  app.add_flag("--eval-only", o.evalOnly,
+               "Do not train: evaluate the model (initial, --resume'd or "
+               "--restore-delta'd) on the test set, print its accuracy and "
+               "--export-onnx it");
   app.add_option("--debug-stop-after-steps", raw.stopAfterSteps,
                  "Testing aid: behave as if SIGINT arrived during step N "
                  "of the run (checkpoint, exit 130)")

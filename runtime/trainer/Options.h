@@ -9,6 +9,7 @@
 #ifndef FCC_TRAINER_OPTIONS_H
 #define FCC_TRAINER_OPTIONS_H
 
+#include "Checkpoint.h"
 #include "Schedule.h"
 
 #include "fcc/runtime/program.h"
@@ -52,6 +53,7 @@ struct Options {
   int64_t injectOverflow = -1; // test aid: make this step's gradients inf
   std::string dumpStep; // debug: one step on the first batch, dump params
   std::string exportOnnx; // write the trained model as ONNX at the end
+  bool exportFoldBn = false; // --export-bn fold: BatchNorm into the Convs
   // GPU: cuDNN algorithm choices measured once per shape are kept here
   // ("" = measure every run). Default: $XDG_CACHE_HOME or ~/.cache.
   std::string timingCache;
@@ -62,6 +64,15 @@ struct Options {
   int64_t checkpointEverySteps = 0;
   int checkpointEveryEpochs = 0;
   bool resume = false;
+  // --checkpoint-mode: full checkpoints only, or also delta checkpoints
+  // every deltaEverySteps steps / deltaEveryEpochs epochs (Checkpoint.h).
+  DeltaSpec checkpointMode;
+  int64_t deltaEverySteps = 0;
+  int deltaEveryEpochs = 0;
+  // --restore-delta FILE: start from base + delta (approximate: the base's
+  // momentum); --eval-only: evaluate (and export) without training.
+  std::string restoreDelta;
+  bool evalOnly = false;
   int64_t stopAfterSteps = -1; // test aid: act as if SIGINT came after step N
   // Data parallelism: how long a collective may wait for the other ranks
   // before the job is ended (a rank died); <= 0 waits forever.

@@ -14,7 +14,11 @@
 //  every --checkpoint-every, at the end and on SIGINT/SIGTERM (which only set
 //  a flag; the loop stops after the current step); --resume restores them,
 //  partial metric sums of the epoch included, so that the run continues
-//  exactly.
+//  exactly. With a delta --checkpoint-mode the trainer also keeps the
+//  parameters and EMA copies of the newest full checkpoint (the base) on the
+//  host and writes a small delta against it every --delta-every;
+//  --restore-delta starts from base + delta, --eval-only evaluates (and
+//  exports) without training.
 //
 //===----------------------------------------------------------------------===//
 #include "Trainer.h"
@@ -36,6 +40,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <cmath>
 #include <cstdio>
 #include <cerrno>
@@ -153,6 +158,21 @@ private:
   Checkpoint checkpointHeader(int run, uint64_t seed) const;
   // Downloads the state into c and writes it; "" and a message on failure.
   std::string saveCheckpoint(Checkpoint &c);
+  // Delta checkpoints: downloads the parameters and EMA copies into c and
+  // writes their delta against the base; "" and a message on failure.
+  std::string saveDelta(Checkpoint &c);
+  bool deltaMode() const { return o_.checkpointMode.delta(); }
+  // Keeps the param and EMA tensors of c (written to or read from `path`)
+  // as the base of the next deltas.
+  void keepBase(Checkpoint &c, const std::string &path, uint64_t checksum,
+                uint64_t bytes);
+  // Checks a checkpoint (read from `path` for `flag`) against the program
+  // and the options and uploads its state.
+  int adopt(Checkpoint &c, const std::string &path, const std::string &flag);
+  // --restore-delta: base + delta as the starting point.
+  int restoreFromDelta(std::unique_ptr<Checkpoint> &from);
+  // --eval-only: evaluates the current state; `what` names it.
+  int evalOnly(const std::string &what);
   // --resume: reads the newest valid checkpoint of --checkpoint-dir, checks
   // it against the program and the options, uploads its state.
   int resume(std::unique_ptr<Checkpoint> &from);
@@ -197,6 +217,11 @@ private:
   JsonLinesWriter json_;
   TsvWriter tsv_;
   std::string lastCheckpoint_; // the newest written or resumed from
+  // The base of delta checkpoints: the newest full checkpoint (its param and
+  // EMA tensors, step and checksum), its file name and size.
+  Checkpoint base_;
+  std::string baseName_;
+  uint64_t baseBytes_ = 0;
   int rank_ = 0, world_ = 1;   // data-parallel ranks (runtime/comm)
 };
 
@@ -549,14 +574,72 @@ std::string Driver::saveCheckpoint(Checkpoint &c) {
   for (CheckpointTensor &t : c.tensors)
     backend_->download(t.values.data(), stateBuffer(t),
                        int64_t(t.values.size()));
+  WrittenFile written;
   try {
-    lastCheckpoint_ = writeCheckpoint(o_.checkpointDir, c);
+    lastCheckpoint_ = writeCheckpoint(o_.checkpointDir, c, 2, &written);
   } catch (const CheckpointError &e) {
     fail(kExitUsage, std::string("--checkpoint-dir: ") + e.what());
     return "";
   }
+  if (deltaMode())
+    keepBase(c, lastCheckpoint_, written.checksum, written.bytes);
   c.tensors.clear();
   return lastCheckpoint_;
+}
+
+void Driver::keepBase(Checkpoint &c, const std::string &path,
+                      uint64_t checksum, uint64_t bytes) {
+  base_ = Checkpoint();
+  base_.planHash = c.planHash;
+  base_.step = c.step;
+  base_.checksum = checksum;
+  for (CheckpointTensor &t : c.tensors)
+    if (t.kind == CheckpointTensor::kParam || t.kind == CheckpointTensor::kEma)
+      base_.tensors.push_back(std::move(t));
+  baseName_ = std::filesystem::path(path).filename().string();
+  baseBytes_ = bytes;
+}
+
+std::string Driver::saveDelta(Checkpoint &c) {
+  backend_->synchronize();
+  c.tensors.clear();
+  std::vector<bool> whole;
+  for (CheckpointTensor &t : stateTable()) {
+    if (t.kind != CheckpointTensor::kParam && t.kind != CheckpointTensor::kEma)
+      continue;
+    backend_->download(t.values.data(), stateBuffer(t),
+                       int64_t(t.values.size()));
+    // Biases and BatchNorm vectors (scale, shift, running statistics) are
+    // stored whole: they are a small part of the entries and the model
+    // depends on every one of them.
+    whole.push_back(p_.params[t.index].rank <= 1);
+    c.tensors.push_back(std::move(t));
+  }
+  std::string path;
+  WrittenFile written;
+  int64_t stored = 0, total = 0;
+  try {
+    Delta d = makeDelta(base_, baseName_, c, o_.checkpointMode, whole);
+    for (const DeltaTensor &t : d.tensors) {
+      stored += int64_t(t.indices.size());
+      total += t.numel;
+    }
+    path = writeDelta(o_.checkpointDir, d, &written);
+  } catch (const CheckpointError &e) {
+    c.tensors.clear();
+    fail(kExitUsage, std::string("--checkpoint-mode: ") + e.what());
+    return "";
+  }
+  c.tensors.clear();
+  say("delta     " + path + ": " + std::to_string(written.bytes) +
+      " bytes = " +
+      fmt("%.2f%%", 100.0 * double(written.bytes) /
+                        double(std::max<uint64_t>(baseBytes_, 1))) +
+      " of the full checkpoint " + baseName_ + " (" +
+      std::to_string(baseBytes_) + " bytes); " + std::to_string(stored) +
+      " of " + std::to_string(total) + " values (" +
+      o_.checkpointMode.toString() + ")");
+  return path;
 }
 
 int Driver::stopped(int sig, Checkpoint &c) {
@@ -631,75 +714,138 @@ int Driver::resume(std::unique_ptr<Checkpoint> &from) {
            << "; trying an older checkpoint\n";
       continue;
     }
-    const Checkpoint &c = *from;
-    auto hex = [](uint64_t v) {
-      char buf[32];
-      std::snprintf(buf, sizeof(buf), "0x%016llx", (unsigned long long)v);
-      return std::string(buf);
-    };
-    std::string target = p_.target ? p_.target : "";
-    if (c.planHash != p_.plan_hash || c.target != target ||
-        c.batch != p_.batch)
-      return fail(kExitUsage,
-                  "--resume: checkpoint " + path +
-                      " was written by a different compiled model (plan " +
-                      hex(c.planHash) + ", " + c.target + ", batch " +
-                      std::to_string(c.batch) + " vs plan " +
-                      hex(p_.plan_hash) + ", " + target + ", batch " +
-                      std::to_string(p_.batch) + " here)");
-    if (c.trainImages != data_.train.count)
-      return fail(kExitUsage,
-                  "--resume: checkpoint " + path + " was trained on " +
-                      std::to_string(c.trainImages) +
-                      " training images per epoch, this run has " +
-                      std::to_string(data_.train.count) +
-                      " (--data, --train-limit)");
-    if (c.run != 1 || c.epoch < 1 || c.stepInEpoch < 0 ||
-        c.stepInEpoch > stepsPerEpoch() || c.step < 0)
-      return fail(kExitUsage, "--resume: checkpoint " + path +
-                                  " has an impossible position (run " +
-                                  std::to_string(c.run) + ", epoch " +
-                                  std::to_string(c.epoch) + ", step " +
-                                  std::to_string(c.stepInEpoch) + ")");
-    std::vector<CheckpointTensor> want = stateTable();
-    bool hasEma = false;
-    for (const CheckpointTensor &t : c.tensors)
-      hasEma |= t.kind == CheckpointTensor::kEma;
-    if (hasEma != (o_.ema > 0))
-      return fail(kExitUsage,
-                  "--resume: checkpoint " + path +
-                      (hasEma ? " has EMA weights but --ema is off here"
-                              : " has no EMA weights but --ema is on here"));
-    bool same = want.size() == c.tensors.size();
-    for (size_t i = 0; same && i < want.size(); ++i)
-      same = want[i].name == c.tensors[i].name &&
-             want[i].kind == c.tensors[i].kind &&
-             want[i].index == c.tensors[i].index &&
-             want[i].values.size() == c.tensors[i].values.size();
-    if (!same)
-      return fail(kExitUsage, "--resume: checkpoint " + path +
-                                  " holds other tensors than this model's "
-                                  "state (names, sizes)");
-    // The run's seed is the checkpoint's; the other flags are this run's.
-    o_.seed = c.seed;
-    if (c.settings != settings())
-      err_ << name_ << ": warning: resuming with other settings than the "
-           << "checkpoint's, so the result will differ from an "
-              "uninterrupted run\n  checkpoint: "
-           << c.settings << "\n  now:        " << settings() << "\n";
-    for (const CheckpointTensor &t : c.tensors)
-      backend_->upload(stateBuffer(t), t.values.data(),
-                       int64_t(t.values.size()));
+    int rc = adopt(*from, path, "--resume");
+    if (rc != kExitOk) {
+      from.reset();
+      return rc;
+    }
+    if (deltaMode()) {
+      std::error_code ec;
+      uint64_t bytes = std::filesystem::file_size(path, ec);
+      keepBase(*from, path, from->checksum, ec ? 0 : bytes);
+    }
     from->tensors.clear();
-    lastCheckpoint_ = path;
-    say("resume    " + path + ": epoch " + std::to_string(c.epoch) +
-        ", step " + std::to_string(c.step) + " of the run (" +
-        std::to_string(c.stepInEpoch) + " into the epoch)");
+    say("resume    " + path + ": epoch " + std::to_string(from->epoch) +
+        ", step " + std::to_string(from->step) + " of the run (" +
+        std::to_string(from->stepInEpoch) + " into the epoch)");
     return kExitOk;
   }
   from.reset();
   return fail(kExitUsage, "--resume: no valid checkpoint in '" + dir +
                               "': " + firstError);
+}
+
+int Driver::adopt(Checkpoint &c, const std::string &path,
+                  const std::string &flag) {
+  auto hex = [](uint64_t v) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "0x%016llx", (unsigned long long)v);
+    return std::string(buf);
+  };
+  std::string target = p_.target ? p_.target : "";
+  if (c.planHash != p_.plan_hash || c.target != target ||
+      c.batch != p_.batch)
+    return fail(kExitUsage,
+                flag + ": checkpoint " + path +
+                    " was written by a different compiled model (plan " +
+                    hex(c.planHash) + ", " + c.target + ", batch " +
+                    std::to_string(c.batch) + " vs plan " +
+                    hex(p_.plan_hash) + ", " + target + ", batch " +
+                    std::to_string(p_.batch) + " here)");
+  if (c.trainImages != data_.train.count)
+    return fail(kExitUsage,
+                flag + ": checkpoint " + path + " was trained on " +
+                    std::to_string(c.trainImages) +
+                    " training images per epoch, this run has " +
+                    std::to_string(data_.train.count) +
+                    " (--data, --train-limit)");
+  if (c.run != 1 || c.epoch < 1 || c.stepInEpoch < 0 ||
+      c.stepInEpoch > stepsPerEpoch() || c.step < 0)
+    return fail(kExitUsage, flag + ": checkpoint " + path +
+                                " has an impossible position (run " +
+                                std::to_string(c.run) + ", epoch " +
+                                std::to_string(c.epoch) + ", step " +
+                                std::to_string(c.stepInEpoch) + ")");
+  std::vector<CheckpointTensor> want = stateTable();
+  bool hasEma = false;
+  for (const CheckpointTensor &t : c.tensors)
+    hasEma |= t.kind == CheckpointTensor::kEma;
+  if (hasEma != (o_.ema > 0))
+    return fail(kExitUsage,
+                flag + ": checkpoint " + path +
+                    (hasEma ? " has EMA weights but --ema is off here"
+                            : " has no EMA weights but --ema is on here"));
+  bool same = want.size() == c.tensors.size();
+  for (size_t i = 0; same && i < want.size(); ++i)
+    same = want[i].name == c.tensors[i].name &&
+           want[i].kind == c.tensors[i].kind &&
+           want[i].index == c.tensors[i].index &&
+           want[i].values.size() == c.tensors[i].values.size();
+  if (!same)
+    return fail(kExitUsage, flag + ": checkpoint " + path +
+                                " holds other tensors than this model's "
+                                "state (names, sizes)");
+  // The run's seed is the checkpoint's; the other flags are this run's.
+  o_.seed = c.seed;
+  if (c.settings != settings() && !o_.evalOnly)
+    err_ << name_ << ": warning: resuming with other settings than the "
+         << "checkpoint's, so the result will differ from an "
+            "uninterrupted run\n  checkpoint: "
+         << c.settings << "\n  now:        " << settings() << "\n";
+  for (const CheckpointTensor &t : c.tensors)
+    backend_->upload(stateBuffer(t), t.values.data(),
+                     int64_t(t.values.size()));
+  lastCheckpoint_ = path;
+  return kExitOk;
+}
+
+int Driver::restoreFromDelta(std::unique_ptr<Checkpoint> &from) {
+  if (world_ > 1)
+    return fail(kExitUsage, "--restore-delta: runs on one rank only (each "
+                            "rank writes its own deltas)");
+  std::string basePath;
+  try {
+    from = std::make_unique<Checkpoint>(
+        restoreDelta(o_.restoreDelta, &basePath));
+  } catch (const CheckpointError &e) {
+    from.reset();
+    return fail(kExitUsage, std::string("--restore-delta: ") + e.what());
+  }
+  int rc = adopt(*from, o_.restoreDelta, "--restore-delta");
+  if (rc != kExitOk) {
+    from.reset();
+    return rc;
+  }
+  from->tensors.clear();
+  say("restore   " + o_.restoreDelta + " on its base " + basePath +
+      ": epoch " + std::to_string(from->epoch) + ", step " +
+      std::to_string(from->step) + " of the run (" +
+      std::to_string(from->stepInEpoch) + " into the epoch)");
+  if (!o_.evalOnly)
+    err_ << name_ << ": warning: training on from a delta checkpoint is "
+         << "approximate: the weights are those of step " << from->step
+         << " as far as the delta holds them, but the momentum"
+         << (p_.num_comm_state > 0 ? " and the error-feedback residuals are"
+                                   : " is")
+         << " that of the base " << basePath << "\n";
+  return kExitOk;
+}
+
+int Driver::evalOnly(const std::string &what) {
+  float *const *evalParams =
+      o_.ema > 0 ? state_.ema.data() : state_.params.data();
+  syncRunningStatistics();
+  double loss = 0, acc = 0;
+  evaluate(evalParams, loss, acc);
+  if (rank_ == 0) {
+    long long correct = std::llround(acc * double(data_.test.count));
+    out_ << "eval      " << what << (o_.ema > 0 ? " (EMA weights)" : "")
+         << ": test loss " << fmt("%.4f", loss) << ", test acc "
+         << fmt("%.4f", acc) << " (" << correct << " of "
+         << data_.test.count << " images)\n"
+         << std::flush;
+  }
+  return kExitOk;
 }
 
 int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
@@ -781,6 +927,17 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     c.targetTime = summary.targetTime;
     return c;
   };
+  // Deltas need a base: a fresh run (or one restored from a delta) starts
+  // with a full checkpoint of its starting point.
+  if (checkpoints && deltaMode() && baseName_.empty()) {
+    Checkpoint c = from ? position(firstEpoch, from->stepInEpoch, from->sums,
+                                   from->epochTime)
+                        : position(1, 0, nullptr, 0);
+    std::string path = saveCheckpoint(c);
+    if (path.empty())
+      return kExitUsage;
+    say("checkpoint " + path + " (the base of the first deltas)");
+  }
   auto diverged = [&](const std::string &message) {
     std::string kept;
     if (checkpoints)
@@ -874,7 +1031,17 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
         sig = -1;
       bool periodic = checkpoints && o_.checkpointEverySteps > 0 &&
                       step % o_.checkpointEverySteps == 0;
-      if (sig != 0 || periodic) {
+      // No delta where a full checkpoint is written (now or at the end of
+      // this epoch).
+      bool fullAtEpochEnd =
+          checkpoints && s + 1 == stepsPerEpoch &&
+          (epoch == o_.epochs || (o_.checkpointEveryEpochs > 0 &&
+                                  epoch % o_.checkpointEveryEpochs == 0));
+      bool deltaNow = checkpoints && deltaMode() &&
+                      o_.deltaEverySteps > 0 &&
+                      step % o_.deltaEverySteps == 0 && !periodic &&
+                      !fullAtEpochEnd && step != base_.step;
+      if (sig != 0 || periodic || deltaNow) {
         if (!cheap) {
           drainMetrics(metrics, sums);
           if (!std::isfinite(sums[FCC_METRIC_LOSS_SUM])) {
@@ -891,7 +1058,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
         bar.clear();
         if (sig != 0)
           return stopped(sig, c);
-        if (saveCheckpoint(c).empty())
+        if ((periodic ? saveCheckpoint(c) : saveDelta(c)).empty())
           return kExitUsage;
       }
     }
@@ -987,6 +1154,11 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     } else if (sig != 0 && !last) {
       Checkpoint c = position(epoch + 1, 0, nullptr, 0);
       return stopped(sig, c);
+    } else if (checkpoints && deltaMode() && o_.deltaEveryEpochs > 0 &&
+               epoch % o_.deltaEveryEpochs == 0 && step != base_.step) {
+      Checkpoint c = position(epoch + 1, 0, nullptr, 0);
+      if (saveDelta(c).empty())
+        return kExitUsage;
     }
   }
   if (rank_ == 0)
@@ -1076,6 +1248,23 @@ int Driver::main(int argc, char **argv) {
   std::unique_ptr<Checkpoint> from;
   if (o_.resume && (rc = resume(from)) != kExitOk)
     return rc;
+  if (!o_.restoreDelta.empty() && (rc = restoreFromDelta(from)) != kExitOk)
+    return rc;
+  if (o_.evalOnly) {
+    std::string what;
+    if (!from) {
+      if ((rc = initialiseRun(o_.seed)) != kExitOk)
+        return rc;
+      what = "the initial weights (seed " + std::to_string(o_.seed) + ")";
+    } else {
+      what = lastCheckpoint_ + " (step " + std::to_string(from->step) + ")";
+    }
+    if ((rc = evalOnly(what)) != kExitOk)
+      return rc;
+    if (!o_.exportOnnx.empty() && rank_ == 0)
+      return exportModel();
+    return kExitOk;
+  }
   std::vector<RunSummary> summaries;
   for (int run = 1; run <= o_.runs; ++run) {
     uint64_t seed = o_.seed + uint64_t(run - 1);
@@ -1132,9 +1321,13 @@ int Driver::exportModel() {
     tensors.push_back(std::move(t));
   }
   std::string bytes;
+  ExportOptions options;
+  options.foldBatchNorm = o_.exportFoldBn;
+  ExportReport report;
   try {
     bytes = withInitializers(
-        std::string(p_.onnx_model, size_t(p_.onnx_model_size)), tensors);
+        std::string(p_.onnx_model, size_t(p_.onnx_model_size)), tensors,
+        options, &report);
   } catch (const ExportError &e) {
     return fail(kExitUsage, std::string("--export-onnx: ") + e.what());
   }
@@ -1148,8 +1341,19 @@ int Driver::exportModel() {
   if (std::rename(temp.c_str(), o_.exportOnnx.c_str()) != 0)
     return fail(kExitUsage, "--export-onnx: cannot write '" + o_.exportOnnx +
                                 "': " + std::strerror(errno));
-  out_ << "exported the trained model" << (o_.ema > 0 ? " (EMA weights)" : "")
-       << " to " << o_.exportOnnx << "\n";
+  std::string notes;
+  if (o_.ema > 0)
+    notes = "EMA weights";
+  if (o_.exportFoldBn)
+    notes += std::string(notes.empty() ? "" : "; ") +
+             std::to_string(report.folded) + " BatchNormalization" +
+             (report.folded == 1 ? "" : "s") + " folded into Convs, " +
+             std::to_string(report.keptBatchNorms) + " kept";
+  out_ << "exported the trained model"
+       << (notes.empty() ? "" : " (" + notes + ")") << " to " << o_.exportOnnx
+       << "\n";
+  for (const std::string &why : report.whyKept)
+    out_ << "  kept " << why << "\n";
   return kExitOk;
 }
 
