@@ -40,6 +40,10 @@ struct ImportOptions {
   /// Graph inputs whose values are known at compile time (e.g. the shape
   /// operand of a Reshape given as an input): they are folded like constants.
   std::map<std::string, HostTensor> boundInputs;
+  /// The most values compile-time folding (shape computations, rearranged
+  /// constants) may produce for one model; beyond it the model is rejected
+  /// instead of exhausting memory.
+  int64_t maxFoldedElements = int64_t(1) << 28;
   /// Keep initializer values as `fcc.init` (false: parameters only).
   bool keepInitialValues = true;
   std::string functionName = "forward";
@@ -49,6 +53,10 @@ struct ImportOptions {
 /// else is parsed as a binary ModelProto. Throws ImportError with a message
 /// that says what is wrong with the file.
 onnx::ModelProto readOnnxFile(const std::string &path);
+
+/// readOnnxFile on bytes already in memory: ONNX text syntax when `text`,
+/// otherwise a binary ModelProto. Throws ImportError like readOnnxFile.
+onnx::ModelProto parseOnnxBytes(llvm::StringRef bytes, bool text);
 
 /// Checks and imports a model. Errors name the node, op type and opset.
 llvm::Expected<mlir::OwningOpRef<mlir::ModuleOp>>
@@ -60,6 +68,13 @@ importOnnxModel(mlir::MLIRContext &context, const onnx::ModelProto &model,
 llvm::Expected<mlir::OwningOpRef<mlir::ModuleOp>>
 importOnnxFile(mlir::MLIRContext &context, const std::string &path,
                const ImportOptions &options);
+
+/// parseOnnxBytes + importOnnxModel; messages start with `sourceName`. The
+/// entry point of the importer's fuzz target (tests/fuzz/).
+llvm::Expected<mlir::OwningOpRef<mlir::ModuleOp>>
+importOnnxBytes(mlir::MLIRContext &context, llvm::StringRef bytes, bool text,
+                const ImportOptions &options,
+                const std::string &sourceName = "<model>");
 
 /// The ONNX op types the importer understands (sorted), for messages and docs.
 const std::vector<std::string> &supportedOnnxOps();
