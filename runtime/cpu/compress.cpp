@@ -784,6 +784,33 @@ extern "C" void fcc_randomk_indices(uint64_t shared_seed, int64_t n, int64_t k,
   std::sort(out, out + k);
 }
 
+namespace {
+// RandomK's positions for one (seed, n, k), shared by the compression, the
+// decompression of every rank's payload and the error-feedback residual of
+// a step: a small per-thread cache of the latest draws saves recomputing
+// Floyd's sampling several times per tensor and step.
+const std::vector<int64_t> &randomkPositions(uint64_t seed, int64_t n,
+                                             int64_t k) {
+  struct Entry {
+    uint64_t seed = 0;
+    int64_t n = -1, k = -1;
+    std::vector<int64_t> idx;
+  };
+  thread_local Entry cache[4];
+  thread_local unsigned next = 0;
+  for (Entry &e : cache)
+    if (e.seed == seed && e.n == n && e.k == k)
+      return e.idx;
+  Entry &e = cache[next++ % 4];
+  e.seed = seed;
+  e.n = n;
+  e.k = k;
+  e.idx.resize(static_cast<size_t>(k));
+  fcc_randomk_indices(seed, n, k, e.idx.data());
+  return e.idx;
+}
+} // namespace
+
 extern "C" int64_t fcc_compress(const fcc_compressor *c, const float *g,
                                 int64_t n, uint64_t shared_seed,
                                 uint64_t private_seed, void *payload) {
@@ -805,8 +832,7 @@ extern "C" int64_t fcc_compress(const fcc_compressor *c, const float *g,
   }
   case FCC_COMPRESS_RANDOMK: {
     int64_t k = fcc_compress_k(c, n);
-    std::vector<int64_t> idx(static_cast<size_t>(k));
-    fcc_randomk_indices(shared_seed, n, k, idx.data());
+    const std::vector<int64_t> &idx = randomkPositions(shared_seed, n, k);
     for (int64_t j = 0; j < k; ++j)
       store<float>(p + 4 * j, g[idx[size_t(j)]]);
     return 4 * k;
@@ -852,8 +878,7 @@ extern "C" void fcc_decompress_add(const fcc_compressor *c, const void *payload,
   }
   case FCC_COMPRESS_RANDOMK: {
     int64_t k = fcc_compress_k(c, n);
-    std::vector<int64_t> idx(static_cast<size_t>(k));
-    fcc_randomk_indices(shared_seed, n, k, idx.data());
+    const std::vector<int64_t> &idx = randomkPositions(shared_seed, n, k);
     float factor = c->unbiased ? float(double(n) / double(k)) : 1.0f;
     for (int64_t j = 0; j < k; ++j) {
       float v = load<float>(p + 4 * j);

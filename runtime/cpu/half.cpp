@@ -42,15 +42,17 @@ float roundF16(float x) {
   // 65520 = 65504 + half an ulp; 65520 itself ties to even = infinity.
   if (mag >= 0x477ff000u)
     return floatOf(sign | 0x7f800000u);
-  int exponent = int(mag >> 23) - 127;
-  // Spacing of fp16 values around x: 2^(e-10) for normals (e >= -14),
-  // 2^-24 for subnormals.
-  int quantumExp = exponent >= -14 ? exponent - 10 : -24;
+  if (mag >= 0x38800000u) {
+    // Normal fp16 range (>= 2^-14): keep 10 of the 23 mantissa bits,
+    // rounding the 13 dropped ones to nearest, ties to even (a carry into
+    // the exponent is the correct result).
+    uint32_t r = mag + 0xfffu + ((mag >> 13) & 1u);
+    return floatOf(sign | (r & ~0x1fffu));
+  }
+  // Subnormal fp16 range: multiples of 2^-24. Adding 0.5 (whose float ulp
+  // is 2^-24) rounds to nearest even in hardware; subtracting it is exact.
   float a = floatOf(mag);
-  float quantum = std::ldexp(1.0f, quantumExp);
-  // a / quantum is exact (power of two); nearbyint rounds ties to even in
-  // the default rounding mode.
-  float r = std::nearbyint(a / quantum) * quantum;
+  float r = (a + 0.5f) - 0.5f;
   return floatOf(sign | bitsOf(r));
 }
 

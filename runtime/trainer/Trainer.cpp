@@ -123,7 +123,8 @@ public:
 
 private:
   int fail(int code, const std::string &message) {
-    err_ << name_ << ": error: " << message << "\n";
+    // One write, so that the lines of several ranks do not interleave.
+    err_ << (name_ + ": error: " + message + "\n") << std::flush;
     return code;
   }
   void say(const std::string &line) {
@@ -1290,6 +1291,14 @@ int Driver::startRanks(int &argc, char **&argv) {
     return fail(kExitUsage, std::string("starting the ranks: ") + why);
   rank_ = fcc_comm_rank();
   world_ = fcc_comm_size();
+  if (rank_ != 0) {
+    o_.quiet = true;
+    name_ += " (rank " + std::to_string(rank_) + ")";
+  }
+  // Under mpirun rank 0's stdout is a pseudo-terminal even when the job's
+  // output goes to a file: no in-place progress bar on several ranks.
+  if (world_ > 1)
+    progress_ = false;
   if (world_ > 1 && !p_.collectives)
     return fail(kExitUsage,
                 "this trainer was compiled without collectives (target " +
@@ -1298,11 +1307,6 @@ int Driver::startRanks(int &argc, char **&argv) {
                     std::to_string(world_));
   if (world_ > 1 && o_.runs > 1)
     return fail(kExitUsage, "--runs > 1 is not supported on several ranks");
-  if (rank_ != 0) {
-    o_.quiet = true;
-    progress_ = false;
-    name_ += " (rank " + std::to_string(rank_) + ")";
-  }
   return kExitOk;
 }
 

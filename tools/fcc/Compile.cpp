@@ -189,6 +189,17 @@ int fcc::runCompile(const CompileOptions &options) {
     if (!validateCompressionMethod(o.compress, why))
       return reportError("--compress '" + o.compress + "': " + why);
   }
+  if (o.compressScope == "entire-model" &&
+      o.compress.find('=') != std::string::npos &&
+      o.compress.find('=') < o.compress.find(':'))
+    return reportError("--compress '" + o.compress +
+                       "': per-parameter rules need --compress-scope "
+                       "layerwise");
+  if (o.precision == "fp16" && o.compress.find("thresholdv") != std::string::npos)
+    return reportError("--compress '" + o.compress +
+                       "': thresholdv compares loss-scaled gradients with a "
+                       "fixed threshold under --precision fp16; use bf16 or "
+                       "fp32, or adaptive-threshold");
   if (o.target == "cuda" && o.compress != "none")
     return reportError("--compress " + o.compress +
                        ": gradient compression and several ranks run on "
