@@ -88,9 +88,10 @@ private:
 std::string errnoText() { return std::strerror(errno); }
 
 // Steps in a file name "checkpoint-NNNNNN.fcc", or -1.
-int64_t stepOf(const std::string &name) {
-  size_t p = sizeof(kPrefix) - 1, s = sizeof(kSuffix) - 1;
-  if (name.size() <= p + s || name.compare(0, p, kPrefix) != 0 ||
+// Steps in a file name PREFIX NNNNNN ".fcc", or -1.
+int64_t stepIn(const std::string &name, const std::string &prefix) {
+  size_t p = prefix.size(), s = sizeof(kSuffix) - 1;
+  if (name.size() <= p + s || name.compare(0, p, prefix) != 0 ||
       name.compare(name.size() - s, s, kSuffix) != 0)
     return -1;
   std::string digits = name.substr(p, name.size() - p - s);
@@ -98,6 +99,34 @@ int64_t stepOf(const std::string &name) {
       digits.find_first_not_of("0123456789") != std::string::npos)
     return -1;
   return std::stoll(digits);
+}
+int64_t stepOf(const std::string &name) { return stepIn(name, kPrefix); }
+
+// DIR/PREFIX NNNNNN .fcc
+std::string stepPath(const std::string &dir, const char *prefix,
+                     int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "%s%06lld%s", prefix, (long long)step,
+                kSuffix);
+  return (std::filesystem::path(dir) / name).string();
+}
+
+// The PREFIX files of DIR, most steps first.
+std::vector<std::string> listStepFiles(const std::string &dir,
+                                       const char *prefix) {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto &entry : std::filesystem::directory_iterator(dir, ec)) {
+    int64_t step = stepIn(entry.path().filename().string(), prefix);
+    if (step >= 0 && entry.is_regular_file(ec))
+      found.emplace_back(step, entry.path().string());
+  }
+  std::sort(found.begin(), found.end(),
+            [](const auto &a, const auto &b) { return a.first > b.first; });
+  std::vector<std::string> paths;
+  for (auto &f : found)
+    paths.push_back(std::move(f.second));
+  return paths;
 }
 
 // The position fields of a checkpoint, from `target` to `settings`.
@@ -319,38 +348,29 @@ Checkpoint parseCheckpoint(const std::vector<uint8_t> &bytes,
   return c;
 }
 
-std::string checkpointPath(const std::string &dir, int64_t step) {
-  char name[64];
-  std::snprintf(name, sizeof(name), "%s%06lld%s", kPrefix, (long long)step,
-                kSuffix);
-  return (std::filesystem::path(dir) / name).string();
-}
-
-std::vector<std::string> listCheckpoints(const std::string &dir) {
-  std::vector<std::pair<int64_t, std::string>> found;
-  std::error_code ec;
-  for (const auto &entry : std::filesystem::directory_iterator(dir, ec)) {
-    int64_t step = stepOf(entry.path().filename().string());
-    if (step >= 0 && entry.is_regular_file(ec))
-      found.emplace_back(step, entry.path().string());
-  }
-  std::sort(found.begin(), found.end(),
-            [](const auto &a, const auto &b) { return a.first > b.first; });
-  std::vector<std::string> paths;
-  for (auto &f : found)
-    paths.push_back(std::move(f.second));
-  return paths;
-}
-
-std::string writeCheckpoint(const std::string &dir, const Checkpoint &c,
-                            int keep, WrittenFile *written) {
-  std::vector<uint8_t> bytes = serialiseCheckpoint(c);
-  std::string path = checkpointPath(dir, c.step);
+// Writes `bytes` atomically and records its size and checksum (the last 8
+// bytes) in `written` when given.
+static void writeRecorded(const std::string &dir, const std::string &path,
+                   const std::vector<uint8_t> &bytes, WrittenFile *written) {
   writeAtomically(dir, path, bytes);
   if (written) {
     std::memcpy(&written->checksum, bytes.data() + bytes.size() - 8, 8);
     written->bytes = bytes.size();
   }
+}
+
+std::string checkpointPath(const std::string &dir, int64_t step) {
+  return stepPath(dir, kPrefix, step);
+}
+
+std::vector<std::string> listCheckpoints(const std::string &dir) {
+  return listStepFiles(dir, kPrefix);
+}
+
+std::string writeCheckpoint(const std::string &dir, const Checkpoint &c,
+                            int keep, WrittenFile *written) {
+  std::string path = checkpointPath(dir, c.step);
+  writeRecorded(dir, path, serialiseCheckpoint(c), written);
   if (keep > 0) {
     std::error_code ec;
     std::vector<std::string> all = listCheckpoints(dir);
@@ -399,15 +419,7 @@ std::string shortest(double v) {
 }
 
 int64_t stepOfDelta(const std::string &name) {
-  size_t p = sizeof(kDeltaPrefix) - 1, s = sizeof(kSuffix) - 1;
-  if (name.size() <= p + s || name.compare(0, p, kDeltaPrefix) != 0 ||
-      name.compare(name.size() - s, s, kSuffix) != 0)
-    return -1;
-  std::string digits = name.substr(p, name.size() - p - s);
-  if (digits.empty() || digits.size() > 18 ||
-      digits.find_first_not_of("0123456789") != std::string::npos)
-    return -1;
-  return std::stoll(digits);
+  return stepIn(name, kDeltaPrefix);
 }
 
 void putVarint(std::vector<uint8_t> &out, uint64_t v) {
@@ -866,37 +878,17 @@ Delta parseDelta(const std::vector<uint8_t> &bytes, const std::string &what) {
 }
 
 std::string deltaPath(const std::string &dir, int64_t step) {
-  char name[64];
-  std::snprintf(name, sizeof(name), "%s%06lld%s", kDeltaPrefix,
-                (long long)step, kSuffix);
-  return (std::filesystem::path(dir) / name).string();
+  return stepPath(dir, kDeltaPrefix, step);
 }
 
 std::vector<std::string> listDeltas(const std::string &dir) {
-  std::vector<std::pair<int64_t, std::string>> found;
-  std::error_code ec;
-  for (const auto &entry : std::filesystem::directory_iterator(dir, ec)) {
-    int64_t step = stepOfDelta(entry.path().filename().string());
-    if (step >= 0 && entry.is_regular_file(ec))
-      found.emplace_back(step, entry.path().string());
-  }
-  std::sort(found.begin(), found.end(),
-            [](const auto &a, const auto &b) { return a.first > b.first; });
-  std::vector<std::string> paths;
-  for (auto &f : found)
-    paths.push_back(std::move(f.second));
-  return paths;
+  return listStepFiles(dir, kDeltaPrefix);
 }
 
 std::string writeDelta(const std::string &dir, const Delta &d,
                        WrittenFile *written) {
-  std::vector<uint8_t> bytes = serialiseDelta(d);
   std::string path = deltaPath(dir, d.position.step);
-  writeAtomically(dir, path, bytes);
-  if (written) {
-    std::memcpy(&written->checksum, bytes.data() + bytes.size() - 8, 8);
-    written->bytes = bytes.size();
-  }
+  writeRecorded(dir, path, serialiseDelta(d), written);
   return path;
 }
 
