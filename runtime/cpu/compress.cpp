@@ -12,6 +12,7 @@
 // need. Reductions that round (the QSGD norms) are serial within a bucket.
 //
 //===----------------------------------------------------------------------===//
+#include "internal.h"
 #include "fcc/runtime/compress.h"
 
 #include "fcc/runtime/cpu_kernels.h"
@@ -49,17 +50,8 @@ template <typename T> void store(Byte *p, T v) {
   std::memcpy(p, &v, sizeof(T));
 }
 
-uint32_t bitsOf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-float floatOf(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using fcc::cpu::bitsOf;
+using fcc::cpu::floatOf;
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 

@@ -11,6 +11,7 @@
 // SGD update that skips the step when a gradient overflowed.
 //
 //===----------------------------------------------------------------------===//
+#include "internal.h"
 #include "fcc/runtime/cpu_kernels.h"
 
 #include <cmath>
@@ -18,17 +19,8 @@
 
 namespace {
 
-uint32_t bitsOf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-float floatOf(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using fcc::cpu::bitsOf;
+using fcc::cpu::floatOf;
 
 // Rounds to the nearest fp16 value (ties to even), with fp16's overflow to
 // infinity, gradual underflow (subnormals 2^-24 apart) and NaN kept NaN.

@@ -11,6 +11,7 @@
 #include "fcc/runtime/cpu_kernels.h"
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace fcc::cpu {
@@ -21,6 +22,18 @@ int setError(int code, std::string message);
 
 // printf-style formatting into a std::string (for error messages).
 std::string format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// The bits of a float and back (memcpy: no aliasing questions).
+inline uint32_t bitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float floatOf(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 } // namespace fcc::cpu
 

@@ -351,7 +351,8 @@ Checkpoint parseCheckpoint(const std::vector<uint8_t> &bytes,
 // Writes `bytes` atomically and records its size and checksum (the last 8
 // bytes) in `written` when given.
 static void writeRecorded(const std::string &dir, const std::string &path,
-                   const std::vector<uint8_t> &bytes, WrittenFile *written) {
+                          const std::vector<uint8_t> &bytes,
+                          WrittenFile *written) {
   writeAtomically(dir, path, bytes);
   if (written) {
     std::memcpy(&written->checksum, bytes.data() + bytes.size() - 8, 8);
