@@ -200,7 +200,8 @@ int fcc::runCompile(const CompileOptions &options) {
                        "': thresholdv compares loss-scaled gradients with a "
                        "fixed threshold under --precision fp16; use bf16 or "
                        "fp32, or adaptive-threshold");
-  if (o.target == "cuda" && o.compress != "none")
+  const bool generatesCode = o.emit == "exe" || o.emit == "cpp";
+  if (o.target == "cuda" && o.compress != "none" && generatesCode)
     return reportError("--compress " + o.compress +
                        ": gradient compression and several ranks run on "
                        "--target cpu only so far (the CUDA target has no "
@@ -256,7 +257,7 @@ int fcc::runCompile(const CompileOptions &options) {
         o.dumpIrDir, dumpCounter));
   std::optional<Recipe> recipe = findRecipe(o.recipe);
   PipelineOptions pipeline;
-  bool codegen = o.emit == "exe" || o.emit == "cpp";
+  bool codegen = generatesCode;
   pipeline.stage = o.emit == "fcc" || o.emit == "dot" ? Stage::Import
                    : o.emit == "training"             ? Stage::Training
                                                       : Stage::Planned;
@@ -273,7 +274,10 @@ int fcc::runCompile(const CompileOptions &options) {
   pipeline.minCompressBytes = o.minCompressBytes;
   pipeline.bucketBytes = o.bucketBytes;
   // CPU trainers average gradients over MPI ranks (one rank: plain copies).
-  pipeline.collectives = o.target == "cpu";
+  // The IR stages (--emit=training, memory-plan) show the data-parallel
+  // program on every target; CUDA code generation of the collectives (NCCL)
+  // is not written yet, so CUDA trainers are single-rank programs.
+  pipeline.collectives = o.target == "cpu" || !generatesCode;
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");
