@@ -101,6 +101,10 @@ std::string jsonLine(const EpochRecord &r) {
     for (size_t k = 0; k < r.commBytesPerStep.size(); ++k)
       s += (k ? "," : "") + jsonCount(r.commBytesPerStep[k]);
     s += "]";
+    s += ",\"comm_bytes_epoch_by_rank\":[";
+    for (size_t k = 0; k < r.commBytesEpoch.size(); ++k)
+      s += (k ? "," : "") + jsonCount(r.commBytesEpoch[k]);
+    s += "]";
     s += ",\"dense_fp32_bytes_per_step\":" + jsonCount(r.denseBytesPerStep);
     double sent = r.commBytesPerStep[0];
     s += ",\"compression_ratio_fp32\":" +

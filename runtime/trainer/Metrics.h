@@ -45,6 +45,7 @@ struct EpochRecord {
   // gradients; seconds compressing and communicating (rank 0's).
   int ranks = 1;
   std::vector<double> commBytesPerStep; // one entry per rank (ranks > 1)
+  std::vector<double> commBytesEpoch;   // the epoch's total, per rank
   double denseBytesPerStep = 0;         // 4 x gradient elements
   double compressSeconds = 0, commSeconds = 0;
 };

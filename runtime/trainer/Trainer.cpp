@@ -1094,8 +1094,10 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       const double steps = double(stepsRun);
       std::vector<uint64_t> bytes(static_cast<size_t>(world_));
       fcc_comm_allgather_u64(commStats.bytes_sent, bytes.data());
-      for (uint64_t b : bytes)
+      for (uint64_t b : bytes) {
         r.commBytesPerStep.push_back(double(b) / steps);
+        r.commBytesEpoch.push_back(double(b));
+      }
       r.denseBytesPerStep = 4.0 * double(p_.grad_numel);
       r.compressSeconds = commStats.compress_seconds;
       r.commSeconds = commStats.comm_seconds;
