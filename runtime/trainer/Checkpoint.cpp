@@ -239,6 +239,36 @@ std::vector<uint8_t> readFile(const std::string &path) {
   return bytes;
 }
 
+// The framing shared by full and delta checkpoints: 8 magic bytes (whose
+// tag is the first 7), a u32 format version, ..., and an FNV-1a 64 of every
+// byte before the last 8. Checks it and returns the size without the
+// checksum; `kind` is "checkpoint" or "delta checkpoint" for messages.
+size_t checkFraming(const std::vector<uint8_t> &bytes, const std::string &what,
+                    const char *magic, const std::string &kind,
+                    uint32_t wantVersion, size_t minSize) {
+  if (bytes.size() < 16 || std::memcmp(bytes.data(), magic, 8) != 0)
+    throw CheckpointError(what + ": not an fcc " + kind + " (no " +
+                          std::string(magic, 7) + " header)");
+  uint32_t version;
+  std::memcpy(&version, bytes.data() + 8, 4);
+  if (version != wantVersion)
+    throw CheckpointError(what + ": " + kind.substr(0, kind.find(' ')) +
+                          " format version " + std::to_string(version) +
+                          ", but this trainer reads version " +
+                          std::to_string(wantVersion));
+  if (bytes.size() < minSize)
+    throw CheckpointError(what + ": checksum mismatch: the file is torn or "
+                                 "corrupt (only " +
+                          std::to_string(bytes.size()) + " bytes)");
+  size_t body = bytes.size() - 8;
+  uint64_t stored;
+  std::memcpy(&stored, bytes.data() + body, 8);
+  if (fnv1a64(bytes.data(), body) != stored)
+    throw CheckpointError(what + ": checksum mismatch: the file is torn or "
+                                 "corrupt");
+  return body;
+}
+
 } // namespace
 
 uint64_t fnv1a64(const uint8_t *data, size_t size) {
@@ -282,26 +312,8 @@ std::vector<uint8_t> serialiseCheckpoint(const Checkpoint &c) {
 
 Checkpoint parseCheckpoint(const std::vector<uint8_t> &bytes,
                            const std::string &what) {
-  if (bytes.size() < 16 || std::memcmp(bytes.data(), kMagic, 8) != 0)
-    throw CheckpointError(what + ": not an fcc checkpoint (no FCCCKPT "
-                                 "header)");
-  uint32_t version;
-  std::memcpy(&version, bytes.data() + 8, 4);
-  if (version != kCheckpointVersion)
-    throw CheckpointError(what + ": checkpoint format version " +
-                          std::to_string(version) + ", but this trainer "
-                          "reads version " +
-                          std::to_string(kCheckpointVersion));
-  if (bytes.size() < 40)
-    throw CheckpointError(what + ": checksum mismatch: the file is torn or "
-                                 "corrupt (only " +
-                          std::to_string(bytes.size()) + " bytes)");
-  size_t body = bytes.size() - 8;
-  uint64_t stored;
-  std::memcpy(&stored, bytes.data() + body, 8);
-  if (fnv1a64(bytes.data(), body) != stored)
-    throw CheckpointError(what + ": checksum mismatch: the file is torn or "
-                                 "corrupt");
+  size_t body = checkFraming(bytes, what, kMagic, "checkpoint",
+                             kCheckpointVersion, 40);
 
   Reader r(bytes.data(), body, what);
   r.get<uint64_t>(); // magic
@@ -310,7 +322,7 @@ Checkpoint parseCheckpoint(const std::vector<uint8_t> &bytes,
   uint64_t payloadOffset = r.get<uint64_t>();
   uint64_t payloadBytes = r.get<uint64_t>();
   Checkpoint c;
-  c.checksum = stored;
+  std::memcpy(&c.checksum, bytes.data() + body, 8);
   c.planHash = r.get<uint64_t>();
   getPosition(r, c);
   uint32_t count = r.get<uint32_t>();
@@ -740,25 +752,8 @@ std::vector<uint8_t> serialiseDelta(const Delta &d) {
 }
 
 Delta parseDelta(const std::vector<uint8_t> &bytes, const std::string &what) {
-  if (bytes.size() < 16 || std::memcmp(bytes.data(), kDeltaMagic, 8) != 0)
-    throw CheckpointError(what + ": not an fcc delta checkpoint (no FCCDELT "
-                                 "header)");
-  uint32_t version;
-  std::memcpy(&version, bytes.data() + 8, 4);
-  if (version != kDeltaVersion)
-    throw CheckpointError(what + ": delta format version " +
-                          std::to_string(version) + ", but this trainer "
-                          "reads version " + std::to_string(kDeltaVersion));
-  if (bytes.size() < 32)
-    throw CheckpointError(what + ": checksum mismatch: the file is torn or "
-                                 "corrupt (only " +
-                          std::to_string(bytes.size()) + " bytes)");
-  size_t body = bytes.size() - 8;
-  uint64_t stored;
-  std::memcpy(&stored, bytes.data() + body, 8);
-  if (fnv1a64(bytes.data(), body) != stored)
-    throw CheckpointError(what + ": checksum mismatch: the file is torn or "
-                                 "corrupt");
+  size_t body = checkFraming(bytes, what, kDeltaMagic, "delta checkpoint",
+                             kDeltaVersion, 32);
   auto malformed = [&](const std::string &why) {
     return CheckpointError(what + ": malformed delta checkpoint (" + why +
                            ")");
