@@ -17,6 +17,8 @@
 #include "fcc/runtime/cuda_compress.h"
 #include "fcc/runtime/cuda_kernels.h"
 
+#include "cuda_test.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -33,23 +35,10 @@ namespace {
 using Floats = std::vector<float>;
 using Bytes = std::vector<unsigned char>;
 
-bool haveDevice() {
-  static const int count = fcc_cuda_device_count();
-  return count > 0;
-}
+using fcc::testing::CudaDeviceTest;
+bool haveDevice() { return fcc::testing::haveCudaDevice(); }
 
-class CudaCompress : public ::testing::Test {
-protected:
-  void SetUp() override {
-    if (!haveDevice())
-      GTEST_SKIP() << "no CUDA device";
-    ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
-  }
-  void TearDown() override {
-    if (haveDevice() && !IsSkipped())
-      EXPECT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
-  }
-};
+using CudaCompress = CudaDeviceTest;
 
 // A device buffer (zero-filled), freed with the object.
 class Dev {

@@ -23,6 +23,8 @@
 
 #include "Augment.h"
 
+#include "cuda_test.h"
+
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -43,25 +45,11 @@ namespace {
 
 using Floats = std::vector<float>;
 
-bool haveDevice() {
-  static const int count = fcc_cuda_device_count();
-  return count > 0;
-}
+using fcc::testing::CudaDeviceTest;
+bool haveDevice() { return fcc::testing::haveCudaDevice(); }
 
-// Every test: skipped without a device, else runs on an initialised
-// runtime (fcc_cuda_init is idempotent) and must leave no sticky error.
-class Cuda : public ::testing::Test {
-protected:
-  void SetUp() override {
-    if (!haveDevice())
-      GTEST_SKIP() << "no CUDA device";
-    ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
-  }
-  void TearDown() override {
-    if (haveDevice() && !IsSkipped())
-      EXPECT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
-  }
-};
+// Every test: skipped without a device (cuda_test.h).
+using Cuda = CudaDeviceTest;
 
 //===--- Device buffers ---------------------------------------------------===//
 
