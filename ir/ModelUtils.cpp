@@ -2,6 +2,8 @@
 #include "ir/ModelUtils.h"
 #include "ir/ShapeInference.h"
 
+#include "llvm/ADT/SmallPtrSet.h"
+
 using namespace mlir;
 using namespace fcc;
 
@@ -101,4 +103,15 @@ func::FuncOp fcc::findModelFunction(ModuleOp module, llvm::StringRef name) {
   if (std::distance(funcs.begin(), funcs.end()) == 1)
     return *funcs.begin();
   return nullptr;
+}
+
+Operation *fcc::lastDefiningOp(Block &block, ArrayRef<Value> values) {
+  llvm::SmallPtrSet<Operation *, 16> defs;
+  for (Value v : values)
+    defs.insert(v.getDefiningOp());
+  Operation *last = nullptr;
+  for (Operation &op : block)
+    if (defs.contains(&op))
+      last = &op;
+  return last;
 }

@@ -40,6 +40,12 @@ int64_t countTrainableParameters(mlir::func::FuncOp func);
 mlir::func::FuncOp findModelFunction(mlir::ModuleOp module,
                                      llvm::StringRef name = "forward");
 
+/// The op of `block` that defines the last (in block order) of `values`,
+/// all of which are op results in `block`: where an op reading all of them
+/// can go.
+mlir::Operation *lastDefiningOp(mlir::Block &block,
+                                llvm::ArrayRef<mlir::Value> values);
+
 } // namespace fcc
 
 #endif // FCC_IR_MODELUTILS_H

@@ -26,6 +26,7 @@
 #include "passes/Passes.h"
 
 #include "ir/FccDialect.h"
+#include "ir/ModelUtils.h"
 
 #include "fcc/runtime/compress.h"
 
@@ -70,7 +71,6 @@ LogicalResult parseRules(StringRef text, bool randomkUnbiased,
                          std::vector<Rule> &rules, std::string &error) {
   SmallVector<StringRef> items;
   text.split(items, ',', -1, false);
-  bool anyRule = false;
   for (StringRef item : items) {
     item = item.trim();
     size_t eq = item.find('='), colon = item.find(':');
@@ -79,7 +79,6 @@ LogicalResult parseRules(StringRef text, bool randomkUnbiased,
     if (eq != StringRef::npos && (colon == StringRef::npos || eq < colon)) {
       glob = item.take_front(eq).trim();
       spec = item.drop_front(eq + 1).trim();
-      anyRule = true;
     } else if (items.size() > 1) {
       error = "'" + item.str() + "': with several items each must be a "
               "rule 'glob=method'";
@@ -110,23 +109,31 @@ LogicalResult parseRules(StringRef text, bool randomkUnbiased,
     error = "empty method";
     return failure();
   }
-  (void)anyRule;
   return success();
 }
 
-int64_t numel(Value v) { return cast<ShapedType>(v.getType()).getNumElements(); }
-
-/// The op that defines the latest of `values` in `block`.
-Operation *lastDefinition(Block &block, ArrayRef<Value> values) {
-  llvm::SmallPtrSet<Operation *, 16> defs;
-  for (Value v : values)
-    defs.insert(v.getDefiningOp());
-  Operation *last = nullptr;
-  for (Operation &op : block)
-    if (defs.contains(&op))
-      last = &op;
-  return last;
+/// What the rules may not be combined with: rules need the layerwise scope,
+/// and a fixed threshold cannot compare loss-scaled (fp16) gradients.
+LogicalResult checkCombination(const std::vector<Rule> &rules, StringRef scope,
+                               bool lossScaled, std::string &error) {
+  if (scope != "layerwise" && scope != "entire-model")
+    error = "--compress-scope: '" + scope.str() +
+            "' is not layerwise or entire-model";
+  else if (scope == "entire-model" &&
+           (rules.size() > 1 || rules[0].glob != "*"))
+    error = "per-parameter rules need --compress-scope layerwise";
+  else if (lossScaled && llvm::any_of(rules, [](const Rule &r) {
+             return r.compressor.method == FCC_COMPRESS_THRESHOLDV;
+           }))
+    error = "thresholdv compares loss-scaled gradients with a fixed "
+            "threshold under --precision fp16; use bf16 or fp32, or "
+            "adaptive-threshold";
+  else
+    return success();
+  return failure();
 }
+
+int64_t numel(Value v) { return cast<ShapedType>(v.getType()).getNumElements(); }
 
 class Injector {
 public:
@@ -250,9 +257,8 @@ struct InjectCompressionPass
     std::string error;
     if (failed(parseRules(method, randomkUnbiased, rules, error)))
       return fail("--compress: " + error);
-    if (scope != "layerwise" && scope != "entire-model")
-      return fail("--compress-scope: '" + scope +
-                  "' is not layerwise or entire-model");
+    if (failed(checkCombination(rules, scope, false, error)))
+      return fail(error);
     bool allNone = llvm::all_of(rules, [](const Rule &r) {
       return r.compressor.method == FCC_COMPRESS_NONE;
     });
@@ -279,23 +285,18 @@ struct InjectCompressionPass
       grads.push_back({upd.getGrad(), p.getName()});
       lossScaled |= bool(upd.getGradScale());
     }
-    for (const Rule &r : rules)
-      if (lossScaled && r.compressor.method == FCC_COMPRESS_THRESHOLDV)
-        return fail(r.spec + " compares loss-scaled gradients with a fixed "
-                    "threshold under --precision fp16; use bf16 or fp32, or "
-                    "adaptive-threshold");
+    if (failed(checkCombination(rules, scope, lossScaled, error)))
+      return fail(error);
     Block &block = f.getBody().front();
 
     if (scope == "entire-model") {
-      if (rules.size() > 1 || rules[0].glob != "*")
-        return fail("per-parameter rules need --compress-scope layerwise");
       SmallVector<Value> all;
       for (auto &[g, name] : grads)
         all.push_back(g);
       if (all.empty())
         return;
       injector.compress(all, rules[0].spec, rules[0].compressor,
-                        "entire-model", lastDefinition(block, all));
+                        "entire-model", lastDefiningOp(block, all));
     } else {
       for (auto &[g, name] : grads) {
         const Rule *rule = nullptr;
@@ -317,7 +318,9 @@ struct InjectCompressionPass
 
 } // namespace
 
-bool fcc::validateCompressionMethod(StringRef method, std::string &error) {
+bool fcc::validateCompressionMethod(StringRef method, StringRef scope,
+                                    bool lossScaled, std::string &error) {
   std::vector<Rule> rules;
-  return succeeded(parseRules(method, false, rules, error));
+  return succeeded(parseRules(method, false, rules, error)) &&
+         succeeded(checkCombination(rules, scope, lossScaled, error));
 }

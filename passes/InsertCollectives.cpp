@@ -25,6 +25,7 @@
 #include "passes/Passes.h"
 
 #include "ir/FccDialect.h"
+#include "ir/ModelUtils.h"
 
 #include "fcc/runtime/compress.h"
 
@@ -125,14 +126,7 @@ struct InsertCollectivesPass
       replaceOutside(g, r, except);
     }
     if (!bucket.empty()) {
-      Block &block = f.getBody().front();
-      llvm::SmallPtrSet<Operation *, 16> defs;
-      for (Value g : bucket)
-        defs.insert(g.getDefiningOp());
-      Operation *last = nullptr;
-      for (Operation &op : block)
-        if (defs.contains(&op))
-          last = &op;
+      Operation *last = lastDefiningOp(f.getBody().front(), bucket);
       b.setInsertionPointAfter(last);
       int64_t total = 0;
       SmallVector<Type> types;

@@ -22,9 +22,11 @@ namespace fcc {
 /// textual pipelines).
 void registerAllPasses();
 
-/// Checks the `method` option of fcc-inject-compression (a compressor spec
-/// or per-parameter rules); on failure `error` says what is wrong.
-bool validateCompressionMethod(llvm::StringRef method, std::string &error);
+/// Checks the options of fcc-inject-compression: `method` (a compressor
+/// spec or per-parameter rules) with `scope`, for a program whose gradients
+/// are loss-scaled or not (fp16); on failure `error` says what is wrong.
+bool validateCompressionMethod(llvm::StringRef method, llvm::StringRef scope,
+                               bool lossScaled, std::string &error);
 
 } // namespace fcc
 

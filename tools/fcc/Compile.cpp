@@ -186,20 +186,10 @@ int fcc::runCompile(const CompileOptions &options) {
   }
   {
     std::string why;
-    if (!validateCompressionMethod(o.compress, why))
+    if (!validateCompressionMethod(o.compress, o.compressScope,
+                                   o.precision == "fp16", why))
       return reportError("--compress '" + o.compress + "': " + why);
   }
-  if (o.compressScope == "entire-model" &&
-      o.compress.find('=') != std::string::npos &&
-      o.compress.find('=') < o.compress.find(':'))
-    return reportError("--compress '" + o.compress +
-                       "': per-parameter rules need --compress-scope "
-                       "layerwise");
-  if (o.precision == "fp16" && o.compress.find("thresholdv") != std::string::npos)
-    return reportError("--compress '" + o.compress +
-                       "': thresholdv compares loss-scaled gradients with a "
-                       "fixed threshold under --precision fp16; use bf16 or "
-                       "fp32, or adaptive-threshold");
   const bool generatesCode = o.emit == "exe" || o.emit == "cpp";
   if (o.target == "cuda" && o.compress != "none" && generatesCode)
     return reportError("--compress " + o.compress +
