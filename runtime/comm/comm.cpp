@@ -10,16 +10,9 @@
 //
 //===----------------------------------------------------------------------===//
 #include "fcc/runtime/comm.h"
+#include "fcc/runtime/comm_seeds.h"
 
-#if FCC_COMM_MPI
 #include <mpi.h>
-#else
-// Single-rank build (CUDA trainers, which take no MPI along to GPU machines):
-// the world has one rank and no collective ever reaches these stand-ins.
-typedef int MPI_Op;
-typedef int MPI_Request;
-#define MPI_OP_NULL 0
-#endif
 #include <sched.h>
 #include <time.h>
 
@@ -36,6 +29,8 @@ namespace {
 struct CommState {
   bool mpi = false;
   int rank = 0, size = 1;
+  int localRank = 0, localSize = 1;
+  void (*statsSource)(fcc_comm_stats *) = nullptr;
   double timeout = 300;
   fcc_comm_stats stats{};
   std::vector<std::unique_ptr<char[]>> buffers;
@@ -57,7 +52,6 @@ struct Timer {
   ~Timer() { total += now() - start; }
 };
 
-#if FCC_COMM_MPI
 constexpr int kCensusTag = 0xfcc;
 
 /// After a collective timed out: which ranks still answer? Every live rank
@@ -124,25 +118,16 @@ void wait(MPI_Request *req, const char *what) {
     }
   }
 }
-#endif
 
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 /// Randomness every rank shares for `tensor` in this step (RandomK).
 uint64_t sharedSeed(uint64_t step, int64_t tensor) {
-  return splitmix(step ^ splitmix(uint64_t(tensor) + 1));
+  return fcc_comm_shared_seed(step, tensor);
 }
 /// This rank's own randomness (stochastic rounding).
 uint64_t privateSeed(uint64_t step, int64_t tensor) {
-  return splitmix(sharedSeed(step, tensor) ^
-                  splitmix(0x5eed0000ull + uint64_t(S.rank)));
+  return fcc_comm_private_seed(step, tensor, S.rank);
 }
 
-#if FCC_COMM_MPI
 void sumHalves(void *in, void *inout, int *len, MPI_Datatype *, int method) {
   fcc_compressor c{};
   c.method = method;
@@ -154,7 +139,6 @@ void sumF16(void *in, void *inout, int *len, MPI_Datatype *t) {
 void sumBF16(void *in, void *inout, int *len, MPI_Datatype *t) {
   sumHalves(in, inout, len, t, FCC_COMPRESS_BF16);
 }
-#endif
 
 bool launchedByMpi() {
   for (const char *v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK",
@@ -182,19 +166,6 @@ int fcc_comm_init(int *argc, char ***argv, double timeout, char *err,
   S.timeout = timeout;
   if (!launchedByMpi())
     return 0;
-#if !FCC_COMM_MPI
-  (void)argc;
-  (void)argv;
-  // A launcher starting one process (mpirun -np 1) is fine.
-  for (const char *v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
-    if (const char *n = std::getenv(v))
-      if (std::strcmp(n, "1") == 0)
-        return 0;
-  std::snprintf(err, errsize,
-                "started by an MPI launcher, but this trainer runs on one "
-                "rank only (it was built without MPI)");
-  return 1;
-#else
   int ready = 0;
   MPI_Initialized(&ready);
   if (!ready) {
@@ -208,6 +179,13 @@ int fcc_comm_init(int *argc, char ***argv, double timeout, char *err,
   S.mpi = true;
   MPI_Comm_rank(MPI_COMM_WORLD, &S.rank);
   MPI_Comm_size(MPI_COMM_WORLD, &S.size);
+  MPI_Comm node;
+  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, S.rank,
+                          MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+    MPI_Comm_rank(node, &S.localRank);
+    MPI_Comm_size(node, &S.localSize);
+    MPI_Comm_free(&node);
+  }
   MPI_Op_create(&sumF16, 1, &S.sumF16);
   MPI_Op_create(&sumBF16, 1, &S.sumBF16);
   char version[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -217,32 +195,29 @@ int fcc_comm_init(int *argc, char ***argv, double timeout, char *err,
   v = v.substr(0, v.find_first_of(",\n"));
   S.description = "MPI (" + v + ")";
   return 0;
-#endif
 }
 
 void fcc_comm_finalize(void) {
   S.buffers.clear();
   if (!S.mpi)
     return;
-#if FCC_COMM_MPI
   MPI_Op_free(&S.sumF16);
   MPI_Op_free(&S.sumBF16);
   MPI_Finalize();
-#endif
   S.mpi = false;
 }
 
 int fcc_comm_rank(void) { return S.rank; }
 int fcc_comm_size(void) { return S.size; }
+int fcc_comm_local_rank(void) { return S.localRank; }
+int fcc_comm_local_size(void) { return S.localSize; }
 const char *fcc_comm_describe(void) { return S.description.c_str(); }
 
 void fcc_comm_abort(int code) {
   std::fflush(stdout);
   std::fflush(stderr);
-#if FCC_COMM_MPI
   if (S.mpi && S.size > 1)
     MPI_Abort(MPI_COMM_WORLD, code);
-#endif
   std::exit(code);
 }
 
@@ -289,7 +264,6 @@ void fcc_comm_allreduce_f32(const float *in, float *out, int64_t n,
     std::memcpy(out, in, size_t(n) * sizeof(float));
   if (S.size == 1)
     return;
-#if FCC_COMM_MPI
   Timer t(S.stats.comm_seconds);
   MPI_Request req;
   MPI_Iallreduce(MPI_IN_PLACE, out, countOf(n, "all-reduce"), MPI_FLOAT,
@@ -297,7 +271,6 @@ void fcc_comm_allreduce_f32(const float *in, float *out, int64_t n,
   wait(&req, "an all-reduce of gradients");
   S.stats.bytes_sent += uint64_t(n) * 4;
   S.stats.collectives += 1;
-#endif
   if (average) {
     float scale = 1.0f / float(S.size);
     for (int64_t i = 0; i < n; ++i)
@@ -312,7 +285,6 @@ void fcc_comm_allreduce_payload(const fcc_compressor *c, const void *in,
     std::memcpy(out, in, size_t(bytes));
   if (S.size == 1)
     return;
-#if FCC_COMM_MPI
   Timer t(S.stats.comm_seconds);
   bool half = c->method == FCC_COMPRESS_FP16 || c->method == FCC_COMPRESS_BF16;
   MPI_Request req;
@@ -327,7 +299,6 @@ void fcc_comm_allreduce_payload(const fcc_compressor *c, const void *in,
   wait(&req, "an all-reduce of compressed gradients");
   S.stats.bytes_sent += uint64_t(bytes);
   S.stats.collectives += 1;
-#endif
   if (average)
     fcc_payload_scale(c, out, n, 1.0f / float(S.size));
 }
@@ -344,7 +315,6 @@ void fcc_comm_allgather(const fcc_compressor *c, const void *payload,
     std::memcpy(rows, payload, size_t(used));
     return;
   }
-#if FCC_COMM_MPI
   Timer t(S.stats.comm_seconds);
   MPI_Request req;
   if (fcc_compress_fixed_size(c)) {
@@ -371,19 +341,16 @@ void fcc_comm_allgather(const fcc_compressor *c, const void *payload,
     S.stats.bytes_sent += sizeof(int64_t);
     S.stats.collectives += 2;
   }
-#endif
   S.stats.bytes_sent += uint64_t(used);
 }
 
 void fcc_comm_allreduce_f64(double *x, int64_t n, int max) {
   if (S.size == 1)
     return;
-#if FCC_COMM_MPI
   MPI_Request req;
   MPI_Iallreduce(MPI_IN_PLACE, x, countOf(n, "all-reduce"), MPI_DOUBLE,
                  max ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD, &req);
   wait(&req, "an all-reduce of the trainer's state");
-#endif
 }
 
 void fcc_comm_allgather_u64(uint64_t value, uint64_t *out) {
@@ -391,12 +358,10 @@ void fcc_comm_allgather_u64(uint64_t value, uint64_t *out) {
     out[0] = value;
     return;
   }
-#if FCC_COMM_MPI
   MPI_Request req;
   MPI_Iallgather(&value, 1, MPI_UINT64_T, out, 1, MPI_UINT64_T,
                  MPI_COMM_WORLD, &req);
   wait(&req, "an all-gather of the trainer's settings");
-#endif
 }
 
 int fcc_comm_any(int flag) {
@@ -405,9 +370,30 @@ int fcc_comm_any(int flag) {
   return v > 0;
 }
 
+void fcc_comm_broadcast(void *data, int64_t bytes, int root) {
+  if (S.size == 1)
+    return;
+  MPI_Request req;
+  MPI_Ibcast(data, countOf(bytes, "broadcast"), MPI_BYTE, root,
+             MPI_COMM_WORLD, &req);
+  wait(&req, "a broadcast of the trainer's state");
+}
+
 void fcc_comm_take_stats(fcc_comm_stats *out) {
   *out = S.stats;
   S.stats = fcc_comm_stats{};
+  if (S.statsSource) {
+    fcc_comm_stats more{};
+    S.statsSource(&more);
+    out->bytes_sent += more.bytes_sent;
+    out->collectives += more.collectives;
+    out->compress_seconds += more.compress_seconds;
+    out->comm_seconds += more.comm_seconds;
+  }
+}
+
+void fcc_comm_set_stats_source(void (*take)(fcc_comm_stats *)) {
+  S.statsSource = take;
 }
 
 } // extern "C"

@@ -34,6 +34,10 @@ int fcc_comm_init(int *argc, char ***argv, double timeout_seconds, char *err,
 void fcc_comm_finalize(void);
 int fcc_comm_rank(void);
 int fcc_comm_size(void);
+/* This rank's index among the ranks of its node (processes sharing memory)
+ * and their number: a GPU trainer uses local_rank's GPU. */
+int fcc_comm_local_rank(void);
+int fcc_comm_local_size(void);
 /* "MPI (Open MPI v4.1.4)" or "one process, no MPI". */
 const char *fcc_comm_describe(void);
 /* Ends every rank of the job (MPI_Abort) or, alone, this process. */
@@ -81,6 +85,8 @@ void fcc_comm_allreduce_f64(double *x, int64_t n, int max);
 void fcc_comm_allgather_u64(uint64_t value, uint64_t *out);
 /* Whether any rank passed a non-zero flag. */
 int fcc_comm_any(int flag);
+/* Copies root's `bytes` bytes at data to every rank (NCCL's unique id). */
+void fcc_comm_broadcast(void *data, int64_t bytes, int root);
 
 typedef struct fcc_comm_stats {
   uint64_t bytes_sent;    /* payload bytes handed to collectives */
@@ -90,6 +96,10 @@ typedef struct fcc_comm_stats {
 } fcc_comm_stats;
 /* Copies the statistics since the last call and resets them. */
 void fcc_comm_take_stats(fcc_comm_stats *out);
+/* Another source of statistics (the GPU collectives of
+ * fcc/runtime/comm_cuda.h): fcc_comm_take_stats adds what `take` reports
+ * (since its last call) to its own. NULL removes it. */
+void fcc_comm_set_stats_source(void (*take)(fcc_comm_stats *add));
 
 #ifdef __cplusplus
 }
