@@ -236,6 +236,10 @@ private:
   bool collectives = false;
   int64_t gradNumel = 0, payloadBytes = 0;
   bool payloadFixed = true;
+  int64_t collectiveOps = 0; // collectives per train step
+  // GPU compression workspace: the largest tensor of each spec (workspace
+  // sizes grow with the element count).
+  std::map<std::string, int64_t> commReserve;
   size_t commStateIndex(StringRef name, Value v) {
     for (size_t k = 0; k < commState.size(); ++k)
       if (commState[k].first == name)
@@ -952,10 +956,18 @@ LogicalResult Emitter::emitOp(Operation *o) {
 /// comm.h). Seeds come from the step's seed; the tensor id separates the
 /// random streams of different tensors.
 LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
-  if (cuda)
-    return o->emitOpError("has no code generation for target cuda yet "
-                          "(gradient compression and collectives run on "
-                          "the cpu target)");
+  // The GPU runtime (comm_cuda.h) has the same entry points on device
+  // memory; its seeds are a device pointer (the step's fcc_hyper.seed).
+  auto fn = [&](StringRef name) {
+    return (cuda ? "fcc_comm_cuda_" : "fcc_comm_") + name.str();
+  };
+  // The GPU compression workspace is sized in setup, before any capture.
+  auto reserve = [&](StringRef spec, Value grad) {
+    if (cuda) {
+      int64_t &largest = commReserve[spec.str()];
+      largest = std::max(largest, countOf(grad));
+    }
+  };
   auto n = [&](Value v) { return num(countOf(v)); };
   auto bytesOf = [](Value v) {
     auto t = cast<ShapedType>(v.getType());
@@ -964,7 +976,8 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
   return llvm::TypeSwitch<Operation *, LogicalResult>(o)
       .Case<CompressOp>([&](CompressOp c) {
         comment("compress " + c.getMethod().str() + where);
-        call("fcc_comm_compress",
+        reserve(c.getMethod(), c.getGrad());
+        call(fn("compress"),
              {op(compressor(c.getMethod())), num(c.getTensor()),
               op(pointer(c.getGrad())), n(c.getGrad()), op(scalar(c.getSeed())),
               op(pointer(c.getPayload()))});
@@ -974,14 +987,15 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
         bool gathered = cast<ShapedType>(d.getPayload().getType()).getRank() == 2;
         comment(std::string(gathered ? "mean of the ranks' " : "") +
                 "decompressed " + d.getMethod().str() + where);
+        reserve(d.getMethod(), d.getGrad());
         if (gathered)
-          call("fcc_comm_decompress_mean",
+          call(fn("decompress_mean"),
                {op(compressor(d.getMethod())), num(d.getTensor()),
                 op(pointer(d.getPayload())), num(bytesOf(d.getPayload())),
                 n(d.getGrad()), op(scalar(d.getSeed())),
                 op(pointer(d.getGrad()))});
         else
-          call("fcc_comm_decompress",
+          call(fn("decompress"),
                {op(compressor(d.getMethod())), num(d.getTensor()),
                 op(pointer(d.getPayload())), n(d.getGrad()),
                 op(scalar(d.getSeed())), op(pointer(d.getGrad()))});
@@ -989,7 +1003,8 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
       })
       .Case<CompressResidualOp>([&](CompressResidualOp r) {
         comment("error feedback: residual of " + r.getMethod().str() + where);
-        call("fcc_comm_residual",
+        reserve(r.getMethod(), r.getGrad());
+        call(fn("residual"),
              {op(compressor(r.getMethod())), num(r.getTensor()),
               op(pointer(r.getGrad())), op(pointer(r.getPayload())),
               n(r.getGrad()), op(scalar(r.getSeed())),
@@ -1005,17 +1020,19 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
           for (Operation *user : a->getUsers())
             if (auto d = dyn_cast<DecompressOp>(user))
               count = countOf(d.getGrad());
-          call("fcc_comm_allreduce_payload",
+          call(fn("allreduce_payload"),
                {op(compressor(*m)), op(pointer(a.getInput())),
                 op(pointer(a.getOutput())), num(bytesOf(a.getInput())),
                 num(count), num(a.getAverage())});
           payloadBytes += bytesOf(a.getInput());
+          ++collectiveOps;
         } else {
           comment("all-reduce of dense gradients" + where);
-          call("fcc_comm_allreduce_f32",
+          call(fn("allreduce_f32"),
                {op(pointer(a.getInput())), op(pointer(a.getOutput())),
                 n(a.getInput()), num(a.getAverage())});
           payloadBytes += 4 * countOf(a.getInput());
+          ++collectiveOps;
         }
         return success();
       })
@@ -1025,14 +1042,17 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
         for (Operation *user : g->getUsers())
           if (auto d = dyn_cast<DecompressOp>(user))
             count = countOf(d.getGrad());
-        call("fcc_comm_allgather",
+        call(fn("allgather"),
              {op(compressor(g.getMethod())), op(pointer(g.getPayload())),
               num(count), num(bytesOf(g.getPayload())),
               op(pointer(g.getGathered()))});
         payloadBytes += bytesOf(g.getPayload());
+        ++collectiveOps;
+        // GPU payloads travel padded to their capacity (fixed size).
         fcc_compressor parsed;
         char err[256];
-        if (fcc_compressor_parse(g.getMethod().str().c_str(), &parsed, err,
+        if (!cuda &&
+            fcc_compressor_parse(g.getMethod().str().c_str(), &parsed, err,
                                  sizeof err) == 0 &&
             !fcc_compress_fixed_size(&parsed))
           payloadFixed = false;
@@ -1044,9 +1064,9 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
         std::string out = pointer(c.getOutput());
         int64_t offset = 0;
         for (Value v : c.getInputs()) {
-          call("fcc_copy_f32", {op("(" + out + " + " + std::to_string(offset) +
-                                   ")"),
-                                op(pointer(v)), n(v)});
+          call(cuda ? "fcc_comm_cuda_copy_f32" : "fcc_copy_f32",
+               {op("(" + out + " + " + std::to_string(offset) + ")"),
+                op(pointer(v)), n(v)});
           offset += countOf(v);
         }
         return success();
@@ -1057,10 +1077,9 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
         std::string in = pointer(s.getInput());
         int64_t offset = 0;
         for (Value v : s.getOutputs()) {
-          call("fcc_copy_f32", {op(pointer(v)),
-                                op("(" + in + " + " + std::to_string(offset) +
-                                   ")"),
-                                n(v)});
+          call(cuda ? "fcc_comm_cuda_copy_f32" : "fcc_copy_f32",
+               {op(pointer(v)),
+                op("(" + in + " + " + std::to_string(offset) + ")"), n(v)});
           offset += countOf(v);
         }
         return success();
@@ -1278,13 +1297,34 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
        << planTypes[k] << ");\n  if (!" << name << ") {\n"
        << fail(name) << "  }\n";
   finalizePools(os);
+  if (collectives) {
+    // The ranks' NCCL communicator, the compressors (checked at compile
+    // time), the compression workspace and the gather buffers, whose size
+    // depends on the number of ranks: all before the step is captured.
+    os << "  if (fcc_comm_cuda_init(last_error_text, sizeof last_error_text) "
+          "!= 0)\n    return 1;\n";
+    for (const auto &[spec, name] : compressors)
+      os << "  if (fcc_compressor_parse(" << cString(spec) << ", &" << name
+         << "[0], last_error_text, sizeof last_error_text) != 0)\n"
+         << "    return 1;\n";
+    for (const auto &[spec, numel] : commReserve)
+      os << "  if (fcc_comm_cuda_reserve(" << compressor(spec) << ", "
+         << numel << ") != 0) {\n"
+         << fail("the compression workspace") << "  }\n";
+    for (const auto &[name, capacity] : gatherSetup)
+      os << "  " << name << "[0] = fcc_comm_cuda_gather_buffer(" << capacity
+         << ");\n  if (!" << name << "[0]) {\n"
+         << fail("the all-gather buffer") << "  }\n";
+  }
   os << "  return 0;\n}\n\n";
   os << "static void *GRAPH; // the captured train step\n"
         "static float *const *GRAPH_P, *const *GRAPH_M;\n"
-        "static const void *GRAPH_KEY[4];\n\n"
+        "static const void *GRAPH_KEY[5];\n\n"
         "static void teardown(void) {\n"
         "  fcc_cuda_synchronize();\n"
         "  if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n  GRAPH = NULL;\n";
+  if (collectives)
+    os << "  fcc_comm_cuda_finalize();\n";
   for (const std::string &name : planNames)
     os << "  fcc_cuda_conv2d_destroy(" << name << ");\n  " << name
        << " = NULL;\n";
@@ -1309,12 +1349,19 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
         "                       const float *images, const int32_t *labels,\n"
         "                       const fcc_hyper *hyper, float *metrics,\n"
         "                       float *const *comm_state) {\n"
-        "  (void)comm_state;\n"
         "  P = params; M = momentum; IMG = images; LBL = labels; H = hyper;\n"
-        "  METRICS = metrics;\n"
-        "  const void *key[4] = {images, labels, hyper, metrics};\n"
-        "  if (!fcc_cuda_graphs_enabled()) {\n"
-        "    fill_sgd_items();\n    train_step_body();\n    return;\n  }\n"
+        "  METRICS = metrics; R = comm_state;\n"
+        "  const void *key[5] = {images, labels, hyper, metrics, "
+        "comm_state};\n";
+  // What one step hands to the collectives is known here (GPU payloads have
+  // a fixed size); the runtime counts it per step, captured or not.
+  std::string account =
+      collectives ? "fcc_comm_cuda_account(" + std::to_string(payloadBytes) +
+                        ", " + std::to_string(collectiveOps) + ");\n"
+                  : "";
+  os << "  if (!fcc_cuda_graphs_enabled()) {\n"
+        "    fill_sgd_items();\n    train_step_body();\n"
+     << (account.empty() ? "" : "    " + account) << "    return;\n  }\n"
         "  if (!GRAPH || params != GRAPH_P || momentum != GRAPH_M ||\n"
         "      memcmp(key, GRAPH_KEY, sizeof key) != 0) {\n"
         "    if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n"
@@ -1324,7 +1371,8 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
         "    fcc_check(fcc_cuda_graph_end(&GRAPH), \"capturing the train step\");\n"
         "    GRAPH_P = params; GRAPH_M = momentum;\n"
         "    memcpy(GRAPH_KEY, key, sizeof key);\n  }\n"
-        "  fcc_check(fcc_cuda_graph_launch(GRAPH), \"the train step\");\n}\n\n"
+        "  fcc_check(fcc_cuda_graph_launch(GRAPH), \"the train step\");\n"
+     << (account.empty() ? "" : "  " + account) << "}\n\n"
         "static void eval_step(float *const *params, const float *images,\n"
         "                      const int32_t *labels, float label_smoothing,\n"
         "                      int tta, float *metrics) {\n"

@@ -19,6 +19,7 @@
 //===----------------------------------------------------------------------===//
 #include "Backend.h"
 
+#include "fcc/runtime/comm.h"
 #include "fcc/runtime/cuda_kernels.h"
 
 #include <sys/stat.h>
@@ -45,7 +46,16 @@ public:
       throw NoDeviceError("no CUDA device found (this trainer was compiled "
                           "for --target cuda; compile with --target cpu to "
                           "train on the CPU)");
-    check(fcc_cuda_init(0), "initialising the GPU");
+    // One GPU per rank: the rank's index among the ranks of its node.
+    const int devices = fcc_cuda_device_count();
+    const int local = fcc_comm_local_rank(), onNode = fcc_comm_local_size();
+    if (onNode > devices)
+      throw std::runtime_error(
+          std::to_string(onNode) + " ranks run on this node but it has " +
+          std::to_string(devices) + " GPU" + (devices == 1 ? "" : "s") +
+          ": NCCL needs one GPU per rank (start at most " +
+          std::to_string(devices) + " ranks per node)");
+    check(fcc_cuda_init(local % devices), "initialising the GPU");
   }
   ~CudaBackend() override {
     fcc_cuda_synchronize();

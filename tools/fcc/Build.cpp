@@ -129,7 +129,8 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
       cuda ? std::vector<std::string>{"libfcc_trainer_main_cuda.a",
                                       "libfcc_trainer_cuda.a",
                                       "libfcc_trainer.a",
-                                      "libfcc_runtime_comm_local.a",
+                                      "libfcc_runtime_comm_cuda.a",
+                                      "libfcc_runtime_comm.a",
                                       "libfcc_runtime_cuda.a",
                                       "libfcc_runtime_cpu.a"}
            : std::vector<std::string>{"libfcc_trainer_main.a",
@@ -167,14 +168,22 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
     args.insert(args.end(), {std::string(source), "-o", o.output});
     for (const std::string &name : libs)
       args.push_back(lib + "/" + name);
-    // Shared cuDNN/cuBLAS found next to the trainer (lib/), where they were
-    // at build time, or on LD_LIBRARY_PATH (bench/gpu-check.sh adds the
-    // pip nvidia-* folders of a GPU machine).
+    // Shared cuDNN/cuBLAS/NCCL found next to the trainer (lib/), where
+    // they were at build time, or on LD_LIBRARY_PATH (bench/gpu-check.sh
+    // adds the pip nvidia-* folders of a GPU machine).
+    std::string rpath = "$ORIGIN/lib:" + cudnnDir + ":" + cudaLib;
+    args.insert(args.end(), {FCC_DNNL_LIB, FCC_OPENBLAS_LIB, FCC_ZLIB_LIB,
+                             "-L" + cudnnDir, "-L" + cudaLib});
+    if (FCC_HAVE_NCCL) {
+      std::string ncclDir =
+          llvm::sys::path::parent_path(FCC_NCCL_LIBRARY).str();
+      args.insert(args.end(), {"-L" + ncclDir, "-lnccl"});
+      if (ncclDir != cudaLib)
+        rpath += ":" + ncclDir;
+    }
     args.insert(args.end(),
-                {FCC_DNNL_LIB, FCC_OPENBLAS_LIB, FCC_ZLIB_LIB, "-L" + cudnnDir,
-                 "-L" + cudaLib, "-lcudnn", "-lcublasLt", "-lcublas",
-                 "-cudart=static", "-lgomp", "-lpthread",
-                 "-Xlinker=-rpath,$ORIGIN/lib:" + cudnnDir + ":" + cudaLib});
+                {"-lcudnn", "-lcublasLt", "-lcublas", "-cudart=static",
+                 "-lgomp", "-lpthread", "-Xlinker=-rpath," + rpath});
   } else {
     std::string cxx = env("CXX", FCC_CXX_COMPILER);
     auto cxxPath = llvm::sys::findProgramByName(cxx);
@@ -189,9 +198,9 @@ llvm::Error fcc::buildTrainer(const GeneratedProgram &program,
     args.insert(args.end(),
                 {FCC_DNNL_LIB, FCC_OPENBLAS_LIB, FCC_ZLIB_LIB, "-lpthread"});
   }
-  // MPI (rank bootstrap and collectives, runtime/comm) for CPU trainers;
-  // CUDA trainers run on one rank and carry no MPI to GPU machines.
-  if (!cuda) {
+  // MPI starts the ranks (runtime/comm): it carries the gradients of CPU
+  // trainers and bootstraps NCCL for CUDA trainers.
+  {
     llvm::SmallVector<llvm::StringRef> mpi;
     llvm::StringRef(FCC_MPI_LIBS).split(mpi, ';', -1, false);
     for (llvm::StringRef m : mpi)

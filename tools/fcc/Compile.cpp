@@ -191,11 +191,6 @@ int fcc::runCompile(const CompileOptions &options) {
       return reportError("--compress '" + o.compress + "': " + why);
   }
   const bool generatesCode = o.emit == "exe" || o.emit == "cpp";
-  if (o.target == "cuda" && o.compress != "none" && generatesCode)
-    return reportError("--compress " + o.compress +
-                       ": gradient compression and several ranks run on "
-                       "--target cpu only so far (the CUDA target has no "
-                       "NCCL collectives yet); add --target cpu");
   ImportOptions importOpts;
   importOpts.batchSize = o.batch;
   for (const std::string &spec : o.inputShapes) {
@@ -263,11 +258,9 @@ int fcc::runCompile(const CompileOptions &options) {
   pipeline.randomkUnbiased = o.randomkUnbiased;
   pipeline.minCompressBytes = o.minCompressBytes;
   pipeline.bucketBytes = o.bucketBytes;
-  // CPU trainers average gradients over MPI ranks (one rank: plain copies).
-  // The IR stages (--emit=training, memory-plan) show the data-parallel
-  // program on every target; CUDA code generation of the collectives (NCCL)
-  // is not written yet, so CUDA trainers are single-rank programs.
-  pipeline.collectives = o.target == "cpu" || !generatesCode;
+  // Trainers average gradients over their ranks: MPI on the CPU, NCCL on
+  // GPUs (one rank: plain copies).
+  pipeline.collectives = true;
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");

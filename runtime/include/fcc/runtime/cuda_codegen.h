@@ -9,6 +9,7 @@
 #ifndef FCC_RUNTIME_CUDA_CODEGEN_H
 #define FCC_RUNTIME_CUDA_CODEGEN_H
 
+#include "fcc/runtime/comm_cuda.h"
 #include "fcc/runtime/cuda_kernels.h"
 #include "fcc/runtime/program.h"
 
