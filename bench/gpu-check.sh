@@ -17,6 +17,16 @@
 # (c) table: system | train time s (excl. start-up) | start-up s | images/s |
 #            TFLOP/s | % of dense fp16 peak | test acc, and the ratios
 #            fcc time / PyTorch time for each PyTorch mode of the same precision.
+# (d) comm:  one step of the compressed CUDA trainers (qsgd:255 with error
+#            feedback, layerwise; topk:0.01 over the entire model) on one rank
+#            with NCCL forced on (FCC_COMM_NCCL=1: the collectives run through
+#            a one-rank NCCL communicator inside the captured graph) against
+#            their CPU trainers (--dump-step, compare_step.py; top-k may pick
+#            other entries where gradients tie within rounding, hence the
+#            looser --tol 2e-2).
+# (e) units: cuda_kernels_test (every GPU kernel, compressor and compression
+#            op against the CPU's) and fcc-compress-bench --gpu-only (GB/s of
+#            each compressor against the device's bandwidth).
 #
 # Libraries: cuDNN/cuBLAS/NCCL are found in the machine's Python packages
 # (site-packages/nvidia/*/lib) and /usr/local/cuda/lib64; oneDNN/OpenBLAS come
@@ -49,7 +59,7 @@ RESULTS=
 EPOCHS=10
 RUNS=1
 SEED=0
-PARTS=step,train,table
+PARTS=step,train,table,comm,units
 FCC_PRECISIONS=fp16,fp32
 DO_COMPILE=1
 DO_TORCH_FP32=1
@@ -249,7 +259,7 @@ EOF
     fi
   done
   if [ "$SMOKE" = 1 ]; then
-    for t in fp32 fp16; do
+    for t in fp32 fp16 qsgd topk; do
       [ -n "${TRAINER[r9bot-cpu-$t]:-}" ] && TRAINER[r9bot-cuda-$t]=${TRAINER[r9bot-cpu-$t]}
     done
   fi
@@ -271,6 +281,8 @@ EOF
   has_part step && part_step "$data"
   has_part train && part_train "$data"
   has_part table && part_table "$gpu_name"
+  has_part comm && part_comm "$data"
+  has_part units && part_units
   return 0
 }
 
@@ -356,6 +368,75 @@ part_step() {
       record "step-$p" FAIL "CUDA less accurate than the CPU trainer against float64; see compare-$p-truth.txt (direct: $direct)"
     fi
   done
+}
+
+# -- (d) compressed gradients -------------------------------------------------------
+part_comm() {
+  local data=$1 m
+  section "(d) compressed gradients: CUDA trainer (NCCL on one rank) vs CPU trainer"
+  local step_flags=(--data "$data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0)
+  for m in qsgd topk; do
+    local gpu=${TRAINER[r9bot-cuda-$m]:-} cpu=${TRAINER[r9bot-cpu-$m]:-}
+    if [ -z "$gpu" ] || [ -z "$cpu" ]; then
+      record "comm-$m" skipped "no compressed CUDA and CPU trainers ($m) in the bundle"
+      continue
+    fi
+    rm -rf "$WORK/step/cuda-$m" "$WORK/step/cpu-$m"
+    if ! FCC_COMM_NCCL=1 trainer_run "dump-cuda-$m" 120 "$gpu" "${step_flags[@]}" \
+        --dump-step "$WORK/step/cuda-$m"; then
+      record "comm-$m" FAIL "the compressed CUDA trainer's --dump-step failed"
+      continue
+    fi
+    if ! trainer_run "dump-cpu-$m" 300 "$cpu" "${step_flags[@]}" \
+        --dump-step "$WORK/step/cpu-$m"; then
+      record "comm-$m" FAIL "the compressed CPU trainer's --dump-step failed"
+      continue
+    fi
+    if "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$m" "$WORK/step/cpu-$m" \
+        --tol 2e-2 --labels "cuda-$m,cpu-$m" --json "$WORK/step/compare-$m.json" \
+        | tee "$WORK/step/compare-$m.txt"; then
+      record "comm-$m" ok "compressed step on the GPU (NCCL) matches the CPU's"
+    else
+      record "comm-$m" FAIL "compressed step differs from the CPU's; see compare-$m.txt"
+    fi
+  done
+  # One epoch through the NCCL path: the trainer runs and learns.
+  local gpu=${TRAINER[r9bot-cuda-qsgd]:-}
+  if [ -n "$gpu" ]; then
+    if FCC_COMM_NCCL=1 trainer_run train-cuda-qsgd 120 "$gpu" --data "$data" \
+        --epochs 2 --seed "$SEED" "${LIMITS[@]}" --metrics "$WORK/train/fcc-cuda-qsgd.jsonl"; then
+      record "comm-train-qsgd" ok "2 epochs with qsgd:255 through NCCL; see train-cuda-qsgd.log"
+    else
+      record "comm-train-qsgd" FAIL "exit status $?"
+    fi
+  fi
+}
+
+# -- (e) GPU unit tests and the compressor benchmark ---------------------------------
+part_units() {
+  section "(e) cuda_kernels_test and fcc-compress-bench --gpu-only"
+  local t=$WORK/bin/cuda_kernels_test b=$WORK/bin/fcc-compress-bench
+  if [ "$SMOKE" = 1 ]; then
+    record units skipped "--smoke-cpu: no GPU to test"
+    return
+  fi
+  if [ -x "$t" ]; then
+    if run_logged cuda-kernels-test 240 env LD_LIBRARY_PATH="$TRAINER_LD" "$t" \
+        --gtest_brief=1; then
+      record units ok "cuda_kernels_test passed on the GPU"
+    else
+      record units FAIL "cuda_kernels_test failed; see cuda-kernels-test.log"
+    fi
+  else
+    record units skipped "no cuda_kernels_test in the bundle"
+  fi
+  if [ -x "$b" ]; then
+    if run_logged compress-bench 120 env LD_LIBRARY_PATH="$TRAINER_LD" "$b" --gpu-only; then
+      record compress-bench info "GB/s table in compress-bench.log"
+    else
+      record compress-bench FAIL "exit status $?"
+    fi
+  fi
 }
 
 # -- (b) training -----------------------------------------------------------------

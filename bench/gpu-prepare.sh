@@ -15,8 +15,13 @@
 #                                   of the one-step comparison); all initialise
 #                                   from --seed at run time (graph-only model), so
 #                                   the same --seed gives the same weights
+#                                   r9bot-{cuda,cpu}-{qsgd,topk}: compressed
+#                                   gradients (fp32), for the comm part;
+#                                   cuda_kernels_test, fcc-compress-bench: the
+#                                   GPU unit tests and compressor benchmark
 #   bench/gpu/lib/*.xz              shared libraries the trainers need that a GPU
-#                                   machine lacks (oneDNN, OpenBLAS and theirs);
+#                                   machine lacks (oneDNN, OpenBLAS, Open MPI and
+#                                   theirs);
 #                                   NOT cuDNN/cuBLAS/NCCL/CUDA: gpu-check.sh finds
 #                                   those in the GPU machine's Python packages
 #   bench/gpu/data/*.bin.xz         a CIFAR-10 subset (see data/NOTE.txt)
@@ -156,8 +161,31 @@ else
     COMPILED+=("r9bot-cuda-$p")
   done
 fi
+# Compressed data-parallel trainers (one rank there: gpu-check.sh's comm part
+# forces NCCL with FCC_COMM_NCCL=1) and their CPU references.
+if [ "$CUDA_NOTE" = built ]; then
+  for spec in "qsgd|--compress qsgd:255 --error-feedback" \
+              "topk|--compress topk:0.01 --compress-scope entire-model"; do
+    name=${spec%%|*}
+    read -r -a flags <<<"${spec#*|}"
+    if compile "r9bot-cuda-$name" cuda fp32 "${ARCH_FLAG[@]}" "${flags[@]}" &&
+       compile "r9bot-cpu-$name" cpu fp32 "${flags[@]}"; then
+      COMPILED+=("r9bot-cuda-$name" "r9bot-cpu-$name")
+    else
+      say "WARNING: the compressed ($name) trainers did not build"
+    fi
+  done
+  # The GPU unit tests and the compressor benchmark (gpu-check.sh's units
+  # part), when this build has them.
+  for t in cuda_kernels_test fcc-compress-bench; do
+    if [ -x "$BUILD/bin/$t" ]; then
+      cp "$BUILD/bin/$t" "$TMP/$t"
+      COMPILED+=("$t")
+    fi
+  done
+fi
 for n in "${COMPILED[@]}"; do
-  if "$TMP/$n" --help 2>/dev/null | grep -q -- '--dump-step'; then
+  if "$TMP/$n" --help 2>/dev/null | grep -- '--dump-step' >/dev/null; then
     dump="has --dump-step"
   else
     dump="no --dump-step yet"
