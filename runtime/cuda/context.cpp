@@ -1,9 +1,10 @@
 //===- context.cpp - Device, stream, handles, memory, graphs, errors ------===//
 //
 // The process-wide state of the CUDA runtime: the selected device, the one
-// non-blocking stream every call enqueues on, the cuDNN and cuBLAS handles
-// bound to it, the device buffers the context owns (kernel scratch, cuBLAS
-// and cuDNN workspaces), graph capture, the error model of internal.h and
+// non-blocking stream every call enqueues on, the cuDNN, cuBLAS and cuBLASLt
+// handles (the first two bound to it; cuBLASLt takes the stream per call),
+// the device buffers the context owns (kernel scratch, cuBLAS(Lt) and cuDNN
+// workspaces), graph capture, the error model of internal.h and
 // the timing cache of cuDNN algorithm choices.
 //
 // Everything that a captured CUDA graph may refer to (scratch, workspaces)
@@ -43,7 +44,8 @@ namespace {
 constexpr size_t kScratchBytes = size_t(16) << 20;
 // cuBLAS workspace: NVIDIA recommends 32 MiB on Hopper (4 MiB before) and
 // an explicit workspace is required for cuBLAS calls inside a graph
-// capture to be replayable without allocations.
+// capture to be replayable without allocations. cublasLtMatmul (gemm.cpp)
+// uses the same buffer: all calls are ordered on the one stream.
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 
 struct Context {
@@ -52,6 +54,7 @@ struct Context {
   cudaStream_t stream = nullptr;
   cudnnHandle_t cudnn = nullptr;
   cublasHandle_t cublas = nullptr;
+  cublasLtHandle_t cublasLt = nullptr;
   void *cublasWorkspace = nullptr;
   void *scratch = nullptr;
   void *workspace = nullptr;
@@ -123,6 +126,10 @@ void loadCacheLocked() {
 void releaseContext() {
   if (ctx.stream)
     cudaStreamSynchronize(ctx.stream);
+  // gemm.cpp's cuBLASLt plans, before the handle they were made for.
+  releaseGemmPlans();
+  if (ctx.cublasLt)
+    cublasLtDestroy(ctx.cublasLt);
   if (ctx.cublas)
     cublasDestroy(ctx.cublas);
   if (ctx.cudnn)
@@ -226,6 +233,11 @@ cudaStream_t stream() { return ctx.stream; }
 int multiprocessors() { return ctx.multiprocessors; }
 cudnnHandle_t cudnnHandle() { return ctx.cudnn; }
 cublasHandle_t cublasHandle() { return ctx.cublas; }
+cublasLtHandle_t cublasLtHandle() { return ctx.cublasLt; }
+void *cublasWorkspace() { return ctx.cublasWorkspace; }
+size_t cublasWorkspaceSize() {
+  return ctx.cublasWorkspace ? kCublasWorkspaceBytes : 0;
+}
 
 void *scratch(size_t bytes, const char *fn) {
   if (bytes > kScratchBytes) {
@@ -444,6 +456,15 @@ extern "C" int fcc_cuda_init(int device) {
     return fail(setError(FCC_ERR_BACKEND,
                          format("%s: configuring cuBLAS: %s", fn,
                                 cublasGetStatusString(bs))));
+  // cuBLASLt (linear layers, gemm.cpp): the stream and workspace are
+  // arguments of each cublasLtMatmul.
+  bs = cublasLtCreate(&ctx.cublasLt);
+  if (bs != CUBLAS_STATUS_SUCCESS) {
+    ctx.cublasLt = nullptr;
+    return fail(setError(FCC_ERR_BACKEND,
+                         format("%s: cublasLtCreate: %s", fn,
+                                cublasGetStatusString(bs))));
+  }
   // Library set-up may leave a harmless runtime error behind (a probe that
   // failed); it must not surface as the first kernel's launch failure.
   clearTransientErrors();

@@ -615,7 +615,7 @@ TEST_F(Cuda, FusedBatchNormActivation) {
       {"relu_global", FCC_ACT_RELU, 1.0f, 7, 6, 7, 6, false},
   };
   std::mt19937 rng(8);
-  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+  for (int dtype : kHalfTypes)
     for (const Config &cfg : configs) {
       SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
       fcc_bn_act_desc d{};
@@ -697,7 +697,7 @@ TEST_F(Cuda, FusedBatchNormActivation) {
 TEST_F(Cuda, FoldBatchNorm) {
   std::mt19937 rng(9);
   const int64_t k = 5, perK = 3 * 3 * 3;
-  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+  for (int dtype : kHalfTypes)
     for (bool withBias : {true, false}) {
       const Floats w = rounded(randomFloats(rng, size_t(k * perK)), dtype);
       const Floats b = rounded(randomFloats(rng, size_t(k)), dtype);
@@ -912,59 +912,142 @@ TEST_F(Cuda, TimingCacheIsWrittenAndReused) {
 
 TEST_F(Cuda, Gemm) {
   std::mt19937 rng(12);
-  const int64_t m = 7, n = 5, k = 9;
   struct Bias {
-    int64_t rows, cols;
+    int64_t rows, cols; // 0x0: none
+    float beta;
   };
+  // fcc_cuda_gemm against fcc_cpu_gemm for one case. `offset` elements
+  // shift every device pointer off the allocation's 256-byte alignment
+  // (cuBLASLt's heuristic must then pick algorithms that accept it).
+  auto check = [&](int dtype, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                   Bias bias, int64_t offset = 0) {
+    SCOPED_TRACE(typeName(dtype) + " " + std::to_string(m) + "x" +
+                 std::to_string(n) + "x" + std::to_string(k) + " trans " +
+                 std::to_string(ta) + std::to_string(tb) + " bias " +
+                 std::to_string(bias.rows) + "x" + std::to_string(bias.cols) +
+                 " beta " + std::to_string(bias.beta) + " offset " +
+                 std::to_string(offset));
+    const size_t off = size_t(offset);
+    const Floats a = rounded(randomFloats(rng, size_t(m * k) + off), dtype);
+    const Floats b = rounded(randomFloats(rng, size_t(k * n) + off), dtype);
+    const Floats c = rounded(
+        randomFloats(rng,
+                     size_t(std::max<int64_t>(bias.rows * bias.cols, 1)) + off),
+        dtype);
+    auto dA = upload(a, dtype), dB = upload(b, dtype), dC = upload(c, dtype);
+    // y starts as NaN: with beta 0 (no bias, or the fused epilogue) the
+    // GEMM must not read it.
+    auto dY = upload(Floats(size_t(m * n) + off, std::nanf("")), dtype);
+    const int64_t es = elementSize(dtype);
+    auto at = [&](const Buffer &buf) {
+      return static_cast<char *>(buf.get()) + offset * es;
+    };
+    const float alpha = 0.75f;
+    const void *cp = bias.rows ? at(*dC) : nullptr;
+    ASSERT_EQ(fcc_cuda_gemm(ta, tb, m, n, k, alpha, at(*dA), at(*dB),
+                            bias.beta, cp, bias.rows, bias.cols, at(*dY),
+                            dtype),
+              0)
+        << fcc_cuda_last_error();
+    Floats want(static_cast<size_t>(m * n));
+    fcc_cpu_gemm(ta, tb, m, n, k, alpha, a.data() + off, b.data() + off,
+                 bias.beta, bias.rows ? c.data() + off : nullptr, bias.rows,
+                 bias.cols, want.data());
+    const double rtol =
+        dtype == FCC_DTYPE_F32 ? 1e-5 : typeTolerance(dtype) * 2;
+    Floats got = download(dY->get(), m * n + offset, dtype);
+    got.erase(got.begin(), got.begin() + offset);
+    EXPECT_TRUE(near(got, want, rtol, 0.0, double(k)));
+  };
+
+  // Every bias shape (1xN with beta 1 is the fused epilogue of cuBLASLt,
+  // the rest the expand-then-beta path), every transpose, every type.
+  const int64_t m = 7, n = 5, k = 9;
+  const Bias biases[] = {{0, 0, 0.0f}, {1, n, 1.0f},   {1, n, 1.5f},
+                         {m, 1, 1.5f}, {m, 1, 1.0f},   {1, 1, 1.5f},
+                         {m, n, 1.5f}, {m, n, 1.0f},   {1, n, 0.0f}};
   for (int dtype : kHalfTypes)
     for (int ta : {0, 1})
       for (int tb : {0, 1})
-        for (Bias bias : {Bias{0, 0}, Bias{1, n}, Bias{m, 1}, Bias{1, 1},
-                          Bias{m, n}}) {
-          SCOPED_TRACE(typeName(dtype) + " trans " + std::to_string(ta) +
-                       std::to_string(tb) + " bias " +
-                       std::to_string(bias.rows) + "x" +
-                       std::to_string(bias.cols));
-          const Floats a = rounded(randomFloats(rng, size_t(m * k)), dtype);
-          const Floats b = rounded(randomFloats(rng, size_t(k * n)), dtype);
-          const Floats c =
-              rounded(randomFloats(rng, size_t(std::max<int64_t>(
-                                            bias.rows * bias.cols, 1))),
-                      dtype);
-          auto dA = upload(a, dtype), dB = upload(b, dtype),
-               dC = upload(c, dtype);
-          Buffer y(m * n * 4);
-          const float alpha = 0.75f, beta = bias.rows ? 1.5f : 0.0f;
-          const void *cp = bias.rows ? dC->get() : nullptr;
-          ASSERT_EQ(fcc_cuda_gemm(ta, tb, m, n, k, alpha, dA->get(), dB->get(),
-                                  beta, cp, bias.rows, bias.cols, y.get(),
-                                  dtype),
-                    0)
-              << fcc_cuda_last_error();
-          Floats want(static_cast<size_t>(m * n));
-          fcc_cpu_gemm(ta, tb, m, n, k, alpha, a.data(), b.data(), beta,
-                       bias.rows ? c.data() : nullptr, bias.rows, bias.cols,
-                       want.data());
-          const double rtol =
-              dtype == FCC_DTYPE_F32 ? 1e-5 : typeTolerance(dtype) * 2;
-          EXPECT_TRUE(near(download(y.get(), m * n, dtype), want, rtol, 0.0,
-                           double(k)));
-        }
-  // Empty inner dimension: beta * c.
-  const Floats c = {1.0f, 2.0f, 3.0f};
-  auto dC = upload(c);
-  Buffer y(2 * 3 * 4);
-  ASSERT_EQ(fcc_cuda_gemm(0, 0, 2, 3, 0, 1.0f, y.get(), y.get(), 2.0f,
-                          dC->get(), 1, 3, y.get(), FCC_DTYPE_F32),
-            0)
-      << fcc_cuda_last_error();
-  EXPECT_TRUE(near(download(y.get(), 6), {2, 4, 6, 2, 4, 6}, 0.0));
-  // A bias that does not broadcast.
-  EXPECT_EQ(fcc_cuda_gemm(0, 0, 2, 3, 1, 1.0f, y.get(), y.get(), 1.0f,
-                          dC->get(), 2, 2, y.get(), FCC_DTYPE_F32),
-            FCC_ERR_INVALID);
-  EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_gemm"),
-            std::string::npos);
+        for (Bias bias : biases)
+          check(dtype, ta, tb, m, n, k, bias);
+  // The same shapes again (cached plans), then other shapes: a larger one
+  // (tensor-core sizes, multiple of 8), one with odd sizes, a vector
+  // (M = 1), and pointers not aligned to 16 bytes (the epilogue then
+  // takes the expand path).
+  for (int dtype : kHalfTypes) {
+    for (int rep = 0; rep < 2; ++rep) {
+      check(dtype, 0, 1, m, n, k, {1, n, 1.0f});
+      check(dtype, 0, 0, m, n, k, {0, 0, 0.0f});
+    }
+    check(dtype, 0, 1, 64, 48, 96, {1, 48, 1.0f});
+    check(dtype, 1, 0, 64, 48, 96, {1, 48, 1.0f});
+    check(dtype, 0, 0, 64, 48, 96, {64, 1, 1.5f});
+    check(dtype, 0, 1, 33, 17, 131, {1, 17, 1.0f});
+    check(dtype, 1, 1, 1, 10, 3, {1, 10, 1.0f});
+    check(dtype, 0, 1, 13, 6, 11, {1, 6, 1.0f}, 1);
+    check(dtype, 1, 0, 13, 6, 11, {1, 6, 1.5f}, 1);
+    check(dtype, 0, 1, 64, 48, 96, {1, 48, 1.0f}, 3);
+  }
+
+  // The first call of a shape may be made while a graph is being captured
+  // (trainers capture their first train step): planning must not enqueue,
+  // allocate or synchronise, and the graph must replay correctly.
+  {
+    const int64_t gm = 11, gn = 19, gk = 23;
+    const Floats a = randomFloats(rng, size_t(gm * gk));
+    const Floats b = randomFloats(rng, size_t(gn * gk));
+    const Floats c = randomFloats(rng, size_t(gn));
+    auto dA = upload(a), dB = upload(b), dC = upload(c);
+    Buffer y(gm * gn * 4), y2(gm * gn * 4);
+    ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+    ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
+    const int rc1 = fcc_cuda_gemm(0, 1, gm, gn, gk, 1.0f, dA->get(), dB->get(),
+                                  1.0f, dC->get(), 1, gn, y.get(),
+                                  FCC_DTYPE_F32);
+    const int rc2 = fcc_cuda_gemm(0, 1, gm, gn, gk, 0.5f, dA->get(), dB->get(),
+                                  2.0f, dC->get(), 1, gn, y2.get(),
+                                  FCC_DTYPE_F32);
+    void *exec = nullptr;
+    const int rcEnd = fcc_cuda_graph_end(&exec);
+    ASSERT_EQ(rc1, 0) << fcc_cuda_last_error();
+    ASSERT_EQ(rc2, 0) << fcc_cuda_last_error();
+    ASSERT_EQ(rcEnd, 0) << fcc_cuda_last_error();
+    ASSERT_NE(exec, nullptr);
+    ASSERT_EQ(fcc_cuda_graph_launch(exec), 0) << fcc_cuda_last_error();
+    Floats want(size_t(gm * gn)), want2(size_t(gm * gn));
+    fcc_cpu_gemm(0, 1, gm, gn, gk, 1.0f, a.data(), b.data(), 1.0f, c.data(),
+                 1, gn, want.data());
+    fcc_cpu_gemm(0, 1, gm, gn, gk, 0.5f, a.data(), b.data(), 2.0f, c.data(),
+                 1, gn, want2.data());
+    EXPECT_TRUE(near(download(y.get(), gm * gn), want, 1e-5, 0.0, double(gk)));
+    EXPECT_TRUE(
+        near(download(y2.get(), gm * gn), want2, 1e-5, 0.0, double(gk)));
+    fcc_cuda_graph_destroy(exec);
+    ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+  }
+
+  {
+    // Empty inner dimension: beta * c.
+    const Floats c = {1.0f, 2.0f, 3.0f};
+    auto dC = upload(c);
+    Buffer y(2 * 3 * 4);
+    ASSERT_EQ(fcc_cuda_gemm(0, 0, 2, 3, 0, 1.0f, y.get(), y.get(), 2.0f,
+                            dC->get(), 1, 3, y.get(), FCC_DTYPE_F32),
+              0)
+        << fcc_cuda_last_error();
+    EXPECT_TRUE(near(download(y.get(), 6), {2, 4, 6, 2, 4, 6}, 0.0));
+    // A bias that does not broadcast.
+    EXPECT_EQ(fcc_cuda_gemm(0, 0, 2, 3, 1, 1.0f, y.get(), y.get(), 1.0f,
+                            dC->get(), 2, 2, y.get(), FCC_DTYPE_F32),
+              FCC_ERR_INVALID);
+    EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_gemm"),
+              std::string::npos);
+  }
+  // The plans are released by shutdown and made again after init.
+  fcc_cuda_shutdown();
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+  check(FCC_DTYPE_F32, 0, 1, m, n, k, {1, n, 1.0f});
 }
 
 //===----------------------------------------------------------------------===//

@@ -100,7 +100,11 @@ int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *p, const void *x,
 
 /*--- Linear (cuBLAS, fp32 accumulation) ---------------------------------------*/
 
-/* As fcc_cpu_gemm; a, b, c and y have storage type dtype. */
+/* As fcc_cpu_gemm; a, b, c and y have storage type dtype. cuBLASLt with
+ * fp32 accumulation (no TF32): a 1xN bias with beta 1 (a linear layer) is
+ * added in the GEMM's epilogue, other biases are expanded into y first; the
+ * algorithm is chosen once per shape (host-only, so a first call may be
+ * captured into a graph), cublasGemmEx when cuBLASLt has none. */
 int fcc_cuda_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                   float alpha, const void *a, const void *b, float beta,
                   const void *c, int64_t c_rows, int64_t c_cols, void *y,
