@@ -32,6 +32,7 @@
 #include "llvm/Support/FormatVariadic.h"
 
 #include <cstdio>
+#include <array>
 #include <map>
 
 using namespace mlir;
@@ -158,6 +159,9 @@ private:
   LogicalResult emitFunction(func::FuncOp f, StringRef bodyName);
   LogicalResult emitOp(Operation *op);
   LogicalResult emitCommOp(Operation *op, const std::string &where);
+  /// float copies {dst, src, count}: fcc_copy_f32 calls on the CPU, one
+  /// fcc_comm_cuda_copy_many launch on the GPU.
+  void emitCopies(ArrayRef<std::array<std::string, 3>> copies);
   void roundHalfResults(Operation *op);
   /// The running-statistics update of a training BatchNorm (fcc.batch_norm
   /// or fcc.bn_act): the new statistics are normally the old buffers,
@@ -952,6 +956,21 @@ LogicalResult Emitter::emitOp(Operation *o) {
       });
 }
 
+void Emitter::emitCopies(ArrayRef<std::array<std::string, 3>> copies) {
+  if (!cuda) {
+    for (const auto &[dst, src, count] : copies)
+      call("fcc_copy_f32", {op(dst), op(src), op(count)});
+    return;
+  }
+  std::string text = "{\n  const fcc_copy_item items[" +
+                     std::to_string(copies.size()) + "] = {\n";
+  for (const auto &[dst, src, count] : copies)
+    text += "    {" + dst + ", " + src + ", " + count + "},\n";
+  text += "  };\n  fcc_comm_cuda_copy_many(items, " +
+          std::to_string(copies.size()) + ");\n}";
+  b.create<emitc::VerbatimOp>(loc, text);
+}
+
 /// Compression, collectives and flattening (runtime/include/fcc/runtime/
 /// comm.h). Seeds come from the step's seed; the tensor id separates the
 /// random streams of different tensors.
@@ -1062,26 +1081,29 @@ LogicalResult Emitter::emitCommOp(Operation *o, const std::string &where) {
         comment("flatten " + std::to_string(c.getInputs().size()) +
                 " gradients" + where);
         std::string out = pointer(c.getOutput());
+        std::vector<std::array<std::string, 3>> copies; // dst, src, n
         int64_t offset = 0;
         for (Value v : c.getInputs()) {
-          call(cuda ? "fcc_comm_cuda_copy_f32" : "fcc_copy_f32",
-               {op("(" + out + " + " + std::to_string(offset) + ")"),
-                op(pointer(v)), n(v)});
+          copies.push_back({"(" + out + " + " + std::to_string(offset) + ")",
+                            pointer(v), std::to_string(countOf(v))});
           offset += countOf(v);
         }
+        emitCopies(copies);
         return success();
       })
       .Case<SplitFlatOp>([&](SplitFlatOp s) {
         comment("unflatten " + std::to_string(s.getOutputs().size()) +
                 " gradients" + where);
         std::string in = pointer(s.getInput());
+        std::vector<std::array<std::string, 3>> copies;
         int64_t offset = 0;
         for (Value v : s.getOutputs()) {
-          call(cuda ? "fcc_comm_cuda_copy_f32" : "fcc_copy_f32",
-               {op(pointer(v)),
-                op("(" + in + " + " + std::to_string(offset) + ")"), n(v)});
+          copies.push_back({pointer(v),
+                            "(" + in + " + " + std::to_string(offset) + ")",
+                            std::to_string(countOf(v))});
           offset += countOf(v);
         }
+        emitCopies(copies);
         return success();
       })
       .Default([](Operation *) { return failure(); });

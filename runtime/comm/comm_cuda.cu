@@ -80,6 +80,20 @@ __global__ void seedsKernel(const uint64_t *step_seed, int64_t tensor,
   words[kSeeds + 1] = fcc_comm_private_seed(*step_seed, tensor, rank);
 }
 
+/// A batch of copies, passed by value (kernel arguments: 64 x 24 bytes).
+struct CopyBatch {
+  fcc_copy_item items[FCC_COMM_CUDA_COPY_BATCH];
+  int count;
+};
+
+__global__ void copyManyKernel(CopyBatch batch) {
+  const fcc_copy_item it = batch.items[blockIdx.y];
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < it.n;
+       i += stride)
+    it.dst[i] = it.src[i];
+}
+
 /// Adds the device time of its scope to words[slot] (several ranks only).
 struct DeviceTimer {
   int slot;
@@ -380,8 +394,30 @@ void fcc_comm_cuda_allgather(const fcc_compressor *c, const void *payload,
   copy(rows, payload, capacity, fn);
 }
 
-void fcc_comm_cuda_copy_f32(float *dst, const float *src, int64_t n) {
-  copy(dst, src, n * 4, "fcc_comm_cuda_copy_f32");
+void fcc_comm_cuda_copy_many(const fcc_copy_item *items, int count) {
+  const char *fn = "fcc_comm_cuda_copy_many";
+  if (count < 0 || (count > 0 && !items)) {
+    setAsyncError(format("%s: bad table (%d items)", fn, count));
+    return;
+  }
+  if (!ready(fn))
+    return;
+  for (int first = 0; first < count; first += FCC_COMM_CUDA_COPY_BATCH) {
+    CopyBatch batch{};
+    batch.count = std::min(count - first, int(FCC_COMM_CUDA_COPY_BATCH));
+    int64_t largest = 0;
+    for (int i = 0; i < batch.count; ++i) {
+      batch.items[i] = items[first + i];
+      largest = std::max(largest, batch.items[i].n);
+    }
+    if (largest == 0)
+      continue;
+    // blockIdx.y picks the item; x blocks stride over its entries.
+    const dim3 grid(blocksFor(std::min<int64_t>(largest, int64_t(1) << 22)),
+                    unsigned(batch.count));
+    copyManyKernel<<<grid, kThreads, 0, str()>>>(batch);
+    checkLaunch(fn);
+  }
 }
 
 void fcc_comm_cuda_account(uint64_t bytes, uint64_t collectives) {

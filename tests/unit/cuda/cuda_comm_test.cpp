@@ -144,6 +144,38 @@ TEST_F(CudaComm, OneRankCollectivesAreCopies) {
   EXPECT_EQ(stats.collectives, 0u);
 }
 
+// Flattening and unflattening: one launch per 64 copies, every item
+// exactly copied (sizes from 0 up, more items than one batch holds), and
+// nothing else written.
+TEST_F(CudaComm, CopyManyCopiesEveryItem) {
+  const int count = FCC_COMM_CUDA_COPY_BATCH + 7;
+  std::vector<int64_t> sizes, offsets;
+  int64_t total = 0;
+  for (int i = 0; i < count; ++i) {
+    sizes.push_back(i % 5 == 0 ? 0 : (i * 37) % 300 + 1);
+    offsets.push_back(total);
+    total += sizes.back() + 1; // one guard float between items
+  }
+  const Floats src = gradient(total, 9);
+  Dev in(4 * total), out(4 * total);
+  put(in.get(), src.data(), 4 * total);
+  Floats sentinel(static_cast<size_t>(total), -7.0f);
+  put(out.get(), sentinel.data(), 4 * total);
+  auto *s = reinterpret_cast<const float *>(in.get());
+  auto *d = reinterpret_cast<float *>(out.get());
+  std::vector<fcc_copy_item> items;
+  for (int i = 0; i < count; ++i)
+    items.push_back({d + offsets[size_t(i)], s + offsets[size_t(i)],
+                     sizes[size_t(i)]});
+  fcc_comm_cuda_copy_many(items.data(), count);
+  items.clear(); // the launch keeps its own copy of the table
+  Floats want = sentinel;
+  for (int i = 0; i < count; ++i)
+    for (int64_t k = 0; k < sizes[size_t(i)]; ++k)
+      want[size_t(offsets[size_t(i)] + k)] = src[size_t(offsets[size_t(i)] + k)];
+  EXPECT_TRUE(sameFloats(getFloats(out.get(), total), want));
+}
+
 // A captured compression reads the step seed when the graph runs, so each
 // replay compresses with that step's seeds (RandomK positions, QSGD's
 // rounding).

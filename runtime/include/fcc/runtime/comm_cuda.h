@@ -82,8 +82,17 @@ void fcc_comm_cuda_allreduce_payload(const fcc_compressor *c, const void *in,
 /* rows + r * capacity = rank r's payload, all capacity bytes of it. */
 void fcc_comm_cuda_allgather(const fcc_compressor *c, const void *payload,
                              int64_t n, int64_t capacity, void *rows);
-/* dst[0..n) = src[0..n) on the device (flattening and unflattening). */
-void fcc_comm_cuda_copy_f32(float *dst, const float *src, int64_t n);
+/* Flattening and unflattening gradients: items[i].dst[0..n) =
+ * items[i].src[0..n) for every item, device memory, in one kernel launch
+ * per FCC_COMM_CUDA_COPY_BATCH items (the table travels as kernel
+ * arguments, so a captured graph keeps it and the host array can go). */
+typedef struct fcc_copy_item {
+  float *dst;
+  const float *src;
+  int64_t n;
+} fcc_copy_item;
+#define FCC_COMM_CUDA_COPY_BATCH 64
+void fcc_comm_cuda_copy_many(const fcc_copy_item *items, int count);
 
 /* After each train step: the payload bytes and collectives of one step
  * (counted when there are several ranks). */
