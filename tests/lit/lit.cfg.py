@@ -25,6 +25,14 @@ config.substitutions.append(("%data", os.path.join(os.path.dirname(config.fcc_mo
 if getattr(config, "fcc_have_cuda", False):
     config.available_features.add("cuda")
 
+# "cuda-emulation": %build-emulated-cuda SRC.cpp OUT builds a generated CUDA
+# trainer against the host emulation of CUDA (tests/unit/cuda/emulation/),
+# so that it runs here without a GPU.
+emulated = os.path.join(config.fcc_binary_dir, "tests", "emulated-cuda-trainer.sh")
+if os.path.isfile(emulated):
+    config.available_features.add("cuda-emulation")
+    config.substitutions.append(("%build-emulated-cuda", emulated))
+
 # Fashion-MNIST from Debian's dataset-fashion-mnist (scripts/install-deps).
 if os.path.isdir("/usr/share/datasets/fashion-mnist"):
     config.available_features.add("fashion-mnist")

@@ -14,8 +14,9 @@
 //  - keeps the storage types: cuda_fp16.h/cuda_bf16.h convert on the host
 //    with the same round-to-nearest-even as the device.
 // What it cannot check: device arithmetic (the CUDA math library's expf,
-// nvcc's -fmad=false), launch limits and timing. cuDNN and cuBLAS are not
-// emulated (emu_runtime.cpp stubs them).
+// nvcc's -fmad=false), launch limits, timing, and cuDNN/cuBLAS/NCCL
+// themselves (emu_dnn.cpp and emu_nccl.cpp stand in for them with the CPU
+// kernels and MPI).
 //
 //===----------------------------------------------------------------------===//
 #ifndef FCC_TESTS_CUDA_EMU_H
@@ -53,6 +54,10 @@ void fcc_emu_sync();
 // The _sync variant gives every thread of a block its own std::thread.
 void fcc_emu_launch(dim3 grid, dim3 block, std::function<void()> body);
 void fcc_emu_launch_sync(dim3 grid, dim3 block, std::function<void()> body);
+// Other stream work (copies, collectives): runs now, or is recorded into
+// the graph being captured.
+void fcc_emu_enqueue(std::function<void()> work);
+bool fcc_emu_capturing();
 
 inline uint32_t __umulhi(uint32_t a, uint32_t b) {
   return uint32_t((uint64_t(a) * b) >> 32);

@@ -5,9 +5,11 @@
 // the calling thread, a graph is the list of launches recorded between
 // graph_begin and graph_end, and the internal.h services (errors, scratch)
 // behave like the real ones. The kernel sources (elementwise.cu,
-// batchnorm.cu, training.cu) are linked unchanged apart from their launch
-// syntax (preprocess.py). cuDNN convolutions and cuBLAS GEMMs are not
-// emulated: their entry points fail, and the test filters their tests out.
+// batchnorm.cu, training.cu, compress.cu, comm_cuda.cu) are linked
+// unchanged apart from their launch syntax (preprocess.py). Copies and
+// memsets on the stream are recorded into a graph being captured, like
+// launches. Convolutions and GEMMs run on the CPU kernels (emu_dnn.cpp);
+// NCCL runs over MPI (emu_nccl.cpp).
 //
 //===----------------------------------------------------------------------===//
 #include "emu.h"
@@ -18,6 +20,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -74,7 +77,9 @@ private:
   bool stop_ = false;
 };
 
-std::unique_ptr<BlockPool> pool;
+// One pool per block size, kept (kernels of different block sizes
+// alternate in a training step).
+std::map<unsigned, std::unique_ptr<BlockPool>> pools;
 std::barrier<> *blockBarrier = nullptr; // of the block running now
 bool capturingNow = false;
 using Graph = std::vector<std::function<void()>>;
@@ -84,8 +89,13 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body,
          bool sync) {
   gridDim = grid;
   blockDim = block;
-  if (sync && (!pool || pool->size() != block.x))
-    pool = std::make_unique<BlockPool>(block.x);
+  BlockPool *pool = nullptr;
+  if (sync) {
+    std::unique_ptr<BlockPool> &p = pools[block.x];
+    if (!p)
+      p = std::make_unique<BlockPool>(block.x);
+    pool = p.get();
+  }
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -119,6 +129,15 @@ void launch(dim3 grid, dim3 block, std::function<void()> body, bool sync) {
 
 } // namespace
 
+void fcc_emu_enqueue(std::function<void()> work) {
+  if (capturingNow)
+    graph->push_back(std::move(work));
+  else
+    work();
+}
+
+bool fcc_emu_capturing() { return capturingNow; }
+
 void fcc_emu_sync() {
   if (!blockBarrier)
     die("__syncthreads in a kernel launched without fcc_emu_launch_sync "
@@ -140,18 +159,16 @@ extern "C" const char *cudaGetErrorString(cudaError_t) {
   return "emulated CUDA error";
 }
 extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src,
-                                       size_t count, cudaMemcpyKind,
+                                       size_t count, cudaMemcpyKind kind,
                                        cudaStream_t) {
-  if (capturingNow)
-    die("copies are not recorded into emulated graphs");
-  std::memmove(dst, src, count);
+  if (kind == cudaMemcpyDeviceToHost && capturingNow)
+    die("a copy to the host inside a captured graph");
+  fcc_emu_enqueue([=] { std::memmove(dst, src, count); });
   return cudaSuccess;
 }
 extern "C" cudaError_t cudaMemsetAsync(void *p, int value, size_t count,
                                        cudaStream_t) {
-  if (capturingNow)
-    die("memsets are not recorded into emulated graphs");
-  std::memset(p, value, count);
+  fcc_emu_enqueue([=] { std::memset(p, value, count); });
   return cudaSuccess;
 }
 // Emulated launches run when they are made: the stream is always idle.
@@ -227,7 +244,12 @@ using namespace fcc::cuda;
 
 extern "C" {
 
-int fcc_cuda_device_count(void) { return 1; }
+// FCC_EMU_DEVICES=N pretends to have N devices (emulated multi-rank runs
+// give each rank its own "GPU").
+int fcc_cuda_device_count(void) {
+  const char *n = std::getenv("FCC_EMU_DEVICES");
+  return n && std::atoi(n) > 0 ? std::atoi(n) : 1;
+}
 int fcc_cuda_init(int) {
   if (!ready_) {
     // Scratch starts as NaN bytes: a kernel that reads scratch it did not
@@ -297,29 +319,5 @@ int fcc_cuda_graph_launch(void *exec) {
 }
 void fcc_cuda_graph_destroy(void *exec) { delete static_cast<Graph *>(exec); }
 void fcc_cuda_set_timing_cache(const char *) {}
-
-// Not emulated (cuDNN, cuBLAS).
-fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *, int) {
-  setError(FCC_ERR_UNSUPPORTED, "cuDNN is not emulated");
-  return nullptr;
-}
-void fcc_cuda_conv2d_destroy(fcc_cuda_conv2d_plan *) {}
-int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *, const void *, const void *,
-                            const void *, void *) {
-  return FCC_ERR_UNSUPPORTED;
-}
-int fcc_cuda_conv2d_backward_data(fcc_cuda_conv2d_plan *, const void *,
-                                  const void *, void *) {
-  return FCC_ERR_UNSUPPORTED;
-}
-int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *, const void *,
-                                    const void *, void *, void *) {
-  return FCC_ERR_UNSUPPORTED;
-}
-int fcc_cuda_gemm(int, int, int64_t, int64_t, int64_t, float, const void *,
-                  const void *, float, const void *, int64_t, int64_t, void *,
-                  int) {
-  return setError(FCC_ERR_UNSUPPORTED, "cuBLAS is not emulated");
-}
 
 } // extern "C"
