@@ -1,8 +1,10 @@
 //===- FccFusedOps.cpp - Verifiers of the fused BatchNorm ops -------------===//
 //
-// fcc.bn_act, fcc.bn_act_grad and fcc.fold_bn (ir/FccFusedOps.td): shapes,
-// attributes and the activation/pooling configuration, with messages that
-// name the offending operand or attribute; and the helpers of FccFusedOps.h.
+// fcc.bn_act, fcc.bn_act_grad and fcc.fold_bn (ir/FccFusedOps.td): element
+// types, shapes, attributes and the activation/pooling configuration, with
+// messages that name the offending operand or attribute; and the helpers of
+// FccFusedOps.h (the element-type rule is shared with fcc.batch_norm and
+// fcc.batch_norm_grad).
 //
 //===----------------------------------------------------------------------===//
 #include "ir/FccFusedOps.h"
@@ -63,6 +65,32 @@ fcc_bn_act_desc descriptorOf(OpT op, Value input, Value output) {
 
 } // namespace
 
+LogicalResult fcc::verifyBatchNormElementTypes(
+    Operation *op, ArrayRef<std::pair<StringRef, Value>> data,
+    ArrayRef<std::pair<StringRef, Value>> perChannel) {
+  auto elementOf = [](Value v) {
+    return cast<ShapedType>(v.getType()).getElementType();
+  };
+  if (!data.empty()) {
+    auto [inputName, input] = data.front();
+    Type want = elementOf(input); // f32, f16 or bf16 by the op's ODS types
+    for (auto [name, v] : data.drop_front())
+      if (elementOf(v) != want)
+        return op->emitOpError()
+               << name << " has element type " << elementOf(v) << " but the "
+               << inputName << " has " << want
+               << " (the data tensors of this op share one element type; "
+                  "insert fcc.cast to convert)";
+  }
+  for (auto [name, v] : perChannel)
+    if (!elementOf(v).isF32())
+      return op->emitOpError()
+             << name << " has element type " << elementOf(v)
+             << ", expected 'f32' (BatchNorm parameters and statistics stay "
+                "fp32 for every data type)";
+  return success();
+}
+
 fcc_bn_act_desc fcc::bnActDescriptor(BnActOp op) {
   return descriptorOf(op, op.getInput(), op.getOutput());
 }
@@ -111,11 +139,19 @@ LogicalResult verifyEpsilon(Operation *op, float epsilon) {
 
 LogicalResult BnActOp::verify() {
   auto in = shapeOf(getInput());
-  Type elem = getInput().getType().getElementType();
-  if (getOutput().getType().getElementType() != elem)
-    return emitOpError("result element type ")
-           << getOutput().getType().getElementType()
-           << " differs from the input's " << elem;
+  SmallVector<std::pair<StringRef, Value>> data = {{"input", getInput()},
+                                                   {"result", getOutput()}};
+  if (getResidual())
+    data.push_back({"residual", getResidual()});
+  SmallVector<std::pair<StringRef, Value>> perChannel = {
+      {"scale", getScale()},
+      {"shift", getShift()},
+      {"running_mean", getRunningMean()},
+      {"running_var", getRunningVar()}};
+  for (Value v : getTrainingStats())
+    perChannel.push_back({"statistics result", v});
+  if (failed(verifyBatchNormElementTypes(*this, data, perChannel)))
+    return failure();
   std::string error;
   auto expected =
       inferBnActShape(in, getPoolKernel(), getPoolStrides(), error);
@@ -157,6 +193,17 @@ LogicalResult BnActOp::verify() {
 
 LogicalResult BnActGradOp::verify() {
   auto in = shapeOf(getInput());
+  if (failed(verifyBatchNormElementTypes(*this,
+                                         {{"input", getInput()},
+                                          {"output gradient", getOutputGrad()},
+                                          {"input gradient", getInputGrad()}},
+                                         {{"scale", getScale()},
+                                          {"shift", getShift()},
+                                          {"batch_mean", getBatchMean()},
+                                          {"batch_var", getBatchVar()},
+                                          {"scale gradient", getScaleGrad()},
+                                          {"shift gradient", getShiftGrad()}})))
+    return failure();
   std::string error;
   auto expected =
       inferBnActShape(in, getPoolKernel(), getPoolStrides(), error);
@@ -189,6 +236,18 @@ LogicalResult FoldBnOp::verify() {
     return emitOpError("folded weight has type ")
            << getFoldedWeight().getType() << ", expected the weight's "
            << getWeight().getType();
+  // As the runtime's fold_bn: the weights and biases in the convolution's
+  // type, the BatchNorm's parameters and statistics in f32.
+  SmallVector<std::pair<StringRef, Value>> convTensors = {
+      {"weight", getWeight()}, {"folded bias", getFoldedBias()}};
+  if (getBias())
+    convTensors.push_back({"bias", getBias()});
+  if (failed(verifyBatchNormElementTypes(*this, convTensors,
+                                         {{"scale", getScale()},
+                                          {"shift", getShift()},
+                                          {"mean", getMean()},
+                                          {"var", getVar()}})))
+    return failure();
   SmallVector<StringRef> names = {"scale", "shift", "mean", "var",
                                   "folded bias"};
   SmallVector<Value> values = {getScale(), getShift(), getMean(), getVar(),

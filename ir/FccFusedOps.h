@@ -3,7 +3,8 @@
 // The activation attribute of fcc.bn_act / fcc.bn_act_grad is a string
 // ("relu", "celu", "none"); these helpers turn it into the runtime's
 // FCC_ACT_* codes (fcc/runtime/cpu_kernels.h) and give the fused op's output
-// shape, shared by the verifiers, the passes, the evaluator and codegen.
+// shape, shared by the verifiers, the passes, the evaluator and codegen; and
+// the element-type rule of every BatchNorm op (fused or not).
 //
 //===----------------------------------------------------------------------===//
 #ifndef FCC_IR_FCCFUSEDOPS_H
@@ -30,6 +31,18 @@ inferBnActShape(llvm::ArrayRef<int64_t> input,
                 std::optional<llvm::ArrayRef<int64_t>> kernel,
                 std::optional<llvm::ArrayRef<int64_t>> strides,
                 std::string &error);
+
+/// The element types of a BatchNorm op (fcc.batch_norm, fcc.batch_norm_grad,
+/// fcc.bn_act, fcc.bn_act_grad). The data tensors `data` (input, output,
+/// residual, output and input gradients; the first one is the input) share
+/// one element type, f32, f16 or bf16: the kernels read and write half data
+/// directly and compute in fp32. The per-channel tensors `perChannel`
+/// (scale, shift, statistics and their gradients) are f32. Each entry names
+/// its tensor for the diagnostic.
+mlir::LogicalResult verifyBatchNormElementTypes(
+    mlir::Operation *op,
+    llvm::ArrayRef<std::pair<llvm::StringRef, mlir::Value>> data,
+    llvm::ArrayRef<std::pair<llvm::StringRef, mlir::Value>> perChannel);
 
 /// The runtime descriptor (fcc_bn_act_desc) of a verified fcc.bn_act or
 /// fcc.bn_act_grad, with the output size filled in.

@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "ir/FccDialect.h"
+#include "ir/FccFusedOps.h"
 #include "ir/ShapeInference.h"
 
 #include "mlir/IR/OpImplementation.h"
@@ -69,7 +70,16 @@ LogicalResult Conv2DOp::verify() {
 }
 
 LogicalResult BatchNormOp::verify() {
-  if (failed(verifySameElementType(*this, {getInput(), getOutput()})))
+  // Half data (input, output) with fp32 parameters and statistics.
+  SmallVector<std::pair<StringRef, Value>> perChannel = {
+      {"scale", getScale()},
+      {"shift", getShift()},
+      {"running_mean", getRunningMean()},
+      {"running_var", getRunningVar()}};
+  for (Value v : getTrainingStats())
+    perChannel.push_back({"statistics result", v});
+  if (failed(verifyBatchNormElementTypes(
+          *this, {{"input", getInput()}, {"result", getOutput()}}, perChannel)))
     return failure();
   auto in = shapeOf(getInput());
   if (in.size() < 2)

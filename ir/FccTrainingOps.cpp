@@ -1,5 +1,6 @@
 //===- FccTrainingOps.cpp - Verifiers of the gradient and training ops ----===//
 #include "ir/FccDialect.h"
+#include "ir/FccFusedOps.h"
 #include "ir/ShapeInference.h"
 
 using namespace mlir;
@@ -44,6 +45,18 @@ LogicalResult Conv2DGradWeightOp::verify() {
 }
 
 LogicalResult BatchNormGradOp::verify() {
+  // Half data (input and gradients) with fp32 scale, statistics and
+  // parameter gradients, as the forward fcc.batch_norm.
+  if (failed(verifyBatchNormElementTypes(*this,
+                                         {{"input", getInput()},
+                                          {"output gradient", getOutputGrad()},
+                                          {"input gradient", getInputGrad()}},
+                                         {{"scale", getScale()},
+                                          {"batch_mean", getBatchMean()},
+                                          {"batch_var", getBatchVar()},
+                                          {"scale gradient", getScaleGrad()},
+                                          {"shift gradient", getShiftGrad()}})))
+    return failure();
   auto in = shapeOf(getInput());
   if (in.size() < 2)
     return emitOpError("expects an input of rank >= 2, got ") << formatShape(in);

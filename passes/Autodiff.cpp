@@ -75,6 +75,8 @@ LogicalResult VjpBuilder::batchNorm(BatchNormOp op, Value dy,
         "training-mode batch normalisation");
   if (need[3] || need[4])
     return op.emitOpError("running statistics are not differentiable");
+  // The input gradient has the input's type (half in a half-precision
+  // program), the scale and shift gradients the parameters' (fp32).
   auto grad = b.create<BatchNormGradOp>(
       op.getLoc(),
       TypeRange{op.getInput().getType(), op.getScale().getType(),
@@ -147,7 +149,9 @@ LogicalResult VjpBuilder::emit(Operation *op, ArrayRef<Value> dres,
       .Case<BatchNormOp>([&](auto o) { return batchNorm(o, dy, need, d); })
       .Case<BnActOp>([&](BnActOp o) -> LogicalResult {
         // One fused backward op (it recomputes the normalised and activated
-        // values from the input); the residual's gradient is dy itself.
+        // values from the input); the residual's gradient is dy itself. As
+        // for fcc.batch_norm, the input gradient has the input's (possibly
+        // half) type and the scale and shift gradients are fp32.
         if (!o.getTraining())
           return o.emitOpError("in inference mode is not differentiable; "
                                "training programs use training-mode fused "

@@ -6,20 +6,27 @@
 //  - "half ops" — conv2d, linear, relu, celu, max/avg_pool2d, add, mul,
 //    dropout, flatten, reshape — take fp16 (or bf16) operands and produce
 //    fp16 results; float operands that are not yet half get an fcc.cast;
-//  - every other op (batch_norm, softmax, the fused BatchNorm ops, ...) and
-//    the function's results see fp32: half operands are cast back up.
+//  - BatchNorm ops (fcc.batch_norm and the fused fcc.bn_act) read and write
+//    half data — the input, the residual and the output — while their
+//    per-channel operands and results (scale, shift, running and batch
+//    statistics) stay fp32: the kernels compute in fp32 from half storage,
+//    so conv2d -> bn_act -> conv2d has no cast in between;
+//  - every other op (softmax, the loss, ...) and the function's results see
+//    fp32: half operands are cast back up.
 //
 // Parameters stay fp32 function arguments (master weights): the cast of a
 // weight is an op of the step, so its gradient is cast back to fp32 by the
 // cast's differentiation rule before the fp32 optimizer update. BatchNorm
-// statistics, reductions in the loss, the loss itself and the optimizer state
-// stay fp32. Each value is cast to a given type at most once (casts are
-// cached per value), and fcc.cast's folder removes widen-then-narrow round
-// trips.
+// scales and shifts are not cast at all (their gradients are fp32 results of
+// the BatchNorm backward); BatchNorm statistics, reductions in the loss, the
+// loss itself and the optimizer state stay fp32. Each value is cast to a
+// given type at most once (casts are cached per value), and fcc.cast's
+// folder removes widen-then-narrow round trips.
 //
 // Why before fcc-build-training: the backward pass then inherits the same
-// precision from the autodiff rules (the gradient of a half op is half) with
-// no second pass over the backward ops.
+// precision from the autodiff rules (the gradient of a half op is half, the
+// input gradient of a BatchNorm has its input's type) with no second pass
+// over the backward ops.
 //
 //===----------------------------------------------------------------------===//
 #include "passes/Passes.h"
@@ -46,6 +53,27 @@ bool computesInHalf(Operation *op) {
              AddOp, MulOp, DropoutOp, FlattenOp, ReshapeOp>(op);
 }
 
+/// Whether `use` is a data operand of a BatchNorm op (its input or
+/// residual), as opposed to a per-channel parameter or statistic.
+bool isBatchNormData(OpOperand &use) {
+  if (auto bn = dyn_cast<BatchNormOp>(use.getOwner()))
+    return &use == &bn.getInputMutable();
+  if (auto fused = dyn_cast<BnActOp>(use.getOwner()))
+    return &use == &fused.getInputMutable() ||
+           llvm::any_of(fused.getResidualMutable(),
+                        [&](OpOperand &r) { return &r == &use; });
+  return false;
+}
+
+/// Whether result `r` is half: every float result of a half op, and the data
+/// output (result 0) of a BatchNorm op, whose statistics stay fp32.
+bool hasHalfResult(OpResult r) {
+  Operation *op = r.getOwner();
+  if (computesInHalf(op))
+    return true;
+  return isa<BatchNormOp, BnActOp>(op) && r.getResultNumber() == 0;
+}
+
 bool isFloatTensor(Value v) {
   auto t = dyn_cast<RankedTensorType>(v.getType());
   return t && isa<FloatType>(t.getElementType());
@@ -64,15 +92,15 @@ public:
   void run() {
     Block &body = f.getBody().front();
     for (Operation &op : llvm::make_early_inc_range(body)) {
-      Type want = computesInHalf(&op) ? half : f32;
       b.setInsertionPoint(&op);
       for (OpOperand &use : op.getOpOperands())
         if (isFloatTensor(use.get()))
-          use.set(castTo(use.get(), want));
-      if (computesInHalf(&op))
-        for (Value r : op.getResults())
-          if (isFloatTensor(r))
-            r.setType(withElementType(r, half));
+          use.set(castTo(use.get(), computesInHalf(&op) || isBatchNormData(use)
+                                        ? half
+                                        : f32));
+      for (OpResult r : op.getResults())
+        if (isFloatTensor(r) && hasHalfResult(r))
+          r.setType(withElementType(r, half));
     }
   }
 

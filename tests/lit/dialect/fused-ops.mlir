@@ -19,6 +19,98 @@ func.func @roundtrip(%x: tensor<2x4x8x8xf32>, %s: tensor<4xf32>, %b: tensor<4xf3
 
 // -----
 
+// Half data (fcc-insert-half): f16/bf16 input, residual, output and input
+// gradient; f32 parameters, statistics and parameter gradients. fold_bn
+// keeps the convolution's type for the weights and biases.
+// CHECK-LABEL: func.func @roundtrip_half
+// CHECK:  fcc.bn_act %arg0, %arg1, %arg2, %arg3, %arg4 residual %arg5 {pool_kernel = array<i64: 2, 2>, pool_strides = array<i64: 2, 2>, training = true} : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<2x4x4x4xf16>) -> (tensor<2x4x4x4xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+// CHECK:  fcc.bn_act_grad {{.*}} : (tensor<2x4x8x8xf16>, tensor<2x4x4x4xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>)
+// CHECK:  fcc.bn_act {{.*}} : (tensor<2x4x8x8xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x8x8xbf16>
+// CHECK:  fcc.fold_bn {{.*}} : (tensor<4x3x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf16>) -> (tensor<4x3x3x3xf16>, tensor<4xf16>)
+func.func @roundtrip_half(%x: tensor<2x4x8x8xf16>, %s: tensor<4xf32>, %b: tensor<4xf32>, %m: tensor<4xf32>,
+                          %v: tensor<4xf32>, %r: tensor<2x4x4x4xf16>, %xb: tensor<2x4x8x8xbf16>,
+                          %w: tensor<4x3x3x3xf16>, %wb: tensor<4xf16>) {
+  %0:5 = fcc.bn_act %x, %s, %b, %m, %v residual %r {training = true, pool_kernel = array<i64: 2, 2>, pool_strides = array<i64: 2, 2>} : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<2x4x4x4xf16>) -> (tensor<2x4x4x4xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  %1:3 = fcc.bn_act_grad %x, %0#0, %s, %b, %0#3, %0#4 {pool_kernel = array<i64: 2, 2>, pool_strides = array<i64: 2, 2>} : (tensor<2x4x8x8xf16>, tensor<2x4x4x4xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>)
+  %2 = fcc.bn_act %xb, %s, %b, %m, %v : (tensor<2x4x8x8xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x8x8xbf16>
+  %3:2 = fcc.fold_bn %w, %s, %b, %m, %v bias %wb : (tensor<4x3x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf16>) -> (tensor<4x3x3x3xf16>, tensor<4xf16>)
+  return
+}
+
+// -----
+
+func.func @result_element_type(%x: tensor<2x4x8x8xf16>, %s: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.bn_act' op result has element type 'f32' but the input has 'f16' (the data tensors of this op share one element type; insert fcc.cast to convert)}}
+  %0 = fcc.bn_act %x, %s, %s, %s, %s : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x8x8xf32>
+  return
+}
+
+// -----
+
+func.func @residual_element_type(%x: tensor<2x4x8x8xf16>, %s: tensor<4xf32>, %r: tensor<2x4x8x8xf32>) {
+  // expected-error @+1 {{'fcc.bn_act' op residual has element type 'f32' but the input has 'f16'}}
+  %0 = fcc.bn_act %x, %s, %s, %s, %s residual %r : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<2x4x8x8xf32>) -> tensor<2x4x8x8xf16>
+  return
+}
+
+// -----
+
+func.func @half_running_var(%x: tensor<2x4x8x8xf16>, %s: tensor<4xf32>, %v: tensor<4xf16>) {
+  // expected-error @+1 {{'fcc.bn_act' op running_var has element type 'f16', expected 'f32' (BatchNorm parameters and statistics stay fp32 for every data type)}}
+  %0 = fcc.bn_act %x, %s, %s, %s, %v : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf16>) -> tensor<2x4x8x8xf16>
+  return
+}
+
+// -----
+
+func.func @half_statistics(%x: tensor<2x4x8x8xbf16>, %s: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.bn_act' op statistics result has element type 'bf16', expected 'f32'}}
+  %0:5 = fcc.bn_act %x, %s, %s, %s, %s {training = true} : (tensor<2x4x8x8xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xbf16>, tensor<4xbf16>, tensor<4xbf16>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @grad_input_grad_type(%x: tensor<2x4x8x8xf16>, %s: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.bn_act_grad' op input gradient has element type 'f32' but the input has 'f16'}}
+  %0:3 = fcc.bn_act_grad %x, %x, %s, %s, %s, %s : (tensor<2x4x8x8xf16>, tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf32>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @grad_output_grad_type(%x: tensor<2x4x8x8xf16>, %dy: tensor<2x4x8x8xbf16>, %s: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.bn_act_grad' op output gradient has element type 'bf16' but the input has 'f16'}}
+  %0:3 = fcc.bn_act_grad %x, %dy, %s, %s, %s, %s : (tensor<2x4x8x8xf16>, tensor<2x4x8x8xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @grad_half_scale_grad(%x: tensor<2x4x8x8xf16>, %s: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.bn_act_grad' op scale gradient has element type 'f16', expected 'f32'}}
+  %0:3 = fcc.bn_act_grad %x, %x, %s, %s, %s, %s : (tensor<2x4x8x8xf16>, tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf16>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @fold_bias_type(%w: tensor<4x3x3x3xf16>, %s: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.fold_bn' op folded bias has element type 'f32' but the weight has 'f16'}}
+  %0:2 = fcc.fold_bn %w, %s, %s, %s, %s : (tensor<4x3x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<4x3x3x3xf16>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @fold_half_mean(%w: tensor<4x3x3x3xf16>, %s: tensor<4xf32>, %m: tensor<4xf16>) {
+  // expected-error @+1 {{'fcc.fold_bn' op mean has element type 'f16', expected 'f32'}}
+  %0:2 = fcc.fold_bn %w, %s, %s, %m, %s : (tensor<4x3x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf16>, tensor<4xf32>) -> (tensor<4x3x3x3xf16>, tensor<4xf16>)
+  return
+}
+
+// -----
+
 func.func @unknown_activation(%x: tensor<2x4x8x8xf32>, %s: tensor<4xf32>) {
   // expected-error @+1 {{'fcc.bn_act' op activation must be "relu", "celu" or "none", got "tanh"}}
   %0 = fcc.bn_act %x, %s, %s, %s, %s {activation = "tanh"} : (tensor<2x4x8x8xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x8x8xf32>

@@ -81,6 +81,56 @@ func.func @bn_momentum(%x: tensor<2x4x3x3xf32>, %p: tensor<4xf32>) {
 
 // -----
 
+// BatchNorm data (input, output) share one element type; half data is
+// allowed, with f32 parameters and statistics.
+func.func @bn_result_type(%x: tensor<2x4x3x3xf16>, %p: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.batch_norm' op result has element type 'f32' but the input has 'f16' (the data tensors of this op share one element type; insert fcc.cast to convert)}}
+  %0 = fcc.batch_norm %x, %p, %p, %p, %p : (tensor<2x4x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x3x3xf32>
+  return
+}
+
+// -----
+
+func.func @bn_half_scale(%x: tensor<2x4x3x3xf16>, %s: tensor<4xf16>, %p: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.batch_norm' op scale has element type 'f16', expected 'f32' (BatchNorm parameters and statistics stay fp32 for every data type)}}
+  %0 = fcc.batch_norm %x, %s, %p, %p, %p : (tensor<2x4x3x3xf16>, tensor<4xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x3x3xf16>
+  return
+}
+
+// -----
+
+func.func @bn_half_statistics(%x: tensor<2x4x3x3xbf16>, %p: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.batch_norm' op statistics result has element type 'bf16', expected 'f32'}}
+  %0:5 = fcc.batch_norm %x, %p, %p, %p, %p {training = true} : (tensor<2x4x3x3xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x3x3xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xbf16>, tensor<4xbf16>)
+  return
+}
+
+// -----
+
+func.func @bn_grad_output_grad_type(%x: tensor<2x4x3x3xf16>, %dy: tensor<2x4x3x3xf32>, %p: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.batch_norm_grad' op output gradient has element type 'f32' but the input has 'f16'}}
+  %0:3 = fcc.batch_norm_grad %x, %dy, %p, %p, %p : (tensor<2x4x3x3xf16>, tensor<2x4x3x3xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x3x3xf16>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @bn_grad_input_grad_type(%x: tensor<2x4x3x3xf16>, %p: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.batch_norm_grad' op input gradient has element type 'bf16' but the input has 'f16'}}
+  %0:3 = fcc.batch_norm_grad %x, %x, %p, %p, %p : (tensor<2x4x3x3xf16>, tensor<2x4x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x3x3xbf16>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @bn_grad_half_shift_grad(%x: tensor<2x4x3x3xf16>, %p: tensor<4xf32>) {
+  // expected-error @+1 {{'fcc.batch_norm_grad' op shift gradient has element type 'f16', expected 'f32'}}
+  %0:3 = fcc.batch_norm_grad %x, %x, %p, %p, %p : (tensor<2x4x3x3xf16>, tensor<2x4x3x3xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x3x3xf16>, tensor<4xf32>, tensor<4xf16>)
+  return
+}
+
+// -----
+
 func.func @pool_result(%x: tensor<1x3x8x8xf32>) {
   // expected-error @+1 {{'fcc.max_pool2d' op result shape 1x3x3x3 does not match the expected 1x3x4x4}}
   %0 = fcc.max_pool2d %x {kernel = array<i64: 2, 2>, strides = array<i64: 2, 2>} : tensor<1x3x8x8xf32> -> tensor<1x3x3x3xf32>

@@ -42,3 +42,16 @@ func.func @forward(%x: tensor<2x3x8x8xf32> {fcc.input = "input"},
   %14 = fcc.mul %13 {scalar = 0.125} : (tensor<2x10xf32>) -> tensor<2x10xf32>
   return %14 : tensor<2x10xf32>
 }
+
+// BatchNorm on half data (fcc-insert-half): f16/bf16 input, output and input
+// gradient; f32 parameters, statistics and parameter gradients.
+// CHECK-LABEL: func.func @half_batch_norm
+// CHECK: fcc.batch_norm {{.*}} {training = true} : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+// CHECK: fcc.batch_norm_grad {{.*}} : (tensor<2x4x8x8xf16>, tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>)
+// CHECK: fcc.batch_norm {{.*}} : (tensor<2x4x8x8xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x8x8xbf16>
+func.func @half_batch_norm(%x: tensor<2x4x8x8xf16>, %y: tensor<2x4x8x8xbf16>, %s: tensor<4xf32>) {
+  %0:5 = fcc.batch_norm %x, %s, %s, %s, %s {training = true} : (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  %1:3 = fcc.batch_norm_grad %x, %0#0, %s, %0#3, %0#4 : (tensor<2x4x8x8xf16>, tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> (tensor<2x4x8x8xf16>, tensor<4xf32>, tensor<4xf32>)
+  %2 = fcc.batch_norm %y, %s, %s, %s, %s : (tensor<2x4x8x8xbf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x8x8xbf16>
+  return
+}

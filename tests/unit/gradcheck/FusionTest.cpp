@@ -42,6 +42,7 @@
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
+#include "mlir/Support/DebugStringHelper.h"
 #include "mlir/Transforms/Passes.h"
 
 #include <gtest/gtest.h>
@@ -99,8 +100,10 @@ enum class Passes {
   InferenceForward,  // @forward only: canonicalize [+ fuse] [+ fold]
 };
 
-// Imports the zoo model and runs `passes` on it.
-Program compile(const Spec &s, Passes passes, bool fuse, bool fold = false) {
+// Imports the zoo model and runs `passes` on it (`precision` applies to
+// Passes::Training).
+Program compile(const Spec &s, Passes passes, bool fuse, bool fold = false,
+                const std::string &precision = "fp32") {
   Program p;
   auto zoo = fcc::models::buildZooModel(s.model, s.zoo);
   if (!zoo) {
@@ -129,6 +132,7 @@ Program compile(const Spec &s, Passes passes, bool fuse, bool fold = false) {
     o.stage = fcc::Stage::Training;
     o.gradFunction = true;
     o.fuseBatchNorm = fuse;
+    o.precision = precision;
     fcc::buildPipeline(pm, o);
   } else {
     pm.addPass(mlir::createCanonicalizerPass());
@@ -354,6 +358,54 @@ TEST_P(Fusion, ProgramsHaveTheFusedOps) {
                   count(unfused.func("eval_step"), op),
               0);
   EXPECT_EQ(count(unfused.func("train_step"), "fcc.batch_norm"), m.batchNorms);
+}
+
+// fp16 programs, fused or not: every BatchNorm (forward, backward and the
+// folds of the evaluation steps) reads and writes half data directly -- no
+// fcc.cast defines its data operands or uses its data results -- while its
+// parameters, statistics and parameter gradients stay fp32.
+TEST_P(Fusion, HalfProgramsKeepBatchNormDataInHalf) {
+  const ModelCase &m = GetParam();
+  Spec s = spec(m.model, m.batch, m.seed);
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    Program p = compile(s, Passes::Training, fuse, false, "fp16");
+    ASSERT_EQ(p.error, "");
+    auto elementOf = [](mlir::Value v) {
+      return mlir::cast<mlir::ShapedType>(v.getType()).getElementType();
+    };
+    // Data tensors are NCHW (rank 4); per-channel ones have rank 1.
+    auto check = [&](mlir::Value v, llvm::StringRef what) {
+      bool data = mlir::cast<mlir::ShapedType>(v.getType()).getRank() > 1;
+      EXPECT_TRUE(data ? elementOf(v).isF16() : elementOf(v).isF32())
+          << what << ": " << mlir::debugString(v.getType());
+    };
+    int64_t inTrainStep = 0, total = 0;
+    p.module->walk([&](mlir::Operation *op) {
+      if (!mlir::isa<fcc::BatchNormOp, fcc::BnActOp, fcc::BatchNormGradOp,
+                     fcc::BnActGradOp>(op))
+        return;
+      ++total;
+      if (op->getParentOfType<mlir::func::FuncOp>().getSymName() ==
+          "train_step")
+        ++inTrainStep;
+      std::string name = op->getName().getStringRef().str();
+      for (mlir::Value v : op->getOperands()) {
+        check(v, name + " operand");
+        if (elementOf(v).isF16())
+          EXPECT_FALSE(v.getDefiningOp<fcc::CastOp>())
+              << name << " reads a cast";
+      }
+      for (mlir::Value r : op->getResults()) {
+        check(r, name + " result");
+        for (mlir::Operation *user : r.getUsers())
+          EXPECT_FALSE(mlir::isa<fcc::CastOp>(user))
+              << name << " result is cast";
+      }
+    });
+    EXPECT_EQ(inTrainStep, 2 * m.batchNorms); // forward and backward
+    EXPECT_GT(total, inTrainStep);
+  }
 }
 
 TEST_P(Fusion, TrainingProgramsAgree) {
