@@ -26,6 +26,10 @@
 // When: only if the convolution's output has no other user (it would
 // otherwise still be needed unnormalised).
 //
+// Half precision: a half convolution reads a cast of the fp32 master
+// weights; the fold takes the fp32 weights and casts its results, so the
+// folded weights are rounded to half once, not twice.
+//
 //===----------------------------------------------------------------------===//
 #include "passes/FusedBatchNorm.h"
 #include "passes/Passes.h"
@@ -51,19 +55,48 @@ Conv2DOp foldableConv(Value v) {
   return conv && conv.getOutput().hasOneUse() ? conv : Conv2DOp();
 }
 
+/// The fp32 value `v` was cast from (a master weight cast to half), or null.
+Value fp32Source(Value v) {
+  auto c = v ? v.getDefiningOp<CastOp>() : CastOp();
+  if (!c || !cast<ShapedType>(c.getInput().getType()).getElementType().isF32())
+    return Value();
+  return c.getInput();
+}
+
 /// Emits fold_bn + the convolution with the folded weights and bias, before
-/// the BatchNorm `bnOp`; returns the new convolution's output.
+/// the BatchNorm `bnOp`; returns the new convolution's output. In a
+/// half-precision program the convolution reads a half cast of the fp32
+/// master weight (and bias): the fold then works on the fp32 values and its
+/// results are cast to half, so the folded weights are rounded once.
 Value emitFoldedConv(PatternRewriter &rewriter, Operation *bnOp, Conv2DOp conv,
                      Value scale, Value shift, Value mean, Value var,
                      FloatAttr epsilon) {
   rewriter.setInsertionPoint(bnOp);
   Location loc = fusedLocation({conv, bnOp});
-  auto fold = rewriter.create<FoldBnOp>(
-      loc, conv.getWeight().getType(), scale.getType(), conv.getWeight(),
-      scale, shift, mean, var, conv.getBias(), epsilon);
+  Value weight = conv.getWeight(), bias = conv.getBias();
+  auto weightType = cast<RankedTensorType>(weight.getType());
+  Value weight32 = fp32Source(weight), bias32 = fp32Source(bias);
+  const bool fromMaster = weight32 && (!bias || bias32);
+  if (fromMaster) {
+    weight = weight32;
+    bias = bias32;
+  }
+  // The folded bias has the element type of the weights folded; the
+  // BatchNorm's statistics stay fp32.
+  Type foldedType = cast<ShapedType>(weight.getType()).getElementType();
+  auto biasType = cast<RankedTensorType>(scale.getType()).clone(foldedType);
+  auto fold = rewriter.create<FoldBnOp>(loc, weight.getType(), biasType,
+                                        weight, scale, shift, mean, var, bias,
+                                        epsilon);
+  Value foldedWeight = fold.getFoldedWeight(), foldedBias = fold.getFoldedBias();
+  if (fromMaster && foldedType != weightType.getElementType()) {
+    foldedWeight = rewriter.create<CastOp>(loc, weightType, foldedWeight);
+    foldedBias = rewriter.create<CastOp>(
+        loc, biasType.clone(weightType.getElementType()), foldedBias);
+  }
   auto folded = rewriter.create<Conv2DOp>(
-      loc, conv.getOutput().getType(), conv.getInput(), fold.getFoldedWeight(),
-      fold.getFoldedBias(), conv.getStridesAttr(), conv.getPadsAttr(),
+      loc, conv.getOutput().getType(), conv.getInput(), foldedWeight,
+      foldedBias, conv.getStridesAttr(), conv.getPadsAttr(),
       conv.getDilationsAttr(), conv.getGroupsAttr());
   return folded.getOutput();
 }

@@ -113,3 +113,37 @@ func.func @pool_between(%x: tensor<2x3x8x8xf32>, %w: tensor<4x3x3x3xf32>, %s: te
   %y = fcc.bn_act %p, %s, %b, %m, %v {activation = "celu", alpha = 0.3 : f32} : (tensor<2x4x4x4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x4x4xf32>
   return %y : tensor<2x4x4x4xf32>
 }
+
+// -----
+
+// Half precision: the convolution reads half casts of the fp32 master
+// weight and bias; the fold works on the fp32 values and casts its results
+// (one rounding to half), the statistics stay fp32.
+// CHECK-LABEL: func.func @half_conv_bias_bn
+// CHECK-SAME:    (%[[X:[a-z0-9]+]]: tensor<2x3x8x8xf16>, %[[W:[a-z0-9]+]]: tensor<4x3x3x3xf32>, %[[CB:[a-z0-9]+]]: tensor<4xf32>,
+// CHECK:       %[[FW:.*]], %[[FB:.*]] = fcc.fold_bn %[[W]], {{.*}} bias %[[CB]] : ({{.*}}) -> (tensor<4x3x3x3xf32>, tensor<4xf32>)
+// CHECK-NEXT:  %[[HW:.*]] = fcc.cast %[[FW]] : tensor<4x3x3x3xf32> -> tensor<4x3x3x3xf16>
+// CHECK-NEXT:  %[[HB:.*]] = fcc.cast %[[FB]] : tensor<4xf32> -> tensor<4xf16>
+// CHECK-NEXT:  %[[Y:.*]] = fcc.conv2d %[[X]], %[[HW]], %[[HB]] : (tensor<2x3x8x8xf16>, tensor<4x3x3x3xf16>, tensor<4xf16>) -> tensor<2x4x6x6xf16>
+// CHECK-NEXT:  return %[[Y]]
+func.func @half_conv_bias_bn(%x: tensor<2x3x8x8xf16>, %w: tensor<4x3x3x3xf32>, %cb: tensor<4xf32>, %s: tensor<4xf32>,
+                             %b: tensor<4xf32>, %m: tensor<4xf32>, %v: tensor<4xf32>) -> tensor<2x4x6x6xf16> {
+  %hw = fcc.cast %w : tensor<4x3x3x3xf32> -> tensor<4x3x3x3xf16>
+  %hb = fcc.cast %cb : tensor<4xf32> -> tensor<4xf16>
+  %c = fcc.conv2d %x, %hw, %hb : (tensor<2x3x8x8xf16>, tensor<4x3x3x3xf16>, tensor<4xf16>) -> tensor<2x4x6x6xf16>
+  %y = fcc.batch_norm %c, %s, %b, %m, %v : (tensor<2x4x6x6xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x6x6xf16>
+  return %y : tensor<2x4x6x6xf16>
+}
+
+// -----
+
+// A half weight that is no cast of an fp32 one is folded in half.
+// CHECK-LABEL: func.func @half_weight_bn
+// CHECK:       fcc.fold_bn %arg1, {{.*}} -> (tensor<4x3x3x3xf16>, tensor<4xf16>)
+// CHECK-NOT:   fcc.cast
+func.func @half_weight_bn(%x: tensor<2x3x8x8xf16>, %w: tensor<4x3x3x3xf16>, %s: tensor<4xf32>,
+                          %b: tensor<4xf32>, %m: tensor<4xf32>, %v: tensor<4xf32>) -> tensor<2x4x6x6xf16> {
+  %c = fcc.conv2d %x, %w : (tensor<2x3x8x8xf16>, tensor<4x3x3x3xf16>) -> tensor<2x4x6x6xf16>
+  %y = fcc.batch_norm %c, %s, %b, %m, %v : (tensor<2x4x6x6xf16>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>) -> tensor<2x4x6x6xf16>
+  return %y : tensor<2x4x6x6xf16>
+}
