@@ -9,11 +9,14 @@
 //  - SGD with momentum (fcc_cpu_sgd_update[_scaled]) and the weight EMA
 //    (fcc_cpu_ema_update) for many tensors in one launch each: blockIdx.y
 //    selects the tensor, a grid-stride loop covers its elements;
-//  - the finite check of dynamic loss scaling;
+//  - the finite check of dynamic loss scaling, and the scale's update rule
+//    (the trainer's, runtime/trainer/Trainer.cpp) on the device, so that the
+//    trainer need not read the skipped-step metric after every step;
 //  - the batch builder: gather, normalise, reflect-pad + crop, flip and
 //    cutout, as runtime/trainer/Augment.cpp.
 // Step-varying scalars (label smoothing, loss-gradient scale, learning
-// rate, EMA decay, the finite flag) are read from device memory inside the
+// rate, EMA decay, the finite flag, the loss scale) are read from device
+// memory inside the
 // kernels, so a captured CUDA graph sees each step's values.
 //
 // Metric reductions run in one block with a fixed-order tree (no atomics),
@@ -191,6 +194,30 @@ __global__ void metricSkippedKernel(float *metrics, const float *finite) {
   metrics[FCC_METRIC_SKIPPED] += 1.0f - *finite;
 }
 
+// One thread. The host rule of the trainer, in the same double arithmetic:
+// std::max(1.0, scale / 2) on a skipped step, std::min(1e30, scale * 2)
+// after `window` clean steps in a row.
+__global__ void lossScaleUpdateKernel(fcc_cuda_loss_scale_state *state,
+                                      fcc_hyper *hyper, const float *metrics,
+                                      int64_t window) {
+  const float skipped = metrics[FCC_METRIC_SKIPPED];
+  double scale = state->scale;
+  int64_t clean = state->clean_steps;
+  if (skipped > state->last_skipped) {
+    const double half = scale / 2;
+    scale = 1.0 < half ? half : 1.0;
+    clean = 0;
+  } else if (++clean >= window) {
+    const double twice = scale * 2;
+    scale = twice < 1e30 ? twice : 1e30;
+    clean = 0;
+  }
+  state->scale = scale;
+  state->clean_steps = clean;
+  state->last_skipped = skipped;
+  hyper->loss_scale = float(scale);
+}
+
 //===----------------------------------------------------------------------===//
 // Batches
 //===----------------------------------------------------------------------===//
@@ -357,6 +384,23 @@ extern "C" void fcc_cuda_metric_skipped(float *metrics, const float *finite) {
   if (!ready(fn))
     return;
   metricSkippedKernel<<<1, 1, 0, stream()>>>(metrics, finite);
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_loss_scale_update(fcc_cuda_loss_scale_state *state,
+                                           void *hyper, const float *metrics,
+                                           int64_t window) {
+  const char *fn = "fcc_cuda_loss_scale_update";
+  if (!ready(fn))
+    return;
+  if (!state || !hyper || !metrics || window < 1) {
+    setAsyncError(format("%s: need state, hyper and metrics and window >= 1, "
+                         "got window=%lld",
+                         fn, (long long)window));
+    return;
+  }
+  lossScaleUpdateKernel<<<1, 1, 0, stream()>>>(
+      state, static_cast<fcc_hyper *>(hyper), metrics, window);
   checkLaunch(fn);
 }
 

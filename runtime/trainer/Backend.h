@@ -8,7 +8,11 @@
 //  - the datasets, handed over once as bytes; a batch is built where the
 //    steps run (gather, normalise, augment with host-drawn ExampleAugment);
 //  - the metrics accumulator the entry points add to, and reading it back
-//    (a GPU backend reads it rarely; the CPU backend after every step).
+//    (a GPU backend reads it rarely; the CPU backend after every step);
+//  - optionally, the dynamic loss scale of fp16 programs in target memory
+//    (deviceLossScale()), adjusted there after every step so that a GPU
+//    need not read the metrics per step; otherwise the trainer keeps the
+//    scale on the host and reads the metrics after every step.
 // The internal header of runtime/trainer; not part of the program ABI.
 //
 //===----------------------------------------------------------------------===//
@@ -62,7 +66,8 @@ public:
 
   // FCC_NUM_METRICS floats in target memory that the entry points add to.
   virtual float *metrics() = 0;
-  // Copies the accumulated metrics to the host and zeroes the accumulator.
+  // Copies the accumulated metrics to the host and zeroes the accumulator
+  // (a device loss scale then counts skipped steps from zero).
   virtual void takeMetrics(double out[FCC_NUM_METRICS]) = 0;
   // True when takeMetrics() is cheap enough to call after every step
   // (per-step divergence checks and a running loss in the progress bar).
@@ -70,13 +75,47 @@ public:
   // Waits for queued work (timing); a no-op on the CPU.
   virtual void synchronize() {}
   // The step's hyper-parameters where train_step reads them (target
-  // memory): the CPU passes `h` itself, a GPU copies it to the device.
+  // memory): the CPU passes `h` itself, a GPU copies it to the device
+  // (with a device loss scale, all but a finite loss_scale; see below).
   virtual const fcc_hyper *stageHyper(const fcc_hyper &h) { return &h; }
+
+  // Dynamic loss scaling (fp16 programs) in target memory. When
+  // deviceLossScale() is true the trainer calls setLossScale() once before
+  // a run's first step, updateLossScale() after every train_step, and
+  // readLossScale() where the host needs the values (checkpoints, the epoch
+  // record); it no longer reads the metrics after every step for the scale.
+  // The rule is the trainer's host rule: a step that added to
+  // metrics[FCC_METRIC_SKIPPED] halves the scale (at least 1), `window`
+  // clean steps in a row double it (at most 1e30). The other functions are
+  // only called when deviceLossScale() is true (the defaults throw).
+  virtual bool deviceLossScale() const { return false; }
+  // Starts device loss scaling at `scale` after `cleanSteps` clean steps;
+  // writes the scale where stageHyper's fcc_hyper is. From now on
+  // stageHyper keeps the device's hyper.loss_scale instead of the staged
+  // one, unless the staged one is not finite (--debug-inject-overflow: that
+  // step uses it, and the update after it halves the device scale).
+  virtual void setLossScale(double scale, int64_t cleanSteps);
+  // Enqueued after a train step: applies the rule to the step's skipped
+  // metric and writes the next step's scale into the staged fcc_hyper.
+  virtual void updateLossScale(int64_t window);
+  // The current scale and clean-step count (waits for queued steps).
+  virtual void readLossScale(double &scale, int64_t &cleanSteps);
+
   // Where kernel-selection measurements persist between runs (GPU).
   virtual void setTimingCache(const std::string &) {}
   // Bytes of target memory in use, for the report ("" when not tracked).
   virtual std::string memoryReport() const { return ""; }
 };
+
+inline void Backend::setLossScale(double, int64_t) {
+  throw std::logic_error("this backend keeps no device loss scale");
+}
+inline void Backend::updateLossScale(int64_t) {
+  throw std::logic_error("this backend keeps no device loss scale");
+}
+inline void Backend::readLossScale(double &, int64_t &) {
+  throw std::logic_error("this backend keeps no device loss scale");
+}
 
 // Thrown by a backend factory when its device is missing ("no CUDA device
 // found"); the trainer exits with kExitNoDevice and the message.

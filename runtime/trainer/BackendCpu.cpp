@@ -3,7 +3,8 @@
 // State buffers are host allocations; batches are gathered, normalised and
 // augmented by OpenMP threads (one image per iteration: the result does not
 // depend on the thread count); metrics are a host array read after every
-// step.
+// step, so the trainer keeps the dynamic loss scale on the host (no
+// deviceLossScale()).
 //
 //===----------------------------------------------------------------------===//
 #include "Backend.h"

@@ -10,7 +10,14 @@
 //  - the step's hyper-parameters are copied to a device fcc_hyper, so that
 //    a captured graph reads the current values;
 //  - metrics accumulate on the device and are read when the trainer asks
-//    (once per epoch, or per step under loss scaling).
+//    (once per epoch);
+//  - the dynamic loss scale of fp16 programs lives on the device too
+//    (fcc_cuda_loss_scale_state): fcc_cuda_loss_scale_update, enqueued
+//    after each step, compares the skipped-step metric with the value it
+//    saw last (reset with the accumulator by takeMetrics), halves or
+//    doubles the scale and writes it into the device fcc_hyper, whose
+//    loss_scale stageHyper then leaves alone (unless the staged value is
+//    not finite: --debug-inject-overflow). No per-step read-back.
 // Host-to-device copies come from pageable memory, which cudaMemcpyAsync
 // stages before returning, so the host buffers can be reused at once.
 // Linked only into CUDA trainers (fcc_trainer_cuda), whose main() registers
@@ -25,6 +32,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -54,7 +63,8 @@ public:
           std::to_string(onNode) + " ranks run on this node but it has " +
           std::to_string(devices) + " GPU" + (devices == 1 ? "" : "s") +
           ": NCCL needs one GPU per rank (start at most " +
-          std::to_string(devices) + " ranks per node)");
+          std::to_string(devices) + (devices == 1 ? " rank" : " ranks") +
+          " per node)");
     check(fcc_cuda_init(local % devices), "initialising the GPU");
   }
   ~CudaBackend() override {
@@ -112,6 +122,8 @@ public:
     metrics_ = allocate(FCC_NUM_METRICS);
     hyper_ = reinterpret_cast<fcc_hyper *>(
         allocate((sizeof(fcc_hyper) + 3) / 4));
+    scale_ = reinterpret_cast<fcc_cuda_loss_scale_state *>(
+        allocate((sizeof(fcc_cuda_loss_scale_state) + 3) / 4));
     hostDraws_.resize(size_t(5 * batch));
     hostLabels_.resize(size_t(batch));
   }
@@ -158,6 +170,9 @@ public:
     float host[FCC_NUM_METRICS];
     download(host, metrics_, FCC_NUM_METRICS);
     fillZero(metrics_, FCC_NUM_METRICS);
+    // The loss scale update counts skipped steps from the zeroed value on.
+    check(fcc_cuda_zero(&scale_->last_skipped, sizeof(float)),
+          "loss scale state");
     for (int i = 0; i < FCC_NUM_METRICS; ++i)
       out[i] = host[i];
   }
@@ -166,9 +181,48 @@ public:
     check(fcc_cuda_synchronize(), "the GPU step");
   }
   const fcc_hyper *stageHyper(const fcc_hyper &h) override {
-    check(fcc_cuda_copy_to_device(hyper_, &h, sizeof(fcc_hyper)),
+    if (!deviceScale_ || !std::isfinite(h.loss_scale)) {
+      check(fcc_cuda_copy_to_device(hyper_, &h, sizeof(fcc_hyper)),
+            "hyper-parameters");
+      return hyper_;
+    }
+    // Everything but loss_scale, which the last update wrote.
+    constexpr size_t at = offsetof(fcc_hyper, loss_scale);
+    constexpr size_t after = at + sizeof(h.loss_scale);
+    const char *bytes = reinterpret_cast<const char *>(&h);
+    char *dst = reinterpret_cast<char *>(hyper_);
+    check(fcc_cuda_copy_to_device(dst, bytes, int64_t(at)),
           "hyper-parameters");
+    if (after < sizeof(fcc_hyper))
+      check(fcc_cuda_copy_to_device(dst + after, bytes + after,
+                                    int64_t(sizeof(fcc_hyper) - after)),
+            "hyper-parameters");
     return hyper_;
+  }
+
+  bool deviceLossScale() const override { return true; }
+  void setLossScale(double scale, int64_t cleanSteps) override {
+    fcc_cuda_loss_scale_state s{};
+    s.scale = scale;
+    s.clean_steps = cleanSteps;
+    check(fcc_cuda_copy_to_device(scale_, &s, sizeof s), "loss scale state");
+    // Skipped steps count from the accumulator's current value.
+    check(fcc_cuda_copy(&scale_->last_skipped, metrics_ + FCC_METRIC_SKIPPED,
+                        sizeof(float)),
+          "loss scale state");
+    const float first = float(scale);
+    check(fcc_cuda_copy_to_device(&hyper_->loss_scale, &first, sizeof first),
+          "loss scale");
+    deviceScale_ = true;
+  }
+  void updateLossScale(int64_t window) override {
+    fcc_cuda_loss_scale_update(scale_, hyper_, metrics_, window);
+  }
+  void readLossScale(double &scale, int64_t &cleanSteps) override {
+    fcc_cuda_loss_scale_state s{};
+    check(fcc_cuda_copy_to_host(&s, scale_, sizeof s), "loss scale state");
+    scale = s.scale;
+    cleanSteps = s.clean_steps;
   }
   void setTimingCache(const std::string &path) override {
     if (!path.empty()) {
@@ -206,6 +260,8 @@ private:
   int64_t *index_ = nullptr;
   float *metrics_ = nullptr;
   fcc_hyper *hyper_ = nullptr;
+  fcc_cuda_loss_scale_state *scale_ = nullptr;
+  bool deviceScale_ = false; // setLossScale was called
   std::vector<int32_t> hostDraws_, hostLabels_;
 };
 

@@ -853,10 +853,18 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
                      const Checkpoint *from) {
   const int64_t batch = p_.batch;
   const int64_t stepsPerEpoch = this->stepsPerEpoch();
+  // Dynamic loss scaling (fp16 programs): a step whose gradients overflowed
+  // was skipped by the program (SKIPPED metric): halve the scale; double it
+  // after lossScaleWindow clean steps in a row. A backend with
+  // deviceLossScale() (a GPU) applies this rule in target memory after each
+  // step; otherwise the trainer owns the scale and needs the metrics of
+  // every step.
+  const bool scaling = p_.loss_scaling != 0;
+  const bool deviceScale = scaling && backend_->deviceLossScale();
   // Metrics are read after every step on the CPU (running loss, divergence
-  // check) and whenever the loss scale depends on them; a GPU otherwise
-  // reads them once per epoch.
-  const bool cheap = backend_->cheapMetrics() || p_.loss_scaling != 0;
+  // check) and when the host keeps the loss scale; a GPU reads them once
+  // per epoch (and at step checkpoints and stops).
+  const bool cheap = backend_->cheapMetrics() || (scaling && !deviceScale);
   std::vector<ExampleAugment> draws(static_cast<size_t>(batch));
   float *const *params = state_.params.data();
   float *const *momentum = state_.momentum.data();
@@ -882,10 +890,8 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
   hyper.label_smoothing = o_.labelSmoothing;
   hyper.loss_scale = 1.0f;
 
-  // Dynamic loss scaling (fp16 programs): the trainer owns the scale. A step
-  // whose gradients overflowed was skipped by the program (SKIPPED metric):
-  // halve the scale; double it after lossScaleWindow clean steps in a row.
-  const bool scaling = p_.loss_scaling != 0;
+  // The loss scale and clean-step count; with deviceScale the host copy is
+  // refreshed from the backend (syncLossScale) where it is needed.
   double lossScale = scaling ? o_.lossScale : 1.0;
   int64_t cleanSteps = 0;
 
@@ -906,9 +912,16 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     summary.targetEpoch = from->targetEpoch;
     summary.targetTime = from->targetTime;
   }
+  if (deviceScale)
+    backend_->setLossScale(lossScale, cleanSteps);
+  auto syncLossScale = [&] {
+    if (deviceScale)
+      backend_->readLossScale(lossScale, cleanSteps);
+  };
   // The checkpoint of the current position (state tensors added on save).
   auto position = [&](int epoch, int64_t stepInEpoch, const double *sums,
                       double epochTime) {
+    syncLossScale();
     Checkpoint c = checkpointHeader(run, seed);
     c.epoch = epoch;
     c.stepInEpoch = stepInEpoch;
@@ -972,12 +985,16 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
       backend_->loadTrainBatch(indices, draws.data(), augment_, batch);
       hyper.lr = float(o_.lr.atStep(step, stepsPerEpoch));
       hyper.seed = stepSeed(seed, step);
+      // With deviceScale stageHyper ignores a finite staged scale (the
+      // backend's own is used); the injected +inf still reaches the step.
       hyper.loss_scale = float(lossScale);
       if (step == o_.injectOverflow)
         hyper.loss_scale = std::numeric_limits<float>::infinity();
       p_.train_step(params, momentum, backend_->batchImages(),
                     backend_->batchLabels(), backend_->stageHyper(hyper),
                     backend_->metrics(), state_.comm.data());
+      if (deviceScale)
+        backend_->updateLossScale(o_.lossScaleWindow);
       if (o_.ema > 0 && (step + 1) % o_.emaEvery == 0)
         p_.ema_update(state_.ema.data(), params, emaDecay);
       // Several ranks stop together: on a signal any of them got, or when
@@ -995,7 +1012,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
         lossNonFinite = flags[1] > 0;
       }
       if (cheap) {
-        if (scaling) {
+        if (scaling && !deviceScale) {
           if (metrics[FCC_METRIC_SKIPPED] > 0) {
             lossScale = std::max(1.0, lossScale / 2);
             cleanSteps = 0;
@@ -1083,6 +1100,7 @@ int Driver::trainRun(int run, uint64_t seed, RunSummary &summary,
     r.trainLoss = sums[FCC_METRIC_LOSS_SUM] / trained;
     r.trainAcc = sums[FCC_METRIC_CORRECT] / trained;
     r.skippedSteps = int64_t(sums[FCC_METRIC_SKIPPED]) / world_;
+    syncLossScale();
     r.lossScale = lossScale;
     r.steps = stepsPerEpoch;
     r.trainImages = stepsPerEpoch * batch * world_;

@@ -9,8 +9,9 @@
 // batch building) the results must be bit-identical; where it sums in a
 // different order (reductions in double, cuDNN, cuBLAS) or calls the CUDA
 // math library (exp, expm1) they must agree to a tolerance. Also: graph
-// capture replaying with step-varying device scalars, the timing cache, and
-// the sticky error model.
+// capture replaying with step-varying device scalars, the device-side loss
+// scale update against a host reference of the trainer's rule, the timing
+// cache, and the sticky error model.
 //
 // Without a CUDA device every test is skipped (GTEST_SKIP), so the test
 // passes on CPU-only CI machines; it must compile everywhere the CUDA
@@ -36,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -1226,6 +1228,182 @@ TEST_F(Cuda, FiniteChecksAndSkippedMetric) {
     EXPECT_EQ(download(finite.get(), 1)[0], 0.0f);
   }
   EXPECT_EQ(download(metrics.get(), 3)[FCC_METRIC_SKIPPED], 2.0f);
+}
+
+// The trainer's dynamic loss scale on the device, step by step, against a
+// host reference of the rule (Trainer.cpp's, written out again here):
+// a skipped step halves the scale (at least 1), `window` clean steps in a
+// row double it (at most 1e30). Each step is what a generated fp16 step
+// and the CUDA backend enqueue: the loss gradient scaled by the device's
+// hyper->loss_scale, the finite check (plus an injected overflow where the
+// sequence says so), the skipped metric, then the update. Sequences, per
+// character: 'c' a clean step, 's' a skipped one (a gradient overflows),
+// 'i' a step whose staged loss scale is +inf (--debug-inject-overflow:
+// copied over hyper->loss_scale as stageHyper does; the gradient scaled by
+// it overflows), 'r' the trainer taking the metrics (accumulator and
+// last_skipped zeroed, as BackendCuda's takeMetrics does). Every sequence
+// runs eagerly and as one captured graph replayed per step.
+TEST_F(Cuda, LossScaleUpdate) {
+  struct HostScale {
+    double scale;
+    int64_t clean;
+    void step(bool skipped, int64_t window) {
+      if (skipped) {
+        scale = std::max(1.0, scale / 2);
+        clean = 0;
+      } else if (++clean >= window) {
+        scale = std::min(1e30, scale * 2);
+        clean = 0;
+      }
+    }
+  };
+  struct Sequence {
+    const char *name;
+    double scale;
+    int64_t clean, window;
+    const char *steps;
+    std::vector<double> scales; // after each step (by hand)
+  };
+  const Sequence sequences[] = {
+      // From 1024 with window 2: doubles after 2 clean steps, a skip halves
+      // and restarts the count; a skip right after the metrics were taken
+      // (accumulator back at 0) is seen; several skips in a row.
+      {"window 2", 1024.0, 0, 2, "cccscccrsccrccsss",
+       {1024, 2048, 2048, 1024, 1024, 2048, 2048, 1024, 1024, 2048, 2048,
+        4096, 2048, 1024, 512}},
+      // Resumed with one clean step already counted.
+      {"window 2, resumed", 1024.0, 1, 2, "ccsc", {2048, 2048, 1024, 1024}},
+      // Window 1 at the lower clamp: 4 -> 2 -> 1 -> 1, then doubling.
+      {"window 1, min 1", 4.0, 0, 1, "sssccrcs", {2, 1, 1, 2, 4, 8, 4}},
+      // Window 1 at the upper clamp: 3e29 -> 6e29 -> 1e30 (not 1.2e30).
+      {"window 1, max 1e30", 3e29, 0, 1, "cccscc",
+       {6e29, 1e30, 1e30, 5e29, 1e30, 1e30}},
+      // The trainer's injected overflow: 65536 -> 32768, and the steps
+      // after it run with the halved scale.
+      {"injected +inf", 65536.0, 0, 2000, "cciccricc",
+       {65536, 65536, 32768, 32768, 32768, 16384, 16384, 16384}},
+      {"injected +inf, window 1", 8.0, 0, 1, "icisc", {4, 8, 4, 2, 4}},
+  };
+
+  std::mt19937 rng(21);
+  const int64_t n = 6, classes = 5;
+  const Floats logits = randomFloats(rng, size_t(n * classes), -3.0f, 3.0f);
+  std::vector<int32_t> labels(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    labels[size_t(i)] = int32_t(rng() % classes);
+  auto dLogits = upload(logits);
+  auto dLabels = uploadBytes(labels.data(), n * 4);
+  const int32_t *lab = static_cast<const int32_t *>(dLabels->get());
+
+  fcc_hyper host{};
+  host.lr = 0.125f;
+  host.momentum = 0.875f;
+  host.weight_decay = 5e-4f;
+  host.nesterov = 1.0f;
+  host.label_smoothing = 0.25f;
+  host.seed = 0x123456789abcdefULL;
+  const float inf = std::numeric_limits<float>::infinity();
+
+  for (bool graph : {false, true})
+    for (const Sequence &seq : sequences) {
+      SCOPED_TRACE(std::string(seq.name) + (graph ? ", graph" : ", eager"));
+      Buffer state(sizeof(fcc_cuda_loss_scale_state)),
+          hyper(sizeof(fcc_hyper)), metrics(FCC_NUM_METRICS * 4),
+          finite(4), grad(n * classes * 4), overflow(4);
+      auto *dState = static_cast<fcc_cuda_loss_scale_state *>(state.get());
+      auto *dHyper = static_cast<fcc_hyper *>(hyper.get());
+      // As BackendCuda::setLossScale: the state, then the first scale.
+      fcc_cuda_loss_scale_state s0{};
+      s0.scale = seq.scale;
+      s0.clean_steps = seq.clean;
+      host.loss_scale = float(seq.scale);
+      ASSERT_EQ(fcc_cuda_copy_to_device(dState, &s0, sizeof s0), 0);
+      ASSERT_EQ(fcc_cuda_copy_to_device(dHyper, &host, sizeof host), 0);
+      auto enqueueStep = [&] {
+        fcc_cuda_finite_begin(finite.f());
+        fcc_cuda_softmax_xent_grad(dLogits->f(), lab, n, classes, nullptr,
+                                   &dHyper->loss_scale, grad.f());
+        fcc_cuda_finite_and(finite.f(), grad.f(), n * classes);
+        fcc_cuda_finite_and(finite.f(), overflow.f(), 1);
+        fcc_cuda_metric_skipped(metrics.f(), finite.f());
+        fcc_cuda_loss_scale_update(dState, dHyper, metrics.f(), seq.window);
+      };
+      void *exec = nullptr;
+      if (graph) {
+        ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+        ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
+        enqueueStep();
+        ASSERT_EQ(fcc_cuda_graph_end(&exec), 0) << fcc_cuda_last_error();
+        ASSERT_NE(exec, nullptr);
+      }
+
+      HostScale ref{seq.scale, seq.clean};
+      std::vector<double> trace;
+      float skippedSinceTaken = 0;
+      int index = 0;
+      for (const char *c = seq.steps; *c; ++c, ++index) {
+        SCOPED_TRACE("at '" + std::string(1, *c) + "' (character " +
+                     std::to_string(index) + " of " + seq.steps + ")");
+        if (*c == 'r') {
+          ASSERT_EQ(fcc_cuda_zero(metrics.get(), FCC_NUM_METRICS * 4), 0);
+          ASSERT_EQ(fcc_cuda_zero(&dState->last_skipped, sizeof(float)), 0);
+          skippedSinceTaken = 0;
+          continue;
+        }
+        const float bad = *c == 's' ? inf : 0.0f;
+        ASSERT_EQ(fcc_cuda_copy_to_device(overflow.get(), &bad, 4), 0);
+        if (*c == 'i')
+          ASSERT_EQ(fcc_cuda_copy_to_device(&dHyper->loss_scale, &inf,
+                                            sizeof inf),
+                    0);
+        if (graph)
+          ASSERT_EQ(fcc_cuda_graph_launch(exec), 0) << fcc_cuda_last_error();
+        else
+          enqueueStep();
+        const bool skipped = *c != 'c';
+        ref.step(skipped, seq.window);
+        trace.push_back(ref.scale);
+        skippedSinceTaken += skipped ? 1.0f : 0.0f;
+
+        fcc_cuda_loss_scale_state got{};
+        fcc_hyper gotHyper{};
+        ASSERT_EQ(fcc_cuda_copy_to_host(&got, dState, sizeof got), 0)
+            << fcc_cuda_last_error();
+        ASSERT_EQ(fcc_cuda_copy_to_host(&gotHyper, dHyper, sizeof gotHyper),
+                  0);
+        EXPECT_EQ(got.scale, ref.scale);
+        EXPECT_EQ(got.clean_steps, ref.clean);
+        EXPECT_EQ(got.last_skipped, skippedSinceTaken);
+        EXPECT_EQ(download(metrics.get(), FCC_NUM_METRICS)[FCC_METRIC_SKIPPED],
+                  skippedSinceTaken);
+        EXPECT_EQ(download(finite.get(), 1)[0], skipped ? 0.0f : 1.0f);
+        // The next step's scale, as the host trainer would stage it; the
+        // rest of the hyper-parameters untouched.
+        EXPECT_EQ(gotHyper.loss_scale, float(ref.scale));
+        fcc_hyper want = host;
+        want.loss_scale = float(ref.scale);
+        EXPECT_EQ(std::memcmp(&gotHyper, &want, sizeof want), 0);
+      }
+      if (exec)
+        fcc_cuda_graph_destroy(exec);
+      // The reference itself against the scales worked out by hand.
+      EXPECT_EQ(trace, seq.scales);
+    }
+}
+
+TEST_F(Cuda, LossScaleUpdateRejectsBadArguments) {
+  Buffer state(sizeof(fcc_cuda_loss_scale_state)), hyper(sizeof(fcc_hyper)),
+      metrics(FCC_NUM_METRICS * 4);
+  fcc_cuda_loss_scale_update(
+      static_cast<fcc_cuda_loss_scale_state *>(state.get()), hyper.get(),
+      metrics.f(), 0);
+  EXPECT_NE(fcc_cuda_synchronize(), 0);
+  EXPECT_NE(
+      std::string(fcc_cuda_last_error()).find("fcc_cuda_loss_scale_update"),
+      std::string::npos)
+      << fcc_cuda_last_error();
+  fcc_cuda_shutdown();
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
 }
 
 //===----------------------------------------------------------------------===//

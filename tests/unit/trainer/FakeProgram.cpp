@@ -96,6 +96,15 @@ void fakeTrainStep(float *const *params, float *const *momentum,
     sum = std::numeric_limits<double>::quiet_NaN();
   metrics[FCC_METRIC_LOSS_SUM] += float(sum);
   metrics[FCC_METRIC_CORRECT] += float(correct);
+  const bool overflow =
+      f.config.lossScaling && !(hyper->loss_scale < f.config.overflowAt);
+  f.log.skipped.push_back(overflow);
+  if (overflow) {
+    metrics[FCC_METRIC_SKIPPED] += 1.0f;
+    if (f.config.recordParams)
+      f.log.paramsAfterLastStep = concatParams(params);
+    return;
+  }
 
   // Gradients of the mean loss (dlogits is already divided by n).
   for (int64_t c = 0; c < k; ++c) {
@@ -261,6 +270,10 @@ const fcc_program *fakeProgram(const FakeConfig &config) {
   p.train_step = fakeTrainStep;
   p.eval_step = fakeEvalStep;
   p.ema_update = fakeEmaUpdate;
+  if (config.lossScaling) {
+    p.precision = "fp16";
+    p.loss_scaling = 1;
+  }
   return &p;
 }
 

@@ -7,6 +7,10 @@
 //   loss = softmax cross-entropy with label smoothing (fcc_cpu_softmax_xent)
 //   update = PyTorch SGD with momentum / Nesterov / weight decay
 //            (fcc_cpu_sgd_update) with the parameters' lr_mult and wd_mult.
+// With lossScaling it poses as an fp16 program with dynamic loss scaling:
+// a step whose hyper->loss_scale is not below overflowAt (or not finite) is
+// an overflow, skipped as a generated program skips it (metrics[SKIPPED]
+// += 1, no update); the scale does not otherwise enter the arithmetic.
 // Parameters: "fc.weight" [classes, C*H*W] (FCC_ROLE_WEIGHT) and "fc.bias"
 // [classes] (FCC_ROLE_BIAS), both with fan_in C*H*W and init = NULL, so the
 // trainer initialises them with fcc_param_init.
@@ -49,12 +53,16 @@ struct FakeConfig {
   bool nanLoss = false;        // train_step reports a NaN loss sum
   bool recordBatches = false;  // keep every training batch (images, labels)
   bool recordParams = false;   // keep the parameters at entry of every step
+  bool lossScaling = false;    // precision "fp16", loss_scaling = 1
+  float overflowAt = 65536.0f; // with lossScaling: the smallest scale that
+                               // overflows
 };
 
 // What the entry points saw since the last fakeProgram() call.
 struct FakeLog {
   int setupCalls = 0, teardownCalls = 0;
   std::vector<fcc_hyper> hypers;                  // one per train_step
+  std::vector<bool> skipped;                      // one per train_step
   std::vector<double> momentumAbsSumAtEntry;      // one per train_step
   std::vector<std::vector<int32_t>> trainLabels;  // if recordBatches
   std::vector<std::vector<float>> trainImages;    // if recordBatches

@@ -7,6 +7,10 @@
 // per-pixel noise. A linear classifier separates these classes, so training
 // must take the accuracy far above chance (25 % for 4 classes).
 //
+// With the fake posing as an fp16 program, the loop with the loss scale
+// kept by a (fake) device backend is checked against the trainer's host
+// loss scale and against the rule worked out step by step.
+//
 // Expected values come from the definitions (the schedule's knots, the
 // per-step EMA recurrence, PyTorch's initialisation, the per-example loss
 // computed here in double precision from the final parameters), never from
@@ -14,6 +18,8 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Augment.h"
+#include "Backend.h"
+#include "Checkpoint.h"
 #include "Trainer.h"
 
 #include "FakeProgram.h"
@@ -26,7 +32,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -1070,6 +1078,279 @@ TEST(Trainer, ProgressBarOnlyWhenAsked) {
   r = runTrainer(p, baseArgs({"--epochs", "1"}), /*progress=*/false);
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_FALSE(contains(r.out, "\r")) << r.out;
+}
+
+//===- Dynamic loss scaling kept by the backend ---------------------------===//
+
+// A backend that poses as a GPU: the CPU backend for the data, with metrics
+// that are "expensive" (cheapMetrics() false) and the loss scale kept "in
+// target memory" as BackendCuda keeps it (a host rendering of
+// fcc_cuda_loss_scale_update and of its stageHyper/takeMetrics), counting
+// how often the trainer reads back.
+struct DeviceScaleCounts {
+  int takeMetrics = 0, setLossScale = 0, updates = 0, reads = 0;
+};
+DeviceScaleCounts gDeviceScale;
+
+class FakeDeviceBackend final : public Backend {
+public:
+  std::string describe() const override { return "fake device"; }
+  float *allocate(int64_t count) override { return cpu_->allocate(count); }
+  void upload(float *dst, const float *host, int64_t count) override {
+    cpu_->upload(dst, host, count);
+  }
+  void download(float *host, const float *src, int64_t count) override {
+    cpu_->download(host, src, count);
+  }
+  void copy(float *dst, const float *src, int64_t count) override {
+    cpu_->copy(dst, src, count);
+  }
+  void fillZero(float *dst, int64_t count) override {
+    cpu_->fillZero(dst, count);
+  }
+  void setData(const ImageSet &train, const ImageSet &test,
+               const Normalisation &norm, int64_t batch) override {
+    cpu_->setData(train, test, norm, batch);
+  }
+  void loadTrainBatch(const int64_t *indices, const ExampleAugment *draws,
+                      const AugmentConfig &config, int64_t count) override {
+    cpu_->loadTrainBatch(indices, draws, config, count);
+  }
+  void loadTestBatch(const int64_t *indices, int64_t count,
+                     int64_t valid) override {
+    cpu_->loadTestBatch(indices, count, valid);
+  }
+  const float *batchImages() const override { return cpu_->batchImages(); }
+  const int32_t *batchLabels() const override { return cpu_->batchLabels(); }
+  float *metrics() override { return cpu_->metrics(); }
+  void takeMetrics(double out[FCC_NUM_METRICS]) override {
+    ++gDeviceScale.takeMetrics;
+    cpu_->takeMetrics(out);
+    lastSkipped_ = 0.0f;
+  }
+  bool cheapMetrics() const override { return false; }
+  const fcc_hyper *stageHyper(const fcc_hyper &h) override {
+    const float kept = staged_.loss_scale;
+    staged_ = h;
+    if (deviceScale_ && std::isfinite(h.loss_scale))
+      staged_.loss_scale = kept;
+    return &staged_;
+  }
+  bool deviceLossScale() const override { return true; }
+  void setLossScale(double scale, int64_t cleanSteps) override {
+    ++gDeviceScale.setLossScale;
+    scale_ = scale;
+    clean_ = cleanSteps;
+    lastSkipped_ = cpu_->metrics()[FCC_METRIC_SKIPPED];
+    staged_.loss_scale = float(scale);
+    deviceScale_ = true;
+  }
+  void updateLossScale(int64_t window) override {
+    ++gDeviceScale.updates;
+    const float skipped = cpu_->metrics()[FCC_METRIC_SKIPPED];
+    if (skipped > lastSkipped_) {
+      scale_ = std::max(1.0, scale_ / 2);
+      clean_ = 0;
+    } else if (++clean_ >= window) {
+      scale_ = std::min(1e30, scale_ * 2);
+      clean_ = 0;
+    }
+    lastSkipped_ = skipped;
+    staged_.loss_scale = float(scale_);
+  }
+  void readLossScale(double &scale, int64_t &cleanSteps) override {
+    ++gDeviceScale.reads;
+    scale = scale_;
+    cleanSteps = clean_;
+  }
+
+private:
+  std::unique_ptr<Backend> cpu_ = makeCpuBackend();
+  fcc_hyper staged_{};
+  bool deviceScale_ = false;
+  double scale_ = 1.0;
+  int64_t clean_ = 0;
+  float lastSkipped_ = 0.0f;
+};
+
+// The fake as an fp16 program on `target` ("cpu": the trainer keeps the
+// scale; "fakedevice": FakeDeviceBackend does) whose steps overflow from a
+// loss scale of 4096 on.
+const fcc_program *scalingProgram(const std::string &target) {
+  static const bool registered = [] {
+    registerBackend("fakedevice", []() -> std::unique_ptr<Backend> {
+      return std::make_unique<FakeDeviceBackend>();
+    });
+    return true;
+  }();
+  (void)registered;
+  FakeConfig c = config();
+  c.target = target;
+  c.lossScaling = true;
+  c.overflowAt = 4096.0f;
+  c.recordParams = true;
+  gDeviceScale = DeviceScaleCounts();
+  return fakeProgram(c);
+}
+
+// What the fp16 fake sees step by step, worked out from the rule (a skip
+// halves the scale, at least 1; `window` clean steps in a row double it):
+// the staged scale of each step (+inf at the injected step) and whether it
+// was skipped.
+void expectedScales(int64_t steps, double scale, int64_t window,
+                    int64_t inject, std::vector<float> &staged,
+                    std::vector<bool> &skipped) {
+  int64_t clean = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const float used =
+        s == inject ? std::numeric_limits<float>::infinity() : float(scale);
+    const bool skip = !(used < 4096.0f);
+    staged.push_back(used);
+    skipped.push_back(skip);
+    if (skip) {
+      scale = std::max(1.0, scale / 2);
+      clean = 0;
+    } else if (++clean >= window) {
+      scale = std::min(1e30, scale * 2);
+      clean = 0;
+    }
+  }
+}
+
+// The JSON line without its times and losses (a backend whose metrics are
+// not cheap sums the losses in float over the epoch, the CPU in double per
+// step).
+std::map<std::string, double> untimed(const JsonObject &j) {
+  std::map<std::string, double> out = j.values;
+  for (const char *k : {"epoch_time_s", "eval_time_s", "total_time_s",
+                        "images_per_s", "train_loss", "test_loss"})
+    out.erase(k);
+  return out;
+}
+
+// The loop with the loss scale in the backend gives the same scales,
+// skipped steps, metrics and messages as the trainer's host loss scale,
+// without reading the metrics after every step.
+TEST(Trainer, DeviceLossScaleMatchesTheHostLossScale) {
+  const std::vector<std::string> flags = {
+      "--epochs", "2", "--runs", "2", "--lr-knots", kKnots,
+      "--loss-scale", "1024", "--loss-scale-window", "2",
+      "--debug-inject-overflow", "5"};
+  struct Seen {
+    Result r;
+    std::vector<fcc_hyper> hypers;
+    std::vector<bool> skipped;
+    std::vector<std::vector<float>> params; // at entry of every step
+    std::vector<float> last;                // after the last step
+    std::vector<JsonObject> metrics;
+  };
+  std::map<std::string, Seen> seen;
+  for (const std::string target : {"cpu", "fakedevice"}) {
+    SCOPED_TRACE(target);
+    TempDir out;
+    std::vector<std::string> args = flags;
+    args.insert(args.end(), {"--metrics", out.file("m.jsonl")});
+    Seen &s = seen[target];
+    s.r = runTrainer(scalingProgram(target), baseArgs(args));
+    ASSERT_EQ(s.r.rc, kExitOk) << s.r.err;
+    s.hypers = fakeLog().hypers;
+    s.skipped = fakeLog().skipped;
+    s.params = fakeLog().paramsAtEntry;
+    s.last = fakeLog().paramsAfterLastStep;
+    s.metrics = readJsonLines(out.file("m.jsonl"));
+    EXPECT_TRUE(contains(s.r.out, "fp16 (dynamic loss scaling from 1024, "
+                                  "window 2)"))
+        << s.r.out;
+    // Two runs of 32 steps, each from the initial scale.
+    std::vector<float> staged;
+    std::vector<bool> skipped;
+    expectedScales(32, 1024, 2, 5, staged, skipped);
+    expectedScales(32, 1024, 2, 5, staged, skipped);
+    ASSERT_EQ(s.hypers.size(), 64u);
+    for (size_t i = 0; i < 64; ++i) {
+      EXPECT_EQ(s.hypers[i].loss_scale, staged[i]) << "step " << i;
+      EXPECT_EQ(s.skipped[i], skipped[i]) << "step " << i;
+    }
+    ASSERT_EQ(s.metrics.size(), 4u);
+  }
+  const Seen &host = seen["cpu"], &device = seen["fakedevice"];
+  // The same steps (every hyper-parameter, bit for bit) and results.
+  for (size_t i = 0; i < 64; ++i)
+    EXPECT_EQ(std::memcmp(&host.hypers[i], &device.hypers[i],
+                          sizeof(fcc_hyper)),
+              0)
+        << "step " << i;
+  EXPECT_TRUE(host.params == device.params);
+  EXPECT_TRUE(host.last == device.last);
+  for (size_t e = 0; e < 4; ++e) {
+    EXPECT_EQ(untimed(host.metrics[e]), untimed(device.metrics[e]))
+        << "line " << e;
+    for (const char *k : {"train_loss", "test_loss"})
+      EXPECT_NEAR(host.metrics[e][k], device.metrics[e][k],
+                  1e-5 * host.metrics[e][k])
+          << k << " of line " << e;
+  }
+  // Epoch 1: steps 4 (scale 4096), 5 (injected), 10 and 13 skipped; the
+  // scale after step 15 is 4096 (doubled at 15).
+  EXPECT_EQ(host.metrics[0]["skipped_steps"], 4);
+  EXPECT_EQ(host.metrics[0]["loss_scale"], 4096);
+  auto skippedLines = [](const std::string &text) {
+    std::vector<std::string> out;
+    for (const std::string &l : lines(text))
+      if (contains(l, "skipped"))
+        out.push_back(l);
+    return out;
+  };
+  EXPECT_EQ(skippedLines(host.r.out), skippedLines(device.r.out));
+  EXPECT_TRUE(contains(device.r.out, "4 steps skipped (gradients "
+                                     "overflowed); loss scale now 4096"))
+      << device.r.out;
+  // The device loop: one setLossScale per run, one update per step, and
+  // the metrics taken a few times per epoch rather than after every step.
+  EXPECT_EQ(gDeviceScale.setLossScale, 2);
+  EXPECT_EQ(gDeviceScale.updates, 64);
+  EXPECT_LE(gDeviceScale.takeMetrics, 4 * 4); // start, end, evaluation
+  EXPECT_GE(gDeviceScale.reads, 4);            // each epoch's record
+  EXPECT_LE(gDeviceScale.reads, 4 * 2);
+}
+
+// A run with the loss scale in the backend, stopped mid-epoch and resumed,
+// takes the scale and the clean-step count from the checkpoint: the same
+// steps as without the stop.
+TEST(Trainer, DeviceLossScaleSurvivesAResume) {
+  const std::vector<std::string> flags = {
+      "--epochs", "2", "--seed", "3", "--lr-knots", kKnots,
+      "--loss-scale", "1024", "--loss-scale-window", "2",
+      "--debug-inject-overflow", "5"};
+  for (const std::string target : {"cpu", "fakedevice"}) {
+    SCOPED_TRACE(target);
+    TempDir dir;
+    std::vector<std::string> args = flags;
+    args.insert(args.end(), {"--checkpoint-dir", dir.file("ckpt")});
+    std::vector<std::string> first = args;
+    first.insert(first.end(), {"--debug-stop-after-steps", "21"});
+    Result a = runTrainer(scalingProgram(target), baseArgs(first));
+    ASSERT_EQ(a.rc, kExitInterrupted) << a.err;
+    std::vector<fcc_hyper> hypers = fakeLog().hypers;
+    ASSERT_EQ(hypers.size(), 21u);
+    // After step 20: scale 2048 (halved by the skip at step 19), one clean
+    // step counted.
+    Checkpoint c = readCheckpoint(checkpointPath(dir.file("ckpt"), 21));
+    EXPECT_EQ(c.lossScale, 2048);
+    EXPECT_EQ(c.cleanSteps, 1);
+    std::vector<std::string> second = args;
+    second.push_back("--resume");
+    Result b = runTrainer(scalingProgram(target), baseArgs(second));
+    ASSERT_EQ(b.rc, kExitOk) << b.err;
+    hypers.insert(hypers.end(), fakeLog().hypers.begin(),
+                  fakeLog().hypers.end());
+    std::vector<float> staged;
+    std::vector<bool> skipped;
+    expectedScales(32, 1024, 2, 5, staged, skipped);
+    ASSERT_EQ(hypers.size(), 32u);
+    for (size_t i = 0; i < 32; ++i)
+      EXPECT_EQ(hypers[i].loss_scale, staged[i]) << "step " << i;
+  }
 }
 
 } // namespace

@@ -22,7 +22,9 @@
  *    bad arguments and failed launches as sticky errors, which last until
  *    the next fcc_cuda_init.
  *  - Metrics accumulate on the device (float[FCC_NUM_METRICS], program.h);
- *    the trainer reads them once per epoch.
+ *    the trainer reads them once per epoch. Dynamic loss scaling adjusts
+ *    its scale on the device too (fcc_cuda_loss_scale_update), so that it
+ *    needs no per-step read.
  *
  * Built only when CMake finds the CUDA toolkit with cuDNN and cuBLAS
  * (runtime/cuda/). Without a device, fcc_cuda_device_count() returns 0 and
@@ -241,6 +243,30 @@ void fcc_cuda_ema_update_multi(float *const *emas, const float *const *values,
 void fcc_cuda_finite_begin(float *finite);
 void fcc_cuda_finite_and(float *finite, const float *grad, int64_t count);
 void fcc_cuda_metric_skipped(float *metrics, const float *finite);
+
+/* The trainer's dynamic loss scale, kept in device memory so that adjusting
+ * it needs no host-device synchronisation per step. */
+typedef struct fcc_cuda_loss_scale_state {
+  double scale;        /* the loss scale of the next step */
+  int64_t clean_steps; /* steps without a skip since the scale last changed */
+  /* metrics[FCC_METRIC_SKIPPED] as the last update saw it: a step was
+   * skipped when the accumulator has grown since. Whoever zeroes the
+   * accumulator must zero this too. */
+  float last_skipped;
+  float reserved; /* 0 */
+} fcc_cuda_loss_scale_state;
+
+/* After a train step (one thread; asynchronous, capturable): if
+ * metrics[FCC_METRIC_SKIPPED] > state->last_skipped the step was skipped and
+ * the scale halves (at least 1) and clean_steps restarts at 0; otherwise
+ * clean_steps grows by one, and when it reaches `window` (>= 1) the scale
+ * doubles (at most 1e30) and clean_steps restarts at 0. Then last_skipped =
+ * metrics[FCC_METRIC_SKIPPED] and hyper->loss_scale = (float)scale, the
+ * scale of the next step. state, hyper (program.h's fcc_hyper) and metrics
+ * are device memory. Bad arguments are sticky errors. */
+void fcc_cuda_loss_scale_update(fcc_cuda_loss_scale_state *state,
+                                void *hyper, const float *metrics,
+                                int64_t window);
 
 /*--- Data pipeline (the trainer's GPU batches) ------------------------------*/
 
