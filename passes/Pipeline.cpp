@@ -16,8 +16,8 @@ void fcc::buildPipeline(OpPassManager &pm, const PipelineOptions &o) {
   if (o.fuseBatchNorm)
     pm.addPass(createFuseBatchNorm());
   // Mixed precision on the forward model; the backward pass inherits it.
-  // After fusion: fcc.bn_act, like batch_norm, computes in fp32 between
-  // casts (a GPU kernel may later read and write half directly).
+  // After fusion: fcc.bn_act, like batch_norm, reads and writes half data
+  // with fp32 parameters and statistics.
   if (o.precision != "fp32") {
     InsertHalfOptions half;
     half.precision = o.precision;
