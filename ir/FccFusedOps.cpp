@@ -143,14 +143,8 @@ LogicalResult BnActOp::verify() {
                                                    {"result", getOutput()}};
   if (getResidual())
     data.push_back({"residual", getResidual()});
-  SmallVector<std::pair<StringRef, Value>> perChannel = {
-      {"scale", getScale()},
-      {"shift", getShift()},
-      {"running_mean", getRunningMean()},
-      {"running_var", getRunningVar()}};
-  for (Value v : getTrainingStats())
-    perChannel.push_back({"statistics result", v});
-  if (failed(verifyBatchNormElementTypes(*this, data, perChannel)))
+  if (failed(verifyBatchNormElementTypes(*this, data,
+                                         batchNormPerChannel(*this))))
     return failure();
   std::string error;
   auto expected =

@@ -44,6 +44,22 @@ mlir::LogicalResult verifyBatchNormElementTypes(
     llvm::ArrayRef<std::pair<llvm::StringRef, mlir::Value>> data,
     llvm::ArrayRef<std::pair<llvm::StringRef, mlir::Value>> perChannel);
 
+/// The per-channel tensors of a forward BatchNorm op (fcc.batch_norm,
+/// fcc.bn_act): scale, shift, running statistics and, in training mode, the
+/// statistics results, named for verifyBatchNormElementTypes.
+template <typename ForwardBatchNormOp>
+llvm::SmallVector<std::pair<llvm::StringRef, mlir::Value>>
+batchNormPerChannel(ForwardBatchNormOp op) {
+  llvm::SmallVector<std::pair<llvm::StringRef, mlir::Value>> perChannel = {
+      {"scale", op.getScale()},
+      {"shift", op.getShift()},
+      {"running_mean", op.getRunningMean()},
+      {"running_var", op.getRunningVar()}};
+  for (mlir::Value v : op.getTrainingStats())
+    perChannel.push_back({"statistics result", v});
+  return perChannel;
+}
+
 /// The runtime descriptor (fcc_bn_act_desc) of a verified fcc.bn_act or
 /// fcc.bn_act_grad, with the output size filled in.
 fcc_bn_act_desc bnActDescriptor(BnActOp op);

@@ -71,15 +71,9 @@ LogicalResult Conv2DOp::verify() {
 
 LogicalResult BatchNormOp::verify() {
   // Half data (input, output) with fp32 parameters and statistics.
-  SmallVector<std::pair<StringRef, Value>> perChannel = {
-      {"scale", getScale()},
-      {"shift", getShift()},
-      {"running_mean", getRunningMean()},
-      {"running_var", getRunningVar()}};
-  for (Value v : getTrainingStats())
-    perChannel.push_back({"statistics result", v});
   if (failed(verifyBatchNormElementTypes(
-          *this, {{"input", getInput()}, {"result", getOutput()}}, perChannel)))
+          *this, {{"input", getInput()}, {"result", getOutput()}},
+          batchNormPerChannel(*this))))
     return failure();
   auto in = shapeOf(getInput());
   if (in.size() < 2)

@@ -142,6 +142,14 @@ int createPlan(const PlanKey &key, const void *bias, Plan &p,
   const char *what = "cublasLtMatmulDescCreate";
   cublasStatus_t s = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F,
                                               CUDA_R_32F);
+  // A failed call: no plan, and an error naming the call and the shape.
+  auto failed = [&] {
+    destroyPlan(p);
+    return setError(FCC_ERR_BACKEND,
+                    format("%s: %s (%s): %s", fn, what,
+                           describe(transA, transB, m, n, k, dtype).c_str(),
+                           cublasGetStatusString(s)));
+  };
   if (s == CUBLAS_STATUS_SUCCESS) {
     what = "cublasLtMatmulDescSetAttribute";
     s = cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA,
@@ -168,13 +176,8 @@ int createPlan(const PlanKey &key, const void *bias, Plan &p,
   if (s == CUBLAS_STATUS_SUCCESS)
     s = cublasLtMatrixLayoutCreate(&p.yLayout, type, uint64_t(n), uint64_t(m),
                                    int64_t(n));
-  if (s != CUBLAS_STATUS_SUCCESS) {
-    destroyPlan(p);
-    return setError(FCC_ERR_BACKEND,
-                    format("%s: %s (%s): %s", fn, what,
-                           describe(transA, transB, m, n, k, dtype).c_str(),
-                           cublasGetStatusString(s)));
-  }
+  if (s != CUBLAS_STATUS_SUCCESS)
+    return failed();
 
   cublasLtMatmulPreference_t pref = nullptr;
   what = "cublasLtMatmulPreferenceCreate";
@@ -221,13 +224,8 @@ int createPlan(const PlanKey &key, const void *bias, Plan &p,
     destroyPlan(p);
     return FCC_OK;
   }
-  if (s != CUBLAS_STATUS_SUCCESS) {
-    destroyPlan(p);
-    return setError(FCC_ERR_BACKEND,
-                    format("%s: %s (%s): %s", fn, what,
-                           describe(transA, transB, m, n, k, dtype).c_str(),
-                           cublasGetStatusString(s)));
-  }
+  if (s != CUBLAS_STATUS_SUCCESS)
+    return failed();
   p.algo = result.algo;
   p.usable = true;
   return FCC_OK;
