@@ -191,6 +191,14 @@ int fcc::runCompile(const CompileOptions &options) {
       return reportError("--compress '" + o.compress + "': " + why);
   }
   const bool generatesCode = o.emit == "exe" || o.emit == "cpp";
+  // Threshold payloads have a data-dependent size that only the GPU knows:
+  // CUDA trainers send them padded to their capacity (see README).
+  if (o.target == "cuda" && generatesCode && !o.quiet &&
+      (o.compress.find("threshold") != std::string::npos))
+    std::cerr << "fcc: warning: --compress '" << o.compress
+              << "': on --target cuda threshold payloads travel padded to "
+                 "their capacity (more bytes than dense fp32); use topk:K "
+                 "for a fixed budget\n";
   ImportOptions importOpts;
   importOpts.batchSize = o.batch;
   for (const std::string &spec : o.inputShapes) {
