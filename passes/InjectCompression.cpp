@@ -319,8 +319,15 @@ struct InjectCompressionPass
 } // namespace
 
 bool fcc::validateCompressionMethod(StringRef method, StringRef scope,
-                                    bool lossScaled, std::string &error) {
+                                    bool lossScaled, std::string &error,
+                                    bool *variableSize) {
   std::vector<Rule> rules;
-  return succeeded(parseRules(method, false, rules, error)) &&
-         succeeded(checkCombination(rules, scope, lossScaled, error));
+  if (failed(parseRules(method, false, rules, error)) ||
+      failed(checkCombination(rules, scope, lossScaled, error)))
+    return false;
+  if (variableSize)
+    *variableSize = llvm::any_of(rules, [](const Rule &r) {
+      return !fcc_compress_fixed_size(&r.compressor);
+    });
+  return true;
 }

@@ -25,8 +25,11 @@ void registerAllPasses();
 /// Checks the options of fcc-inject-compression: `method` (a compressor
 /// spec or per-parameter rules) with `scope`, for a program whose gradients
 /// are loss-scaled or not (fp16); on failure `error` says what is wrong.
+/// `variableSize`, when given, tells whether some gradient gets a method
+/// whose payload size depends on the data (the thresholds).
 bool validateCompressionMethod(llvm::StringRef method, llvm::StringRef scope,
-                               bool lossScaled, std::string &error);
+                               bool lossScaled, std::string &error,
+                               bool *variableSize = nullptr);
 
 } // namespace fcc
 

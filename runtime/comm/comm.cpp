@@ -119,11 +119,8 @@ void wait(MPI_Request *req, const char *what) {
   }
 }
 
-/// Randomness every rank shares for `tensor` in this step (RandomK).
-uint64_t sharedSeed(uint64_t step, int64_t tensor) {
-  return fcc_comm_shared_seed(step, tensor);
-}
-/// This rank's own randomness (stochastic rounding).
+/// This rank's own randomness (stochastic rounding); RandomK's shared
+/// positions come from fcc_comm_shared_seed.
 uint64_t privateSeed(uint64_t step, int64_t tensor) {
   return fcc_comm_private_seed(step, tensor, S.rank);
 }
@@ -225,7 +222,7 @@ void fcc_comm_compress(const fcc_compressor *c, int64_t tensor,
                        const float *g, int64_t n, uint64_t step_seed,
                        void *payload) {
   Timer t(S.stats.compress_seconds);
-  fcc_compress(c, g, n, sharedSeed(step_seed, tensor),
+  fcc_compress(c, g, n, fcc_comm_shared_seed(step_seed, tensor),
                privateSeed(step_seed, tensor), payload);
 }
 
@@ -234,7 +231,8 @@ void fcc_comm_decompress(const fcc_compressor *c, int64_t tensor,
                          float *out) {
   Timer t(S.stats.compress_seconds);
   std::memset(out, 0, size_t(n) * sizeof(float));
-  fcc_decompress_add(c, payload, n, sharedSeed(step_seed, tensor), 1.0f, out);
+  fcc_decompress_add(c, payload, n, fcc_comm_shared_seed(step_seed, tensor),
+                     1.0f, out);
 }
 
 void fcc_comm_decompress_mean(const fcc_compressor *c, int64_t tensor,
@@ -242,7 +240,7 @@ void fcc_comm_decompress_mean(const fcc_compressor *c, int64_t tensor,
                               uint64_t step_seed, float *out) {
   Timer t(S.stats.compress_seconds);
   std::memset(out, 0, size_t(n) * sizeof(float));
-  uint64_t seed = sharedSeed(step_seed, tensor);
+  uint64_t seed = fcc_comm_shared_seed(step_seed, tensor);
   float scale = 1.0f / float(S.size);
   for (int r = 0; r < S.size; ++r)
     fcc_decompress_add(c, static_cast<const char *>(rows) + r * capacity, n,
@@ -255,7 +253,8 @@ void fcc_comm_residual(const fcc_compressor *c, int64_t tensor,
   Timer t(S.stats.compress_seconds);
   if (out != g)
     std::memcpy(out, g, size_t(n) * sizeof(float));
-  fcc_decompress_add(c, payload, n, sharedSeed(step_seed, tensor), -1.0f, out);
+  fcc_decompress_add(c, payload, n, fcc_comm_shared_seed(step_seed, tensor),
+                     -1.0f, out);
 }
 
 void fcc_comm_allreduce_f32(const float *in, float *out, int64_t n,

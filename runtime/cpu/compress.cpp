@@ -698,6 +698,14 @@ extern "C" int64_t fcc_compress_k(const fcc_compressor *c, int64_t n) {
   return std::clamp<int64_t>(int64_t(k), 1, n);
 }
 
+extern "C" int fcc_compress_qsgd_levels(const fcc_compressor *c) {
+  return qsgdLevels(c);
+}
+
+extern "C" int fcc_compress_qsgd_bits(const fcc_compressor *c) {
+  return qsgdBits(qsgdLevels(c));
+}
+
 extern "C" int fcc_compress_fixed_size(const fcc_compressor *c) {
   return !isThreshold(c->method);
 }

@@ -1116,19 +1116,9 @@ __global__ void zeroCountKernel(Byte *p) { storeU32(p, 0); }
 // Host side
 //===----------------------------------------------------------------------===//
 
-bool isThreshold(int method) {
-  return method == FCC_COMPRESS_THRESHOLDV ||
-         method == FCC_COMPRESS_ADAPTIVE_THRESHOLD;
-}
-
-int qsgdLevels(const fcc_compressor *c) {
-  return c->levels > 0 ? c->levels : FCC_COMPRESS_QSGD_DEFAULT_LEVELS;
-}
-int qsgdBits(int levels) {
-  int bits = 0;
-  for (uint32_t s = uint32_t(levels); s != 0; s >>= 1)
-    ++bits;
-  return bits;
+// The thresholds: the methods whose payload size depends on the data.
+bool isThreshold(const fcc_compressor *c) {
+  return !fcc_compress_fixed_size(c);
 }
 
 // Workspace regions of one (method, n), each 256-byte aligned.
@@ -1153,7 +1143,7 @@ Layout layoutOf(const fcc_compressor *c, int64_t n) {
   const int m = c->method;
   if (n <= 0)
     return L;
-  const bool masks = m == FCC_COMPRESS_TOPK || isThreshold(m) ||
+  const bool masks = m == FCC_COMPRESS_TOPK || isThreshold(c) ||
                      m == FCC_COMPRESS_RANDOMK;
   const bool needsState = masks || m == FCC_COMPRESS_TERNGRAD;
   if (needsState)
@@ -1298,7 +1288,7 @@ int64_t compress(const char *fn, const fcc_compressor *c, const float *g,
   Byte *p = static_cast<Byte *>(payload);
   void *ws = workspace;
   if (n == 0) {
-    if (isThreshold(c->method))
+    if (isThreshold(c))
       zeroCountKernel<<<1, 1, 0, stream()>>>(p);
     checkLaunch(fn);
     return capacity;
@@ -1365,7 +1355,8 @@ int64_t compress(const char *fn, const fcc_compressor *c, const float *g,
         g, n, priv, st, p);
     break;
   case FCC_COMPRESS_QSGD: {
-    const int levels = qsgdLevels(c), bits = qsgdBits(levels);
+    const int levels = fcc_compress_qsgd_levels(c),
+              bits = fcc_compress_qsgd_bits(c);
     const int64_t bucket = L.bucket, buckets = L.buckets;
     float *norms = at<float>(ws, L.norms);
     if (serialBuckets(bucket, buckets)) {
@@ -1440,7 +1431,7 @@ void decompressAdd(const char *fn, const fcc_compressor *c,
   case FCC_COMPRESS_TOPK:
   case FCC_COMPRESS_THRESHOLDV:
   case FCC_COMPRESS_ADAPTIVE_THRESHOLD: {
-    const bool threshold = isThreshold(c->method);
+    const bool threshold = isThreshold(c);
     const Byte *header = threshold ? p : nullptr;
     const Byte *data = threshold ? p + 4 : p;
     const int64_t count = threshold ? -1 : fcc_compress_k(c, n);
@@ -1469,7 +1460,8 @@ void decompressAdd(const char *fn, const fcc_compressor *c,
                                                                   out);
     break;
   case FCC_COMPRESS_QSGD: {
-    const int levels = qsgdLevels(c), bits = qsgdBits(levels);
+    const int levels = fcc_compress_qsgd_levels(c),
+              bits = fcc_compress_qsgd_bits(c);
     const int64_t bucket = c->bucket > 0 ? c->bucket : n;
     const int64_t buckets = ceilDiv(n, bucket);
     const Byte *levelArea = p + 4 * buckets;
@@ -1536,20 +1528,31 @@ extern "C" void fcc_cuda_decompress_add_dseed(const fcc_compressor *c,
                 workspace);
 }
 
+namespace {
+// A summable payload of n entries: its entry kind (0 fp32, 1 fp16, 2 bf16)
+// and entry count (k values for randomk).
+struct SummableEntries {
+  int kind;
+  int64_t count;
+};
+SummableEntries summableEntries(const fcc_compressor *c, int64_t n) {
+  const int kind = c->method == FCC_COMPRESS_FP16   ? 1
+                   : c->method == FCC_COMPRESS_BF16 ? 2
+                                                    : 0;
+  return {kind, c->method == FCC_COMPRESS_RANDOMK ? fcc_compress_k(c, n) : n};
+}
+} // namespace
+
 extern "C" void fcc_cuda_payload_sum(const fcc_compressor *c, void *inout,
                                      const void *in, int64_t n) {
   const char *fn = "fcc_cuda_payload_sum";
   if (!c || n <= 0 || !fcc_compress_summable(c) || !ready(fn))
     return;
-  const int kind = c->method == FCC_COMPRESS_FP16   ? 1
-                   : c->method == FCC_COMPRESS_BF16 ? 2
-                                                    : 0;
-  const int64_t count =
-      c->method == FCC_COMPRESS_RANDOMK ? fcc_compress_k(c, n) : n;
+  const SummableEntries e = summableEntries(c, n);
   Byte *a = static_cast<Byte *>(inout);
   const Byte *b = static_cast<const Byte *>(in);
-  payloadSumKernel<<<blocksFor(count), kThreads, 0, stream()>>>(a, b, count,
-                                                                kind);
+  payloadSumKernel<<<blocksFor(e.count), kThreads, 0, stream()>>>(
+      a, b, e.count, e.kind);
   checkLaunch(fn);
 }
 
@@ -1558,13 +1561,9 @@ extern "C" void fcc_cuda_payload_scale(const fcc_compressor *c, void *payload,
   const char *fn = "fcc_cuda_payload_scale";
   if (!c || n <= 0 || !fcc_compress_summable(c) || !ready(fn))
     return;
-  const int kind = c->method == FCC_COMPRESS_FP16   ? 1
-                   : c->method == FCC_COMPRESS_BF16 ? 2
-                                                    : 0;
-  const int64_t count =
-      c->method == FCC_COMPRESS_RANDOMK ? fcc_compress_k(c, n) : n;
+  const SummableEntries e = summableEntries(c, n);
   Byte *a = static_cast<Byte *>(payload);
-  payloadScaleKernel<<<blocksFor(count), kThreads, 0, stream()>>>(a, count,
-                                                                  kind, scale);
+  payloadScaleKernel<<<blocksFor(e.count), kThreads, 0, stream()>>>(
+      a, e.count, e.kind, scale);
   checkLaunch(fn);
 }

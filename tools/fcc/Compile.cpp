@@ -184,17 +184,17 @@ int fcc::runCompile(const CompileOptions &options) {
       return reportError("--gpu-arch: '" + o.gpuArch +
                          "' is not a list like sm_80,sm_90 (sm_75 or newer)");
   }
+  bool variableSize = false;
   {
     std::string why;
     if (!validateCompressionMethod(o.compress, o.compressScope,
-                                   o.precision == "fp16", why))
+                                   o.precision == "fp16", why, &variableSize))
       return reportError("--compress '" + o.compress + "': " + why);
   }
   const bool generatesCode = o.emit == "exe" || o.emit == "cpp";
   // Threshold payloads have a data-dependent size that only the GPU knows:
   // CUDA trainers send them padded to their capacity (see README).
-  if (o.target == "cuda" && generatesCode && !o.quiet &&
-      (o.compress.find("threshold") != std::string::npos))
+  if (o.target == "cuda" && generatesCode && !o.quiet && variableSize)
     std::cerr << "fcc: warning: --compress '" << o.compress
               << "': on --target cuda threshold payloads travel padded to "
                  "their capacity (more bytes than dense fp32); use topk:K "

@@ -146,6 +146,10 @@ int64_t fcc_compress_k(const fcc_compressor *c, int64_t n);
 /* 1 when every payload of n entries has the same size (all but the
  * thresholds). */
 int fcc_compress_fixed_size(const fcc_compressor *c);
+/* qsgd: the number of levels S (FCC_COMPRESS_QSGD_DEFAULT_LEVELS when the
+ * spec gave none) and the bit width of a level, ceil(log2(S + 1)). */
+int fcc_compress_qsgd_levels(const fcc_compressor *c);
+int fcc_compress_qsgd_bits(const fcc_compressor *c);
 /* 1 when payloads of different ranks can be summed elementwise (none, fp16,
  * bf16, randomk): they travel by allreduce; the others by allgather. */
 int fcc_compress_summable(const fcc_compressor *c);
