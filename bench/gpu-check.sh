@@ -36,7 +36,14 @@
 # not the raw dumps) go to --results (default: $OUT when set, as on the
 # device tool's machine, else bench/gpu/results).
 #
-# Flags: --epochs N (10)  --runs N (1)  --seed N (0)  --parts step,train,table
+# Order: step, the fcc training runs, units, comm, the PyTorch runs, table. If
+# no CUDA trainer ran at all (step and fcc training both failed), the script
+# runs the trainer once under compute-sanitizer (when there is one), then the
+# unit tests, and stops there, leaving the device time for a rerun after a fix
+# (--keep-going runs the PyTorch and comm parts anyway).
+#
+# Flags: --epochs N (10)  --runs N (1, fcc)  --torch-runs N (as --runs)
+#   --seed N (0)  --parts step,train,table,comm,units  --keep-going
 #   --fcc-precisions fp16,fp32  --no-compile  --no-torch-fp32
 #   --compile-mode MODE  --train-copies K (repeat the training file K times, for
 #   throughput with longer epochs)  --max-seconds S (480: parts that would
@@ -58,6 +65,8 @@ WORK=${TMPDIR:-/tmp}/fcc-gpu-check
 RESULTS=
 EPOCHS=10
 RUNS=1
+TORCH_RUNS=
+KEEP_GOING=0
 SEED=0
 PARTS=step,train,table,comm,units
 FCC_PRECISIONS=fp16,fp32
@@ -75,6 +84,8 @@ while [ $# -gt 0 ]; do
   case $1 in
     --epochs) EPOCHS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
+    --torch-runs) TORCH_RUNS=$2; shift 2 ;;
+    --keep-going) KEEP_GOING=1; shift ;;
     --seed) SEED=$2; shift 2 ;;
     --parts) PARTS=$2; shift 2 ;;
     --fcc-precisions) FCC_PRECISIONS=$2; shift 2 ;;
@@ -92,7 +103,8 @@ while [ $# -gt 0 ]; do
     *) echo "gpu-check: error: unknown argument '$1' (see --help)" >&2; exit 1 ;;
   esac
 done
-for v in EPOCHS RUNS TRAIN_COPIES MAX_SECONDS; do
+TORCH_RUNS=${TORCH_RUNS:-$RUNS}
+for v in EPOCHS RUNS TORCH_RUNS TRAIN_COPIES MAX_SECONDS; do
   if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
     echo "gpu-check: error: $v must be a positive integer (got '${!v}')" >&2
     exit 1
@@ -243,6 +255,16 @@ EOF
   done
   TRAINER_LD=$WORK/lib${nv:+:$nv}$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   echo "trainer LD_LIBRARY_PATH=$TRAINER_LD"
+  # where the CUDA libraries the trainers load come from (first match wins)
+  local lib d
+  for lib in libcudnn.so.9 libcublas.so.13 libcublasLt.so.13 libnccl.so.2 libcudart.so.13; do
+    local found=
+    for d in ${TRAINER_LD//:/ }; do
+      [ -e "$d/$lib" ] && { found=$d/$lib; break; }
+    done
+    echo "  $lib: ${found:-not found}"
+  done
+  command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -n 2
 
   local t
   declare -gA TRAINER=()
@@ -278,12 +300,46 @@ EOF
   fi
   mkdir -p "$WORK/step" "$WORK/train"
 
+  FCC_RAN=0  # set when any CUDA trainer run finished
   has_part step && part_step "$data"
-  has_part train && part_train "$data"
-  has_part table && part_table "$gpu_name"
-  has_part comm && part_comm "$data"
+  has_part train && part_train_fcc "$data"
+  if [ "$FCC_RAN" = 0 ] && [ "$SMOKE" = 0 ] && [ "$KEEP_GOING" = 0 ] &&
+     { has_part step || has_part train; }; then
+    diagnose_cuda_trainer "$data"
+    has_part units && part_units
+    record rest skipped "no CUDA trainer ran: PyTorch and comm parts left out to save device time for a rerun (--keep-going runs them)"
+    return 0
+  fi
   has_part units && part_units
+  has_part comm && part_comm "$data"
+  has_part train && part_train_torch "$data"
+  has_part table && part_table "$gpu_name"
   return 0
+}
+
+# When no CUDA trainer ran: the first failing trainer once more on 512 images
+# under compute-sanitizer's memcheck, which names the kernel and the address of
+# a bad access (the rerun after a fix then knows where to look).
+diagnose_cuda_trainer() {
+  local data=$1 exe= p
+  for p in fp32 fp16; do
+    [ -n "${TRAINER[r9bot-cuda-$p]:-}" ] && { exe=${TRAINER[r9bot-cuda-$p]}; break; }
+  done
+  [ -n "$exe" ] || return 0
+  section "diagnosis: no CUDA trainer ran; $(basename "$exe") under compute-sanitizer"
+  local cs
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ -z "$cs" ]; then
+    record diagnosis skipped "no compute-sanitizer on this machine"
+    return 0
+  fi
+  if run_logged sanitizer 120 env LD_LIBRARY_PATH="$TRAINER_LD" "$cs" --tool memcheck \
+      --print-limit 20 "$exe" --data "$data" --seed "$SEED" --epochs 1 \
+      --train-limit 512 --test-limit 512; then
+    record diagnosis info "the trainer ran under compute-sanitizer; see sanitizer.log"
+  else
+    record diagnosis info "see sanitizer.log"
+  fi
 }
 
 trainer_run() { # NAME LIMIT TRAINER ARGS...: a trainer with its libraries
@@ -322,6 +378,7 @@ part_step() {
       record "step-$p" FAIL "the CUDA trainer's --dump-step failed"
       continue
     fi
+    FCC_RAN=1
     if ! trainer_run "dump-cpu-$p" 300 "$cpu" "${step_flags[@]}" "${extra[@]}" \
         --dump-step "$WORK/step/cpu-$p"; then
       record "step-$p" FAIL "the CPU trainer's --dump-step failed"
@@ -421,7 +478,7 @@ part_units() {
     return
   fi
   if [ -x "$t" ]; then
-    if run_logged cuda-kernels-test 240 env LD_LIBRARY_PATH="$TRAINER_LD" "$t" \
+    if run_logged cuda-kernels-test 120 env LD_LIBRARY_PATH="$TRAINER_LD" "$t" \
         --gtest_brief=1; then
       record units ok "cuda_kernels_test passed on the GPU"
     else
@@ -431,7 +488,7 @@ part_units() {
     record units skipped "no cuda_kernels_test in the bundle"
   fi
   if [ -x "$b" ]; then
-    if run_logged compress-bench 120 env LD_LIBRARY_PATH="$TRAINER_LD" "$b" --gpu-only; then
+    if run_logged compress-bench 60 env LD_LIBRARY_PATH="$TRAINER_LD" "$b" --gpu-only; then
       record compress-bench info "GB/s table in compress-bench.log"
     else
       record compress-bench FAIL "exit status $?"
@@ -441,9 +498,9 @@ part_units() {
 
 # -- (b) training -----------------------------------------------------------------
 SYSTEMS=()  # "name|precision|metrics|wall file|summary json or -"
-part_train() {
+part_train_fcc() {
   local data=$1 p
-  section "(b) bot10, $EPOCHS epochs, $RUNS run(s), on $data"
+  section "(b) fcc: bot10, $EPOCHS epochs, $RUNS run(s), on $data"
   local common=(--data "$data" --epochs "$EPOCHS" --runs "$RUNS" --seed "$SEED" "${LIMITS[@]}")
   for p in ${FCC_PRECISIONS//,/ }; do
     local exe=${TRAINER[r9bot-cuda-$p]:-}
@@ -454,13 +511,20 @@ part_train() {
       continue
     fi
     rm -f "$WORK/train/$name.jsonl"
-    if trainer_run "$name" 300 "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
+    if trainer_run "$name" 180 "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
       record "train-$name" ok ""
+      FCC_RAN=1
       SYSTEMS+=("$name|$p|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
     else
       record "train-$name" FAIL "exit status $?"
     fi
   done
+}
+
+part_train_torch() {
+  local data=$1
+  section "(b) PyTorch: bot10, $EPOCHS epochs, $TORCH_RUNS run(s), on $data"
+  local common=(--data "$data" --epochs "$EPOCHS" --runs "$TORCH_RUNS" --seed "$SEED" "${LIMITS[@]}")
   if [ "$HAVE_TORCH" = 0 ]; then
     record "train-pytorch" skipped "PyTorch is not importable"
     return
@@ -476,8 +540,8 @@ part_train() {
     [ "$mode" = compile ] && flags=(--compile --compile-mode "$COMPILE_MODE")
     local name=pytorch-$mode-$prec
     rm -f "$WORK/train/$name.jsonl" "$WORK/train/$name.summary.json"
-    local limit=300
-    [ "$mode" = compile ] && limit=420
+    local limit=150
+    [ "$mode" = compile ] && limit=300
     if run_logged "$name" "$limit" "$PY" "$SCRIPTS/torch_reference.py" "${TORCH_DEV[@]}" \
         --recipe bot10 --precision "$prec" "${flags[@]}" "${common[@]}" \
         --metrics "$WORK/train/$name.jsonl" --summary "$WORK/train/$name.summary.json"; then
