@@ -24,6 +24,16 @@
 #            their CPU trainers (--dump-step, compare_step.py; top-k may pick
 #            other entries where gradients tie within rounding, hence the
 #            looser --tol 2e-2).
+# (f) exact: (experiment, not in the default --parts) the fp32 step again
+#            with FCC_CUDNN_EXACT=1 (no FFT/Winograd cuDNN algorithms),
+#            against the same float64 truth.
+# (g) profile: (not in the default --parts) one fp16 and one fp32 training
+#            step (--dump-step) under Nsight Compute: time per kernel, summed
+#            by kernel name (profile-*.txt); every cuDNN search candidate
+#            (FCC_CUDNN_LOG=1, cudnn-search-*.log) and the timing cache.
+# (h) layout: (not in the default --parts) PyTorch eager fp16, 3 epochs,
+#            channels-last against NCHW: what the memory layout is worth to
+#            cuDNN on this GPU.
 # (e) units: cuda_kernels_test (every GPU kernel, compressor and compression
 #            op against the CPU's) and fcc-compress-bench --gpu-only (GB/s of
 #            each compressor against the device's bandwidth).
@@ -310,11 +320,89 @@ EOF
     record rest skipped "no CUDA trainer ran: PyTorch and comm parts left out to save device time for a rerun (--keep-going runs them)"
     return 0
   fi
+  has_part exact && part_exact
+  has_part profile && part_profile
+  has_part layout && part_layout "$data"
   has_part units && part_units
   has_part comm && part_comm "$data"
   has_part train && part_train_torch "$data"
   has_part table && part_table "$gpu_name"
   return 0
+}
+
+# -- (f) fp32 step without FFT/Winograd algorithms ------------------------------------
+part_exact() {
+  section "(f) fp32 step with FCC_CUDNN_EXACT=1 (no FFT/Winograd) against float64"
+  local gpu=${TRAINER[r9bot-cuda-fp32]:-}
+  if [ -z "$gpu" ] || [ ! -f "$WORK/step/cpu-fp32/manifest.json" ] ||
+     [ ! -f "$WORK/step/torch-fp64/manifest.json" ]; then
+    record exact skipped "needs the fp32 step part (CPU dump and float64 truth)"
+    return
+  fi
+  rm -rf "$WORK/step/cuda-fp32-exact"
+  if ! FCC_CUDNN_EXACT=1 FCC_CUDNN_LOG=1 trainer_run dump-cuda-fp32-exact 120 "$gpu" \
+      --data "$WORK/data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0 \
+      --timing-cache '' --dump-step "$WORK/step/cuda-fp32-exact"; then
+    record exact FAIL "the CUDA trainer's --dump-step failed"
+    return
+  fi
+  if "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-fp32-exact" "$WORK/step/cpu-fp32" \
+      --truth "$WORK/step/torch-fp64" --precision fp32 \
+      --labels "cuda-fp32-exact,cpu-fp32,torch-fp64" \
+      --json "$WORK/step/compare-fp32-exact-truth.json" | tee "$WORK/step/compare-fp32-exact-truth.txt"; then
+    record exact ok "without FFT/Winograd the CUDA fp32 step is as accurate as the CPU's"
+  else
+    record exact FAIL "see compare-fp32-exact-truth.txt"
+  fi
+}
+
+# -- (g) per-kernel profile of one training step -------------------------------------
+part_profile() {
+  section "(g) one training step per kernel (Nsight Compute) and the cuDNN searches"
+  local ncu p
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1 || true)
+  mkdir -p "$WORK/profile"
+  for p in fp16 fp32; do
+    local exe=${TRAINER[r9bot-cuda-$p]:-}
+    [ -n "$exe" ] || continue
+    # every candidate of every search, with a private cache (all measured)
+    FCC_CUDNN_LOG=1 trainer_run "cudnn-search-$p" 60 "$exe" --data "$WORK/data" \
+      --seed "$SEED" --timing-cache "$WORK/profile/cache-$p.tsv" \
+      --dump-step "$WORK/profile/dump-$p" >/dev/null
+    if [ -z "$ncu" ]; then
+      record "profile-$p" skipped "no ncu on this machine"
+      continue
+    fi
+    rm -f "$WORK/profile/ncu-$p.csv"
+    if run_logged "ncu-$p" 120 env LD_LIBRARY_PATH="$TRAINER_LD" "$ncu" \
+        --clock-control none --graph-profiling node --print-units base \
+        --metrics gpu__time_duration.sum --csv --page raw \
+        --log-file "$WORK/profile/ncu-$p.csv" "$exe" --data "$WORK/data" \
+        --seed "$SEED" --timing-cache "$WORK/profile/cache-$p.tsv" \
+        --dump-step "$WORK/profile/dump-$p-ncu" >/dev/null &&
+       "$PY" "$SCRIPTS/ncu_summary.py" "$WORK/profile/ncu-$p.csv" | tee "$WORK/profile/profile-$p.txt"
+    then
+      record "profile-$p" info "profile-$p.txt"
+    else
+      record "profile-$p" FAIL "ncu or its summary failed; see ncu-$p.log"
+    fi
+  done
+  cp "$WORK"/profile/cache-*.tsv "$WORK/logs/" 2>/dev/null
+  cp "$WORK"/profile/profile-*.txt "$WORK/logs/" 2>/dev/null
+  true
+}
+
+# -- (h) memory layout in PyTorch ------------------------------------------------------
+part_layout() {
+  local data=$1 cl
+  section "(h) PyTorch eager fp16, 3 epochs: channels-last vs NCHW"
+  [ "$HAVE_TORCH" = 1 ] || { record layout skipped "no PyTorch"; return; }
+  for cl in channels-last no-channels-last; do
+    run_logged "layout-$cl" 120 "$PY" "$SCRIPTS/torch_reference.py" "${TORCH_DEV[@]}" \
+      --recipe bot10 --precision fp16 --epochs 3 --data "$data" --seed "$SEED" \
+      "--$cl" --metrics "$WORK/train/layout-$cl.jsonl" || true
+  done
+  record layout info "layout-channels-last.log, layout-no-channels-last.log"
 }
 
 # When no CUDA trainer ran: the first failing trainer once more on 512 images
@@ -366,7 +454,9 @@ part_step() {
       record "step-$p" skipped "no CUDA or CPU trainer for $p in the bundle"
       continue
     fi
-    if ! LD_LIBRARY_PATH=$TRAINER_LD "$gpu" --help 2>/dev/null | grep -q -- '--dump-step'; then
+    # (grep without -q: -q stops reading at the first match, the trainer then
+    # dies of SIGPIPE and pipefail turns the match into a failure)
+    if ! LD_LIBRARY_PATH=$TRAINER_LD "$gpu" --help 2>/dev/null | grep -- '--dump-step' >/dev/null; then
       record "step-$p" skipped "the trainers have no --dump-step flag yet"
       continue
     fi

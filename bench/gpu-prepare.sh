@@ -279,7 +279,7 @@ TRAIN_TAKE=$(( TRAIN_RECORDS - left ))
 say "data: $TRAIN_TAKE train + $TEST_TAKE test images from $DATA_SRC"
 
 # --- 7. scripts --------------------------------------------------------------
-for s in gpu-check.sh torch_reference.py compare_step.py flops.py README.md; do
+for s in gpu-check.sh torch_reference.py compare_step.py flops.py ncu_summary.py README.md; do
   [ -f "$HERE/$s" ] && cp "$HERE/$s" "$OUT_DIR/scripts/"
 done
 chmod +x "$OUT_DIR/scripts/"*.sh "$OUT_DIR/scripts/"*.py 2>/dev/null || true
@@ -299,7 +299,7 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc 
   echo "  initial weights on every target)."
   echo "libraries (lib/, xz): ${LIBS[*]:-none}"
   echo "data (data/): see data/NOTE.txt"
-  echo "scripts (scripts/): gpu-check.sh torch_reference.py compare_step.py flops.py README.md"
+  echo "scripts (scripts/): gpu-check.sh torch_reference.py compare_step.py flops.py ncu_summary.py README.md"
   echo
   echo "Run on the GPU machine, from the repository root:"
   echo "  PYTHONUNBUFFERED=1 bash bench/gpu-check.sh     (or bash bench/gpu/scripts/gpu-check.sh)"

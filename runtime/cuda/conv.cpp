@@ -45,6 +45,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -373,6 +375,36 @@ void setAlgo(fcc_cuda_conv2d_plan &p, Direction dir, int algo, size_t bytes) {
   p.workspace[dir] = bytes;
 }
 
+// FFT and Winograd algorithms transform the operands and round in the
+// transformed domain: their error is relative to the operands' magnitude,
+// not the result's, which matters for filter gradients that cancel heavily.
+bool isTransformAlgo(Direction dir, int algo) {
+  switch (dir) {
+  case kForward:
+    return algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT ||
+           algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+           algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
+           algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+  case kBackwardData:
+    return algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT ||
+           algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+           algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD ||
+           algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+  case kBackwardFilter:
+    return algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT ||
+           algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+           algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD ||
+           algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+  }
+  return false;
+}
+
+// FCC_CUDNN_EXACT=1 (experiment): only direct and GEMM-based algorithms.
+bool exactOnly() {
+  const char *v = std::getenv("FCC_CUDNN_EXACT");
+  return v && *v && std::string(v) != "0";
+}
+
 // Chooses the algorithm of one direction (cache, else search) and sets the
 // descriptor's math type accordingly.
 int chooseAlgorithm(fcc_cuda_conv2d_plan &p, Direction dir,
@@ -394,11 +426,18 @@ int chooseAlgorithm(fcc_cuda_conv2d_plan &p, Direction dir,
   std::vector<Candidate> candidates;
   if (int rc = measure(p, dir, buf, candidates, fn))
     return rc;
+  if (const char *v = std::getenv("FCC_CUDNN_LOG"); v && *v && *v != '0')
+    for (const Candidate &c : candidates)
+      std::fprintf(stderr, "cudnn-search %s algo=%d math=%d ms=%.4f det=%d\n",
+                   key.c_str(), c.algo, c.mathType, double(c.ms),
+                   int(c.deterministic));
   // Deterministic candidates first, each group in cuDNN's (time) order.
   std::stable_partition(candidates.begin(), candidates.end(),
                         [](const Candidate &c) { return c.deterministic; });
   for (const Candidate &c : candidates) {
     size_t bytes = 0;
+    if (exactOnly() && isTransformAlgo(dir, c.algo))
+      continue;
     if (setMath(p, dir, c.mathType, fn) != FCC_OK ||
         !workspaceFor(p, dir, c.algo, bytes) || bytes > buf.wsBytes)
       continue;
@@ -522,7 +561,8 @@ extern "C" fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *d
   size_t most = 0;
   for (int dir = 0; dir < 3; ++dir) {
     std::string key = deviceKey() + "|" + kDirectionNames[dir] + "|" +
-                      shapeKey(desc, padH, padW, dtype);
+                      shapeKey(desc, padH, padW, dtype) +
+                      (exactOnly() ? "|exact" : "");
     if (chooseAlgorithm(*plan, Direction(dir), key, buffers, fn) != FCC_OK)
       return nullptr;
     most = std::max(most, plan->workspace[dir]);
