@@ -440,7 +440,7 @@ template <class T>
 __global__ void normaliseKernel(const T *x, T *y, int64_t c, int64_t hw,
                                 int64_t total, const ChannelCoef *coef) {
   FCC_GRID_LOOP(e, total) {
-    const int64_t ch = divIndex(e, hw) % c;
+    const int64_t ch = modIndex(divIndex(e, hw), c);
     y[e] = fromFloat<T>(normalise(coef[ch], toFloat(x[e])));
   }
 }
@@ -450,7 +450,7 @@ __global__ void bnBackwardKernel(const T *x, const T *dy, T *dx, int64_t c,
                                  int64_t hw, int64_t total,
                                  const ChannelCoef *coef) {
   FCC_GRID_LOOP(e, total) {
-    const ChannelCoef &k = coef[divIndex(e, hw) % c];
+    const ChannelCoef &k = coef[modIndex(divIndex(e, hw), c)];
     const double xhat = (double(toFloat(x[e])) - k.mean) * k.invStd;
     dx[e] = fromFloat<T>(float(
         k.k * (double(toFloat(dy[e])) - k.meanG - xhat * k.meanGXhat)));
@@ -466,7 +466,7 @@ __global__ void fusedForwardKernel(const T *x, const T *residual, T *y,
   const int64_t outPlane = g.oh * g.ow;
   FCC_GRID_LOOP(o, total) {
     const int64_t p = divIndex(o, outPlane), q = o - p * outPlane;
-    const ChannelCoef &k = coef[p % c];
+    const ChannelCoef &k = coef[modIndex(p, c)];
     float v;
     if (g.kh == 0) {
       v = activate(g.act, normalise(k, toFloat(x[o])), g.alpha);
@@ -499,7 +499,7 @@ __global__ void fusedBackwardKernel(const T *x, const T *dy, T *dx,
   const int64_t hw = g.h * g.w;
   FCC_GRID_LOOP(e, total) {
     const int64_t p = divIndex(e, hw), j = e - p * hw;
-    const ChannelCoef &k = coef[p % c];
+    const ChannelCoef &k = coef[modIndex(p, c)];
     const float dz = fusedDz(x, dy, g, k, p, j);
     const double xhat = (double(toFloat(x[e])) - k.mean) * k.invStd;
     dx[e] = fromFloat<T>(

@@ -91,6 +91,11 @@ __device__ __forceinline__ int64_t divIndex(int64_t e, int64_t d) {
              : e / d;
 }
 
+// e % d for non-negative e and positive d, 32-bit when both fit.
+__device__ __forceinline__ int64_t modIndex(int64_t e, int64_t d) {
+  return e - divIndex(e, d) * d;
+}
+
 //===--- Philox-4x32-10 (runtime/cpu/random.cpp) -----------------------------===//
 
 // Fills out[0..3] with the block `block` of stream (seed, streamId): the

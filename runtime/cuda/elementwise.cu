@@ -137,7 +137,7 @@ template <class T>
 __global__ void addChannelBiasKernel(T *y, const T *bias, int64_t c,
                                      int64_t hw, int64_t total) {
   FCC_GRID_LOOP(e, total) {
-    const int64_t ch = divIndex(e, hw) % c;
+    const int64_t ch = modIndex(divIndex(e, hw), c);
     y[e] = fromFloat<T>(toFloat(y[e]) + toFloat(bias[ch]));
   }
 }
@@ -343,10 +343,85 @@ __device__ int64_t firstMaxIndex(const fcc_pool2d_desc &d, const T *plane,
   return firstNaN >= 0 ? firstNaN : best;
 }
 
+// Tiled pooling: windows that neither overlap nor leave gaps (no padding or
+// dilation, stride = window, the input exactly covered), as in ResNet9's
+// 2x2/2 and global pools. Then each input element lies in exactly one
+// window and one thread per window does the whole window: the forward reads
+// it once, the backward finds its first maximum once and writes every tap
+// (the general backward gathers per input element, finding each window's
+// maximum once per tap). Index math in 32 bits (tiledPool32 checks).
+bool isTiledPool(const fcc_pool2d_desc &d) {
+  return d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 && d.pad_r == 0 &&
+         d.dil_h == 1 && d.dil_w == 1 && d.stride_h == d.kh &&
+         d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw;
+}
+bool tiledPool32(const fcc_pool2d_desc &d) {
+  return isTiledPool(d) && d.n * d.c * d.h * d.w < (int64_t(1) << 31);
+}
+
+// The first tap of a tiled window holding its maximum (the first NaN if any
+// tap is NaN; a window of -inf: its first tap): firstMaxIndex's rule.
+template <class T>
+__device__ __forceinline__ float tiledWindowMax(const T *src, int w, int kh,
+                                                int kw, int &best) {
+  float m = -INFINITY;
+  int first = -1, firstNaN = -1;
+  for (int i = 0; i < kh; ++i)
+    for (int j = 0; j < kw; ++j) {
+      const int tap = i * kw + j;
+      const float v = toFloat(src[i * w + j]);
+      if (first < 0)
+        first = tap;
+      if (isnan(v)) {
+        if (firstNaN < 0)
+          firstNaN = tap;
+      } else if (v > m) {
+        m = v;
+        first = tap;
+      }
+    }
+  best = firstNaN >= 0 ? firstNaN : first;
+  return firstNaN >= 0 ? quietNaN() : m;
+}
+
+template <class T>
+__global__ void maxPoolTiledForwardKernel(int planes, int oh, int ow, int kh,
+                                          int kw, const T *x, T *y) {
+  const int w = ow * kw, count = planes * oh * ow;
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
+       o += blockDim.x * gridDim.x) {
+    const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
+    const T *src = x + (int64_t(p) * oh * kh + r * kh) * w + c * kw;
+    int best;
+    y[o] = fromFloat<T>(tiledWindowMax(src, w, kh, kw, best));
+  }
+}
+
+template <class T>
+__global__ void maxPoolTiledBackwardKernel(int planes, int oh, int ow, int kh,
+                                           int kw, const T *x, const T *dy,
+                                           T *dx) {
+  const int w = ow * kw, count = planes * oh * ow;
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
+       o += blockDim.x * gridDim.x) {
+    const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
+    const int64_t base = (int64_t(p) * oh * kh + r * kh) * w + c * kw;
+    int best;
+    tiledWindowMax(x + base, w, kh, kw, best);
+    // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
+    const T g = fromFloat<T>(0.0f + toFloat(dy[o]));
+    const T zero = fromFloat<T>(0.0f);
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j)
+        dx[base + i * w + j] = i * kw + j == best ? g : zero;
+  }
+}
+
 template <class T>
 __global__ void maxPoolForwardKernel(fcc_pool2d_desc d, const T *x, T *y) {
   FCC_GRID_LOOP(o, d.n * d.c * d.oh * d.ow) {
-    const int64_t ow = o % d.ow, t = o / d.ow, oh = t % d.oh, p = t / d.oh;
+    const int64_t t = divIndex(o, d.ow), ow = o - t * d.ow, p = divIndex(t, d.oh),
+                  oh = t - p * d.oh;
     const T *plane = x + p * d.h * d.w;
     const int64_t rs = oh * d.stride_h - d.pad_t, cs = ow * d.stride_w - d.pad_l;
     float m = -INFINITY;
@@ -396,7 +471,8 @@ template <class T>
 __global__ void maxPoolBackwardKernel(fcc_pool2d_desc d, const T *x,
                                       const T *dy, T *dx) {
   FCC_GRID_LOOP(e, d.n * d.c * d.h * d.w) {
-    const int64_t c = e % d.w, t = e / d.w, r = t % d.h, p = t / d.h;
+    const int64_t t = divIndex(e, d.w), c = e - t * d.w, p = divIndex(t, d.h),
+                  r = t - p * d.h;
     const T *plane = x + p * d.h * d.w;
     const T *grad = dy + p * d.oh * d.ow;
     const int64_t self = r * d.w + c;
@@ -431,7 +507,8 @@ __device__ double avgDivisor(const fcc_pool2d_desc &d, int64_t oh,
 template <class T>
 __global__ void avgPoolForwardKernel(fcc_pool2d_desc d, const T *x, T *y) {
   FCC_GRID_LOOP(o, d.n * d.c * d.oh * d.ow) {
-    const int64_t ow = o % d.ow, t = o / d.ow, oh = t % d.oh, p = t / d.oh;
+    const int64_t t = divIndex(o, d.ow), ow = o - t * d.ow, p = divIndex(t, d.oh),
+                  oh = t - p * d.oh;
     const T *plane = x + p * d.h * d.w;
     const int64_t rs = oh * d.stride_h - d.pad_t, cs = ow * d.stride_w - d.pad_l;
     double sum = 0.0;
@@ -452,7 +529,8 @@ __global__ void avgPoolForwardKernel(fcc_pool2d_desc d, const T *x, T *y) {
 template <class T>
 __global__ void avgPoolBackwardKernel(fcc_pool2d_desc d, const T *dy, T *dx) {
   FCC_GRID_LOOP(e, d.n * d.c * d.h * d.w) {
-    const int64_t c = e % d.w, t = e / d.w, r = t % d.h, p = t / d.h;
+    const int64_t t = divIndex(e, d.w), c = e - t * d.w, p = divIndex(t, d.h),
+                  r = t - p * d.h;
     const T *grad = dy + p * d.oh * d.ow;
     float g = 0.0f;
     forEachWindow(d, r, c, [&](int64_t oh, int64_t ow) {
@@ -767,9 +845,15 @@ extern "C" void fcc_cuda_max_pool2d_forward(const fcc_pool2d_desc *desc,
   if (!ready(fn) || !poolDesc(desc, d, fn))
     return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    maxPoolForwardKernel<T>
-        <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
-            d, static_cast<const T *>(x), static_cast<T *>(y));
+    if (tiledPool32(d))
+      maxPoolTiledForwardKernel<T>
+          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
+              int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw),
+              static_cast<const T *>(x), static_cast<T *>(y));
+    else
+      maxPoolForwardKernel<T>
+          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
+              d, static_cast<const T *>(x), static_cast<T *>(y));
   });
   checkLaunch(fn);
 }
@@ -782,10 +866,17 @@ extern "C" void fcc_cuda_max_pool2d_backward(const fcc_pool2d_desc *desc,
   if (!ready(fn) || !poolDesc(desc, d, fn))
     return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    maxPoolBackwardKernel<T>
-        <<<blocksFor(d.n * d.c * d.h * d.w), kThreads, 0, stream()>>>(
-            d, static_cast<const T *>(x), static_cast<const T *>(dy),
-            static_cast<T *>(dx));
+    if (tiledPool32(d))
+      maxPoolTiledBackwardKernel<T>
+          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
+              int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw),
+              static_cast<const T *>(x), static_cast<const T *>(dy),
+              static_cast<T *>(dx));
+    else
+      maxPoolBackwardKernel<T>
+          <<<blocksFor(d.n * d.c * d.h * d.w), kThreads, 0, stream()>>>(
+              d, static_cast<const T *>(x), static_cast<const T *>(dy),
+              static_cast<T *>(dx));
   });
   checkLaunch(fn);
 }

@@ -477,27 +477,40 @@ TEST_F(Cuda, Pooling) {
     const char *name;
     int64_t kh, kw, sh, sw, pt, pl, pb, pr, dh, dw;
     int ceil, includePad;
+    int64_t h = 9, w = 8;
   };
+  // The first five take the general kernels (the 9-row input is not
+  // covered by 2x2/2 windows); the last two the tiled ones (windows that
+  // exactly cover the input, as ResNet9's 2x2/2 and global pools), which
+  // also get a NaN and a window of -inf below.
   const Config configs[] = {
       {"2x2s2", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0},
       {"3x3s2p1", 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 0},
       {"3x3s1p1", 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1},
       {"3x2s2ceil", 3, 2, 2, 2, 1, 0, 1, 1, 1, 1, 1, 1},
       {"3x3s1d2", 3, 3, 1, 1, 2, 1, 2, 1, 2, 2, 1, 0},
+      {"2x2s2tiled", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0, 8, 6},
+      {"4x3s4x3tiled", 4, 3, 4, 3, 0, 0, 0, 0, 1, 1, 0, 0, 8, 6},
   };
   std::mt19937 rng(6);
   for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
     for (const Config &cfg : configs) {
       SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
       fcc_pool2d_desc d{};
-      d.n = 2, d.c = 3, d.h = 9, d.w = 8;
+      d.n = 2, d.c = 3, d.h = cfg.h, d.w = cfg.w;
       d.kh = cfg.kh, d.kw = cfg.kw, d.stride_h = cfg.sh, d.stride_w = cfg.sw;
       d.pad_t = cfg.pt, d.pad_l = cfg.pl, d.pad_b = cfg.pb, d.pad_r = cfg.pr;
       d.dil_h = cfg.dh, d.dil_w = cfg.dw;
       d.ceil_mode = cfg.ceil, d.count_include_pad = cfg.includePad;
       ASSERT_EQ(fcc_pool2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
       const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
-      const Floats x = gridFloats(rng, size_t(in)); // ties: first max wins
+      Floats x = gridFloats(rng, size_t(in)); // ties: first max wins
+      if (cfg.h != 9) {
+        x[size_t(d.w + 1)] = std::nanf(""); // a NaN wins its window
+        for (int64_t i = 0; i < d.kh; ++i)  // the last plane's last window
+          for (int64_t j = 0; j < d.kw; ++j)
+            x[size_t(in - 1 - i * d.w - j)] = -INFINITY;
+      }
       const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
       auto dx_ = upload(x, dtype), ddy = upload(dy, dtype);
       Buffer y(out * 4), dx(in * 4);
