@@ -14,6 +14,12 @@
 // non-deterministic backward algorithms accumulate with atomics); only if
 // none is deterministic the fastest of all. A cached choice is re-validated
 // with cudnnGet*WorkspaceSize and re-measured if cuDNN no longer accepts it.
+// (On an H200 the fastest algorithm of every ResNet9 shape was
+// deterministic or within 2% of one.) Two environment variables serve
+// experiments: FCC_CUDNN_LOG=1 prints every measured candidate, and
+// FCC_CUDNN_EXACT=1 leaves out the FFT and Winograd algorithms (cached
+// under their own keys): their fp32 filter gradients were 3.7e-3 from
+// float64 on ResNet9's first step against 1.4e-3 without them.
 //
 // Numerics: fp32 plans use CUDNN_FMA_MATH, i.e. true fp32 arithmetic (the
 // default math type lets cuDNN use TF32 tensor cores on Ampere and later,
