@@ -450,7 +450,25 @@ def self_test():
             print(f"{'ok  ' if ok else 'FAIL'} {label}: exit {got} (expected {want})")
             if not ok:
                 print(buf.getvalue())
-    print(f"{len(cases) + 6 - failed} passed, {failed} failed")
+        # --truth-per-tensor: B far off the truth in two tensors and close
+        # in fc.weight; A 20% off in fc.weight passes against the median
+        # of B's errors (40%) but not against B's own fc error (1%)
+        far = {"conv.weight": 1.4, "bn.bias": 1.4}
+        bf = os.path.join(tmp, "bfar")
+        write_dump(bf, model(grad_scale=dict(far, **{"fc.weight": 1.01})), 2.3, lr)
+        af = os.path.join(tmp, "afar")
+        write_dump(af, model(grad_scale=dict(far, **{"fc.weight": 1.2})), 2.3, lr)
+        for label, flags, want in [("truth: median rule", [], 0),
+                                   ("truth: --truth-per-tensor", ["--truth-per-tensor"], 1)]:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                got = main([af, bf, "--truth", tr] + flags)
+            ok = got == want
+            failed += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {label}: exit {got} (expected {want})")
+            if not ok:
+                print(buf.getvalue())
+    print(f"{len(cases) + 8 - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 
