@@ -41,6 +41,7 @@
 #include "common.cuh"
 
 #include <algorithm>
+#include <cstdint>
 
 using namespace fcc::cuda;
 
@@ -134,19 +135,27 @@ bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
 
 // Op(ch, plane, j) -> (a, b): the contribution of element j of plane
 // `plane` (= n * c + ch) to the channel's two sums.
+// The thread's element e = i * hw + j of the channel advances by the
+// stride in (i, j) form, with one carry, so the loop divides only once.
 template <class Op>
 __global__ void __launch_bounds__(kThreads)
     channelPartialsKernel(Op op, Layout l, int segments, double2 *partials) {
   const int64_t ch = blockIdx.y;
-  const uint64_t stride = uint64_t(segments) * kThreads;
+  const uint32_t stride = uint32_t(segments) * kThreads; // <= 2^15
+  const uint32_t si = stride / l.hw32, sj = stride - si * l.hw32;
+  uint64_t e = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
+  uint32_t i = uint32_t(e) / l.hw32, j = uint32_t(e) - i * l.hw32;
   double a = 0.0, b = 0.0;
-  for (uint64_t e = uint64_t(blockIdx.x) * kThreads + threadIdx.x; e < l.count;
-       e += stride) {
-    const uint32_t e32 = uint32_t(e); // < 2^32 by prepare()
-    const uint32_t i = e32 / l.hw32, j = e32 - i * l.hw32;
+  for (; e < l.count; e += stride) { // l.count < 2^32 by prepare()
     const double2 v = op(ch, int64_t(i) * l.c + ch, int64_t(j));
     a += v.x;
     b += v.y;
+    i += si;
+    j += sj;
+    if (j >= l.hw32) {
+      j -= l.hw32;
+      ++i;
+    }
   }
   blockSum2(a, b);
   if (threadIdx.x == 0)
@@ -492,6 +501,64 @@ __global__ void fusedForwardKernel(const T *x, const T *residual, T *y,
   }
 }
 
+// Without pooling, the fused sweeps take two neighbours per thread (one
+// 2-element load or store per tensor, one index division and one set of
+// channel coefficients per pair); each element's arithmetic is the scalar
+// kernels'. Used when hw is even and the buffers are aligned to a pair.
+template <class T> struct alignas(2 * sizeof(T)) Pair {
+  T v[2];
+};
+
+template <class T>
+bool pairAligned(const void *p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(Pair<T>) == 0;
+}
+
+template <class T>
+__global__ void fusedForwardPairsKernel(const T *x, const T *residual, T *y,
+                                        FusedGeom g, int64_t c, int64_t pairs,
+                                        const ChannelCoef *coef) {
+  const int64_t hwPairs = g.h * g.w / 2;
+  FCC_GRID_LOOP(q, pairs) {
+    const ChannelCoef &k = coef[modIndex(divIndex(q, hwPairs), c)];
+    const Pair<T> in = reinterpret_cast<const Pair<T> *>(x)[q];
+    Pair<T> res{};
+    if (residual)
+      res = reinterpret_cast<const Pair<T> *>(residual)[q];
+    Pair<T> out;
+    for (int h = 0; h < 2; ++h) {
+      float v = activate(g.act, normalise(k, toFloat(in.v[h])), g.alpha);
+      if (residual)
+        v = v + toFloat(res.v[h]);
+      out.v[h] = fromFloat<T>(v);
+    }
+    reinterpret_cast<Pair<T> *>(y)[q] = out;
+  }
+}
+
+template <class T>
+__global__ void fusedBackwardPairsKernel(const T *x, const T *dy, T *dx,
+                                         FusedGeom g, int64_t c,
+                                         int64_t pairs,
+                                         const ChannelCoef *coef) {
+  const int64_t hwPairs = g.h * g.w / 2;
+  FCC_GRID_LOOP(q, pairs) {
+    const ChannelCoef &k = coef[modIndex(divIndex(q, hwPairs), c)];
+    const Pair<T> xs = reinterpret_cast<const Pair<T> *>(x)[q];
+    const Pair<T> gs = reinterpret_cast<const Pair<T> *>(dy)[q];
+    Pair<T> out;
+    for (int h = 0; h < 2; ++h) {
+      const float xv = toFloat(xs.v[h]);
+      const float dz = activationGrad(g.act, normalise(k, xv),
+                                      toFloat(gs.v[h]), g.alpha);
+      const double xhat = (double(xv) - k.mean) * k.invStd;
+      out.v[h] = fromFloat<T>(
+          float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat)));
+    }
+    reinterpret_cast<Pair<T> *>(dx)[q] = out;
+  }
+}
+
 template <class T>
 __global__ void fusedBackwardKernel(const T *x, const T *dy, T *dx,
                                     FusedGeom g, int64_t c, int64_t total,
@@ -681,6 +748,20 @@ extern "C" void fcc_cuda_batch_norm_backward(
   });
 }
 
+// The fused forward sweep, in pairs when it can (see Pair).
+template <class T>
+void launchFusedForward(const T *x, const T *residual, T *y,
+                        const FusedGeom &g, int64_t c, int64_t total,
+                        const ChannelCoef *coef) {
+  if (g.kh == 0 && (g.h * g.w) % 2 == 0 && pairAligned<T>(x) &&
+      pairAligned<T>(y) && (!residual || pairAligned<T>(residual)))
+    fusedForwardPairsKernel<T><<<blocksFor(total / 2), kThreads, 0, stream()>>>(
+        x, residual, y, g, c, total / 2, coef);
+  else
+    fusedForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        x, residual, y, g, c, total, coef);
+}
+
 //===----------------------------------------------------------------------===//
 // C API: fused BatchNorm + activation (+ pool) (+ residual)
 //===----------------------------------------------------------------------===//
@@ -707,9 +788,8 @@ extern "C" void fcc_cuda_bn_act_train_forward(const fcc_bn_act_desc *d,
                        ShiftedFin<T>{xt, hw, count, d->eps, scale, shift,
                                      batch_mean, batch_var, s.coef}))
       return;
-    fusedForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
-        xt, static_cast<const T *>(residual), static_cast<T *>(y), g, d->c,
-        total, s.coef);
+    launchFusedForward<T>(xt, static_cast<const T *>(residual),
+                          static_cast<T *>(y), g, d->c, total, s.coef);
     checkLaunch(fn);
   });
 }
@@ -733,9 +813,9 @@ extern "C" void fcc_cuda_bn_act_inference(const fcc_bn_act_desc *d,
     return;
   const int64_t total = d->n * d->c * g.oh * g.ow;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    fusedForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
-        static_cast<const T *>(x), static_cast<const T *>(residual),
-        static_cast<T *>(y), g, d->c, total, s.coef);
+    launchFusedForward<T>(static_cast<const T *>(x),
+                          static_cast<const T *>(residual),
+                          static_cast<T *>(y), g, d->c, total, s.coef);
   });
   checkLaunch(fn);
 }
@@ -766,8 +846,15 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
     if (!channelReduce(fn, l, s, FusedGradOp<T>{xt, dyt, g, s.coef},
                        GradFin{count, scale, dscale, dshift, s.coef}))
       return;
-    fusedBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
-        xt, dyt, static_cast<T *>(dx), g, d->c, total, s.coef);
+    T *dxt = static_cast<T *>(dx);
+    if (g.kh == 0 && (g.h * g.w) % 2 == 0 && pairAligned<T>(xt) &&
+        pairAligned<T>(dyt) && pairAligned<T>(dxt))
+      fusedBackwardPairsKernel<T>
+          <<<blocksFor(total / 2), kThreads, 0, stream()>>>(
+              xt, dyt, dxt, g, d->c, total / 2, s.coef);
+    else
+      fusedBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+          xt, dyt, dxt, g, d->c, total, s.coef);
     checkLaunch(fn);
   });
 }

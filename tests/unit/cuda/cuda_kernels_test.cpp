@@ -619,9 +619,11 @@ TEST_F(Cuda, FusedBatchNormActivation) {
     float alpha;
     int64_t kh, kw, sh, sw;
     bool residual;
+    int64_t h = 7, w = 6; // an even plane: the sweeps without pooling take pairs
   };
   const Config configs[] = {
       {"relu", FCC_ACT_RELU, 1.0f, 0, 0, 0, 0, false},
+      {"relu_residual_odd", FCC_ACT_RELU, 1.0f, 0, 0, 0, 0, true, 5, 5},
       {"celu", FCC_ACT_CELU, 0.3f, 0, 0, 0, 0, false},
       {"none_residual", FCC_ACT_NONE, 1.0f, 0, 0, 0, 0, true},
       {"relu_pool2_residual", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, true},
@@ -634,7 +636,7 @@ TEST_F(Cuda, FusedBatchNormActivation) {
     for (const Config &cfg : configs) {
       SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
       fcc_bn_act_desc d{};
-      d.n = 3, d.c = 4, d.h = 7, d.w = 6;
+      d.n = 3, d.c = 4, d.h = cfg.h, d.w = cfg.w;
       d.activation = cfg.act, d.alpha = cfg.alpha, d.eps = 1e-5f;
       d.pool_kh = cfg.kh, d.pool_kw = cfg.kw, d.pool_sh = cfg.sh,
       d.pool_sw = cfg.sw;
