@@ -237,21 +237,14 @@ template <class T>
 __device__ int64_t fusedFirstMax(const T *plane, const FusedGeom &g,
                                  const ChannelCoef &k, int64_t oh,
                                  int64_t ow) {
-  float m = -INFINITY;
-  int64_t best = (oh * g.sh) * g.w + ow * g.sw, firstNaN = -1;
+  FirstMax scan;
   for (int64_t i = 0; i < g.kh; ++i)
     for (int64_t j = 0; j < g.kw; ++j) {
       const int64_t pos = (oh * g.sh + i) * g.w + ow * g.sw + j;
-      const float v = activate(g.act, normalise(k, toFloat(plane[pos])), g.alpha);
-      if (isnan(v)) {
-        if (firstNaN < 0)
-          firstNaN = pos;
-      } else if (v > m) {
-        m = v;
-        best = pos;
-      }
+      scan.take(activate(g.act, normalise(k, toFloat(plane[pos])), g.alpha),
+                pos);
     }
-  return firstNaN >= 0 ? firstNaN : best;
+  return scan.index();
 }
 
 // dz of element j of plane p: dy routed through the pooling (the sum, in

@@ -91,6 +91,30 @@ __device__ __forceinline__ int64_t divIndex(int64_t e, int64_t d) {
              : e / d;
 }
 
+// The first-maximum scan of max pooling (runtime/cpu/pool.cpp's
+// firstMaxIndex): feed a window's taps in row-major order; the first NaN
+// wins, else the first of the largest values, and a window of -inf keeps
+// its first tap. Shared by the pooling and fused BatchNorm kernels.
+struct FirstMax {
+  float max = -INFINITY;
+  int64_t best = -1, firstNaN = -1;
+  __device__ __forceinline__ void take(float v, int64_t pos) {
+    if (best < 0)
+      best = pos;
+    if (isnan(v)) {
+      if (firstNaN < 0)
+        firstNaN = pos;
+    } else if (v > max) {
+      max = v;
+      best = pos;
+    }
+  }
+  __device__ __forceinline__ bool sawNaN() const { return firstNaN >= 0; }
+  __device__ __forceinline__ int64_t index() const {
+    return sawNaN() ? firstNaN : best;
+  }
+};
+
 // e % d for non-negative e and positive d, 32-bit when both fit.
 __device__ __forceinline__ int64_t modIndex(int64_t e, int64_t d) {
   return e - divIndex(e, d) * d;

@@ -317,30 +317,18 @@ template <class T>
 __device__ int64_t firstMaxIndex(const fcc_pool2d_desc &d, const T *plane,
                                  int64_t oh, int64_t ow) {
   const int64_t rs = oh * d.stride_h - d.pad_t, cs = ow * d.stride_w - d.pad_l;
-  float m = -INFINITY;
-  int64_t best = -1, firstNaN = -1;
+  FirstMax scan;
   for (int64_t i = 0; i < d.kh; ++i) {
     const int64_t r = rs + i * d.dil_h;
     if (r < 0 || r >= d.h)
       continue;
     for (int64_t j = 0; j < d.kw; ++j) {
       const int64_t c = cs + j * d.dil_w;
-      if (c < 0 || c >= d.w)
-        continue;
-      const int64_t pos = r * d.w + c;
-      const float v = toFloat(plane[pos]);
-      if (best < 0)
-        best = pos; // A window of -inf: its first tap.
-      if (isnan(v)) {
-        if (firstNaN < 0)
-          firstNaN = pos;
-      } else if (v > m) {
-        m = v;
-        best = pos;
-      }
+      if (c >= 0 && c < d.w)
+        scan.take(toFloat(plane[r * d.w + c]), r * d.w + c);
     }
   }
-  return firstNaN >= 0 ? firstNaN : best;
+  return scan.index();
 }
 
 // Tiled pooling: windows that neither overlap nor leave gaps (no padding or
@@ -362,26 +350,13 @@ bool tiledPool32(const fcc_pool2d_desc &d) {
 // The first tap of a tiled window holding its maximum (the first NaN if any
 // tap is NaN; a window of -inf: its first tap): firstMaxIndex's rule.
 template <class T>
-__device__ __forceinline__ float tiledWindowMax(const T *src, int w, int kh,
-                                                int kw, int &best) {
-  float m = -INFINITY;
-  int first = -1, firstNaN = -1;
+__device__ __forceinline__ FirstMax tiledWindowMax(const T *src, int w,
+                                                   int kh, int kw) {
+  FirstMax scan;
   for (int i = 0; i < kh; ++i)
-    for (int j = 0; j < kw; ++j) {
-      const int tap = i * kw + j;
-      const float v = toFloat(src[i * w + j]);
-      if (first < 0)
-        first = tap;
-      if (isnan(v)) {
-        if (firstNaN < 0)
-          firstNaN = tap;
-      } else if (v > m) {
-        m = v;
-        first = tap;
-      }
-    }
-  best = firstNaN >= 0 ? firstNaN : first;
-  return firstNaN >= 0 ? quietNaN() : m;
+    for (int j = 0; j < kw; ++j)
+      scan.take(toFloat(src[i * w + j]), i * kw + j);
+  return scan;
 }
 
 template <class T>
@@ -392,8 +367,8 @@ __global__ void maxPoolTiledForwardKernel(int planes, int oh, int ow, int kh,
        o += blockDim.x * gridDim.x) {
     const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
     const T *src = x + (int64_t(p) * oh * kh + r * kh) * w + c * kw;
-    int best;
-    y[o] = fromFloat<T>(tiledWindowMax(src, w, kh, kw, best));
+    const FirstMax scan = tiledWindowMax(src, w, kh, kw);
+    y[o] = fromFloat<T>(scan.sawNaN() ? quietNaN() : scan.max);
   }
 }
 
@@ -406,8 +381,7 @@ __global__ void maxPoolTiledBackwardKernel(int planes, int oh, int ow, int kh,
        o += blockDim.x * gridDim.x) {
     const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
     const int64_t base = (int64_t(p) * oh * kh + r * kh) * w + c * kw;
-    int best;
-    tiledWindowMax(x + base, w, kh, kw, best);
+    const int64_t best = tiledWindowMax(x + base, w, kh, kw).index();
     // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
     const T g = fromFloat<T>(0.0f + toFloat(dy[o]));
     const T zero = fromFloat<T>(0.0f);
