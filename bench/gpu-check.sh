@@ -31,7 +31,7 @@
 # (f) exact: (experiment, not in the default --parts) the fp32 step again
 #            with FCC_CUDNN_EXACT=1 (no FFT/Winograd cuDNN algorithms),
 #            against the same float64 truth.
-# (g) profile: (not in the default --parts) one fp16 and one fp32 training
+# (g) profile: one fp16 and one fp32 training
 #            step (--dump-step) under Nsight Compute: time per kernel, summed
 #            by kernel name (profile-*.txt); every cuDNN search candidate
 #            (FCC_CUDNN_LOG=1, cudnn-search-*.log) and the timing cache.
@@ -58,10 +58,12 @@
 # (--keep-going runs the PyTorch and comm parts anyway).
 #
 # Flags: --epochs N (10)  --runs N (1, fcc)  --torch-runs N (as --runs)
-#   --seed N (0)  --parts step,train,table,comm,units  --keep-going
+#   --seed N (0)  --parts step,train,table,profile,units,comm (the default;
+#   also exact, layout)  --keep-going
 #   --fcc-precisions fp16,fp32  --no-compile  --no-torch-fp32
-#   --compile-mode MODE  --train-copies K (repeat the training file K times, for
-#   throughput with longer epochs)  --max-seconds S (480: parts that would
+#   --compile-mode MODE  --train-copies K (5: the carried 10000 training
+#   images repeated 5 times, 50000-image epochs as in the goals; accuracy is
+#   then that of 10000 distinct images)  --max-seconds S (480: parts that would
 #   start later are skipped)  --gpu-dir DIR  --work DIR  --results DIR
 #   --strict (skipped parts count as failures)
 #   --smoke-cpu (no GPU: the CPU trainers stand in for the CUDA ones and PyTorch
@@ -83,12 +85,12 @@ RUNS=1
 TORCH_RUNS=
 KEEP_GOING=0
 SEED=0
-PARTS=step,train,table,comm,units
+PARTS=step,train,table,profile,units,comm
 FCC_PRECISIONS=fp16,fp32
 DO_COMPILE=1
 DO_TORCH_FP32=1
 COMPILE_MODE=default
-TRAIN_COPIES=1
+TRAIN_COPIES=5
 MAX_SECONDS=480
 STRICT=0
 SMOKE=0
@@ -235,12 +237,17 @@ EOF
     return 1
   fi
   local data=$WORK/data
+  # copies of data_batch_1.bin as data_batch_2..K.bin (links; a real file
+  # of that name, carried with --train-records > 10000, stays)
+  local k
+  for k in 2 3 4 5; do
+    [ -L "$data/data_batch_$k.bin" ] && rm -f "$data/data_batch_$k.bin"
+  done
   if [ "$TRAIN_COPIES" -gt 1 ]; then
-    local k
     for (( k = 2; k <= TRAIN_COPIES && k <= 5; k++ )); do
-      ln -sf data_batch_1.bin "$data/data_batch_$k.bin"
+      [ -e "$data/data_batch_$k.bin" ] || ln -s data_batch_1.bin "$data/data_batch_$k.bin"
     done
-    echo "gpu-check: --train-copies $TRAIN_COPIES: data_batch_1.bin repeated (throughput only)"
+    echo "gpu-check: --train-copies $TRAIN_COPIES: data_batch_1.bin repeated as data_batch_2..$(( TRAIN_COPIES < 5 ? TRAIN_COPIES : 5 )).bin (50000-image epochs of 10000 distinct images)"
   fi
   cat "$GPU_DIR/data/NOTE.txt" 2>/dev/null
 
