@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 using namespace fcc::cuda;
 
@@ -283,6 +284,14 @@ __device__ float fusedDz(const T *x, const T *dy, const FusedGeom &g,
   return activationGrad(g.act, z, grad, g.alpha);
 }
 
+// dx of one element from its x and its gradient dz before the BatchNorm:
+// float(k * (dz - mean(dz) - xhat * mean(dz * xhat))).
+__device__ __forceinline__ float bnGradInput(const ChannelCoef &k, float x,
+                                             float dz) {
+  const double xhat = (double(x) - k.mean) * k.invStd;
+  return float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat));
+}
+
 //===----------------------------------------------------------------------===//
 // Reduction operands and finishers
 //===----------------------------------------------------------------------===//
@@ -453,9 +462,7 @@ __global__ void bnBackwardKernel(const T *x, const T *dy, T *dx, int64_t c,
                                  const ChannelCoef *coef) {
   FCC_GRID_LOOP(e, total) {
     const ChannelCoef &k = coef[modIndex(divIndex(e, hw), c)];
-    const double xhat = (double(toFloat(x[e])) - k.mean) * k.invStd;
-    dx[e] = fromFloat<T>(float(
-        k.k * (double(toFloat(dy[e])) - k.meanG - xhat * k.meanGXhat)));
+    dx[e] = fromFloat<T>(bnGradInput(k, toFloat(x[e]), toFloat(dy[e])));
   }
 }
 
@@ -502,9 +509,16 @@ template <class T> struct alignas(2 * sizeof(T)) Pair {
   T v[2];
 };
 
+// Whether a fused sweep over these buffers (null ones ignored) can take
+// pairs: no pooling, an even plane, every buffer aligned to a pair.
 template <class T>
-bool pairAligned(const void *p) {
-  return reinterpret_cast<uintptr_t>(p) % sizeof(Pair<T>) == 0;
+bool canPair(const FusedGeom &g, std::initializer_list<const void *> buffers) {
+  if (g.kh != 0 || (g.h * g.w) % 2 != 0)
+    return false;
+  for (const void *p : buffers)
+    if (reinterpret_cast<uintptr_t>(p) % sizeof(Pair<T>) != 0)
+      return false;
+  return true;
 }
 
 template <class T>
@@ -544,9 +558,7 @@ __global__ void fusedBackwardPairsKernel(const T *x, const T *dy, T *dx,
       const float xv = toFloat(xs.v[h]);
       const float dz = activationGrad(g.act, normalise(k, xv),
                                       toFloat(gs.v[h]), g.alpha);
-      const double xhat = (double(xv) - k.mean) * k.invStd;
-      out.v[h] = fromFloat<T>(
-          float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat)));
+      out.v[h] = fromFloat<T>(bnGradInput(k, xv, dz));
     }
     reinterpret_cast<Pair<T> *>(dx)[q] = out;
   }
@@ -560,10 +572,7 @@ __global__ void fusedBackwardKernel(const T *x, const T *dy, T *dx,
   FCC_GRID_LOOP(e, total) {
     const int64_t p = divIndex(e, hw), j = e - p * hw;
     const ChannelCoef &k = coef[modIndex(p, c)];
-    const float dz = fusedDz(x, dy, g, k, p, j);
-    const double xhat = (double(toFloat(x[e])) - k.mean) * k.invStd;
-    dx[e] = fromFloat<T>(
-        float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat)));
+    dx[e] = fromFloat<T>(bnGradInput(k, toFloat(x[e]), fusedDz(x, dy, g, k, p, j)));
   }
 }
 
@@ -746,8 +755,7 @@ template <class T>
 void launchFusedForward(const T *x, const T *residual, T *y,
                         const FusedGeom &g, int64_t c, int64_t total,
                         const ChannelCoef *coef) {
-  if (g.kh == 0 && (g.h * g.w) % 2 == 0 && pairAligned<T>(x) &&
-      pairAligned<T>(y) && (!residual || pairAligned<T>(residual)))
+  if (canPair<T>(g, {x, y, residual}))
     fusedForwardPairsKernel<T><<<blocksFor(total / 2), kThreads, 0, stream()>>>(
         x, residual, y, g, c, total / 2, coef);
   else
@@ -840,8 +848,7 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
                        GradFin{count, scale, dscale, dshift, s.coef}))
       return;
     T *dxt = static_cast<T *>(dx);
-    if (g.kh == 0 && (g.h * g.w) % 2 == 0 && pairAligned<T>(xt) &&
-        pairAligned<T>(dyt) && pairAligned<T>(dxt))
+    if (canPair<T>(g, {xt, dyt, dxt}))
       fusedBackwardPairsKernel<T>
           <<<blocksFor(total / 2), kThreads, 0, stream()>>>(
               xt, dyt, dxt, g, d->c, total / 2, s.coef);

@@ -337,14 +337,12 @@ __device__ int64_t firstMaxIndex(const fcc_pool2d_desc &d, const T *plane,
 // window and one thread per window does the whole window: the forward reads
 // it once, the backward finds its first maximum once and writes every tap
 // (the general backward gathers per input element, finding each window's
-// maximum once per tap). Index math in 32 bits (tiledPool32 checks).
-bool isTiledPool(const fcc_pool2d_desc &d) {
+// maximum once per tap). Index math in 32 bits, hence the size limit.
+bool tiledPool32(const fcc_pool2d_desc &d) {
   return d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 && d.pad_r == 0 &&
          d.dil_h == 1 && d.dil_w == 1 && d.stride_h == d.kh &&
-         d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw;
-}
-bool tiledPool32(const fcc_pool2d_desc &d) {
-  return isTiledPool(d) && d.n * d.c * d.h * d.w < (int64_t(1) << 31);
+         d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw &&
+         d.n * d.c * d.h * d.w < (int64_t(1) << 31);
 }
 
 // The first tap of a tiled window holding its maximum (the first NaN if any
@@ -359,15 +357,22 @@ __device__ __forceinline__ FirstMax tiledWindowMax(const T *src, int w,
   return scan;
 }
 
+// Offset of the first tap of tiled window o (planes x oh x ow windows of
+// kh x kw over planes of oh*kh x ow*kw elements).
+__device__ __forceinline__ int64_t tiledWindowBase(int o, int oh, int ow,
+                                                   int kh, int kw) {
+  const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
+  return (int64_t(p) * oh * kh + r * kh) * (ow * kw) + c * kw;
+}
+
 template <class T>
 __global__ void maxPoolTiledForwardKernel(int planes, int oh, int ow, int kh,
                                           int kw, const T *x, T *y) {
   const int w = ow * kw, count = planes * oh * ow;
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
        o += blockDim.x * gridDim.x) {
-    const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
-    const T *src = x + (int64_t(p) * oh * kh + r * kh) * w + c * kw;
-    const FirstMax scan = tiledWindowMax(src, w, kh, kw);
+    const FirstMax scan =
+        tiledWindowMax(x + tiledWindowBase(o, oh, ow, kh, kw), w, kh, kw);
     y[o] = fromFloat<T>(scan.sawNaN() ? quietNaN() : scan.max);
   }
 }
@@ -379,8 +384,7 @@ __global__ void maxPoolTiledBackwardKernel(int planes, int oh, int ow, int kh,
   const int w = ow * kw, count = planes * oh * ow;
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
        o += blockDim.x * gridDim.x) {
-    const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
-    const int64_t base = (int64_t(p) * oh * kh + r * kh) * w + c * kw;
+    const int64_t base = tiledWindowBase(o, oh, ow, kh, kw);
     const int64_t best = tiledWindowMax(x + base, w, kh, kw).index();
     // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
     const T g = fromFloat<T>(0.0f + toFloat(dy[o]));
