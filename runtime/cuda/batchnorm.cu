@@ -35,7 +35,10 @@
 // The fused backward computes dz (the gradient before the activation, with
 // dy routed to the first maximum of each pooling window) in both of its
 // sweeps rather than storing it: dx may be half precision, and dz must stay
-// fp32 between the sweeps as on the CPU.
+// fp32 between the sweeps as on the CPU. When the pooling tiles its input
+// (ResNet9's 2x2/2 pools), the fused kernels take one pooling window per
+// thread (tiledFused): the backward finds each window's first maximum once
+// instead of once per tap, with 32-bit index math.
 //
 //===----------------------------------------------------------------------===//
 #include "common.cuh"
@@ -43,6 +46,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 using namespace fcc::cuda;
 
@@ -292,6 +296,79 @@ __device__ __forceinline__ float bnGradInput(const ChannelCoef &k, float x,
   return float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat));
 }
 
+// Tiled pooling (ResNet9's 2x2/2 pools: windows that neither overlap nor
+// leave gaps, see tiledFused): every input element lies in exactly one
+// window, so the backward takes one window per thread instead of one
+// element (whose fusedDz searches every window holding it, with 64-bit
+// index division, and rescans each window's taps).
+//
+// tiledFusedWindow walks window o (first tap at plane offset `base`):
+// finds the first maximum of act(normalise(x)) in row-major tap order, then
+// calls f(offset, x, dz) for each tap, dz being fusedDz's value for it: the
+// window's gradient (0 + dy, as fusedDz's sum of one term) at the first
+// maximum, 0 elsewhere, through the activation's derivative. K > 0: the
+// window is K x K (a compile-time size: the loops unroll and the taps'
+// values stay in registers between the two scans); K = 0: the size is read
+// from g and the second scan reloads and renormalises.
+template <int K, class T, class F>
+__device__ __forceinline__ void tiledFusedWindow(const T *x, const T *dy,
+                                                 const FusedGeom &g,
+                                                 const ChannelCoef &k,
+                                                 int64_t base, int64_t o,
+                                                 F f) {
+  const int w = int(g.w);
+  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
+  [[maybe_unused]] float xs[K > 0 ? K * K : 1], zs[K > 0 ? K * K : 1];
+  FirstMax scan;
+#pragma unroll
+  for (int i = 0; i < kh; ++i)
+#pragma unroll
+    for (int j = 0; j < kw; ++j) {
+      const float xv = toFloat(x[base + i * w + j]);
+      const float z = normalise(k, xv);
+      if constexpr (K > 0) {
+        xs[i * kw + j] = xv;
+        zs[i * kw + j] = z;
+      }
+      scan.take(activate(g.act, z, g.alpha), i * kw + j);
+    }
+  const int64_t best = scan.index();
+  const float gy = 0.0f + toFloat(dy[o]);
+#pragma unroll
+  for (int i = 0; i < kh; ++i)
+#pragma unroll
+    for (int j = 0; j < kw; ++j) {
+      const int64_t e = base + i * w + j;
+      float xv, z;
+      if constexpr (K > 0) {
+        xv = xs[i * kw + j];
+        z = zs[i * kw + j];
+      } else {
+        xv = toFloat(x[e]);
+        z = normalise(k, xv);
+      }
+      const float dz = activationGrad(g.act, z,
+                                      i * kw + j == best ? gy : 0.0f, g.alpha);
+      f(e, xv, dz);
+    }
+}
+
+// Calls f(std::integral_constant<int, K>()) with the K of tiledFusedWindow:
+// 2 for 2x2 windows (ResNet9's pools), else 0.
+template <class F> void withWindowSize(const FusedGeom &g, F f) {
+  if (g.kh == 2 && g.kw == 2)
+    f(std::integral_constant<int, 2>());
+  else
+    f(std::integral_constant<int, 0>());
+}
+
+// Whether the fused kernels may take the pooling window by window: tiled
+// windows (stride = window, the input exactly covered) and 32-bit indices.
+bool tiledFused(const FusedGeom &g, int64_t planes) {
+  return g.kh != 0 && g.sh == g.kh && g.sw == g.kw && g.h == g.oh * g.kh &&
+         g.w == g.ow * g.kw && planes * g.h * g.w < (int64_t(1) << 31);
+}
+
 //===----------------------------------------------------------------------===//
 // Reduction operands and finishers
 //===----------------------------------------------------------------------===//
@@ -345,6 +422,28 @@ template <class T> struct FusedGradOp {
     const double v = double(fusedDz(x, dy, g, k, p, j));
     const double xv = double(toFloat(x[p * g.h * g.w + j]));
     return make_double2(v, v * (xv - k.mean) * k.invStd);
+  }
+};
+
+// FusedGradOp summed over tiled window q of plane p (a Layout of windows:
+// hw = oh * ow), taps in row-major order.
+template <class T, int K> struct TiledFusedGradOp {
+  const T *x, *dy;
+  FusedGeom g;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t q) const {
+    const ChannelCoef &k = coef[ch];
+    const int oh = int(g.oh), ow = int(g.ow);
+    const int o = int(p) * oh * ow + int(q);
+    double a = 0.0, b = 0.0;
+    tiledFusedWindow<K>(x, dy, g, k,
+                        tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), o,
+                        [&](int64_t, float xv, float dz) {
+                       const double v = double(dz);
+                       a += v;
+                       b += v * (double(xv) - k.mean) * k.invStd;
+                     });
+    return make_double2(a, b);
   }
 };
 
@@ -576,6 +675,51 @@ __global__ void fusedBackwardKernel(const T *x, const T *dy, T *dx,
   }
 }
 
+// Tiled pooling, one thread per window (= output element): the forward
+// of fusedForwardKernel with 32-bit index math; the backward writes dx for
+// every tap of its window.
+template <class T, int K>
+__global__ void tiledFusedForwardKernel(const T *x, const T *residual, T *y,
+                                        FusedGeom g, int c, int count,
+                                        const ChannelCoef *coef) {
+  const int oh = int(g.oh), ow = int(g.ow);
+  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
+  const int w = int(g.w), outPlane = oh * ow;
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
+       o += blockDim.x * gridDim.x) {
+    const ChannelCoef &k = coef[(o / outPlane) % c];
+    const T *src = x + tiledWindowBase(o, oh, ow, kh, kw);
+    FirstMax scan;
+#pragma unroll
+    for (int i = 0; i < kh; ++i)
+#pragma unroll
+      for (int j = 0; j < kw; ++j)
+        scan.take(activate(g.act, normalise(k, toFloat(src[i * w + j])),
+                           g.alpha),
+                  i * kw + j);
+    float v = scan.sawNaN() ? quietNaN() : scan.max;
+    if (residual)
+      v = v + toFloat(residual[o]);
+    y[o] = fromFloat<T>(v);
+  }
+}
+
+template <class T, int K>
+__global__ void tiledFusedBackwardKernel(const T *x, const T *dy, T *dx,
+                                         FusedGeom g, int c, int count,
+                                         const ChannelCoef *coef) {
+  const int oh = int(g.oh), ow = int(g.ow);
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
+       o += blockDim.x * gridDim.x) {
+    const ChannelCoef &k = coef[(o / (oh * ow)) % c];
+    tiledFusedWindow<K>(x, dy, g, k,
+                        tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), o,
+                        [&](int64_t e, float xv, float dz) {
+                          dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
+                        });
+  }
+}
+
 __global__ void updateRunningKernel(float *runningMean, float *runningVar,
                                     const float *batchMean,
                                     const float *batchVar, double momentum,
@@ -755,7 +899,13 @@ template <class T>
 void launchFusedForward(const T *x, const T *residual, T *y,
                         const FusedGeom &g, int64_t c, int64_t total,
                         const ChannelCoef *coef) {
-  if (canPair<T>(g, {x, y, residual}))
+  if (g.kh != 0 && tiledFused(g, total / (g.oh * g.ow)))
+    withWindowSize(g, [&](auto size) {
+      constexpr int K = decltype(size)::value;
+      tiledFusedForwardKernel<T, K><<<blocksFor(total), kThreads, 0, stream()>>>(
+          x, residual, y, g, int(c), int(total), coef);
+    });
+  else if (canPair<T>(g, {x, y, residual}))
     fusedForwardPairsKernel<T><<<blocksFor(total / 2), kThreads, 0, stream()>>>(
         x, residual, y, g, c, total / 2, coef);
   else
@@ -832,8 +982,12 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
   FusedGeom g;
   Layout l;
   Scratch s;
-  if (!ready(fn) || !fusedGeom(d, g, fn) ||
-      !prepare(fn, d->n, d->c, d->h * d->w, l, s))
+  if (!ready(fn) || !fusedGeom(d, g, fn))
+    return;
+  // Tiled pooling reduces window by window: a Layout of oh * ow windows
+  // per plane.
+  const bool tiled = tiledFused(g, d->n * d->c);
+  if (!prepare(fn, d->n, d->c, tiled ? g.oh * g.ow : d->h * d->w, l, s))
     return;
   coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
       scale, shift, batch_mean, batch_var, d->eps, true, d->c, s.coef);
@@ -844,10 +998,24 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     const T *xt = static_cast<const T *>(x);
     const T *dyt = static_cast<const T *>(dy);
-    if (!channelReduce(fn, l, s, FusedGradOp<T>{xt, dyt, g, s.coef},
-                       GradFin{count, scale, dscale, dshift, s.coef}))
-      return;
+    const GradFin fin{count, scale, dscale, dshift, s.coef};
     T *dxt = static_cast<T *>(dx);
+    if (tiled) {
+      withWindowSize(g, [&](auto size) {
+        constexpr int K = decltype(size)::value;
+        if (!channelReduce(fn, l, s,
+                           TiledFusedGradOp<T, K>{xt, dyt, g, s.coef}, fin))
+          return;
+        const int64_t windows = d->n * d->c * g.oh * g.ow;
+        tiledFusedBackwardKernel<T, K>
+            <<<blocksFor(windows), kThreads, 0, stream()>>>(
+                xt, dyt, dxt, g, int(d->c), int(windows), s.coef);
+        checkLaunch(fn);
+      });
+      return;
+    }
+    if (!channelReduce(fn, l, s, FusedGradOp<T>{xt, dyt, g, s.coef}, fin))
+      return;
     if (canPair<T>(g, {xt, dyt, dxt}))
       fusedBackwardPairsKernel<T>
           <<<blocksFor(total / 2), kThreads, 0, stream()>>>(

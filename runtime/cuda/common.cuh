@@ -115,6 +115,19 @@ struct FirstMax {
   }
 };
 
+// The quiet NaN std::numeric_limits<float>::quiet_NaN() has (0x7fc00000).
+__device__ __forceinline__ float quietNaN() { return __int_as_float(0x7fc00000); }
+
+// Offset of the first tap of tiled pooling window o (planes x oh x ow
+// windows of kh x kw over planes of oh*kh x ow*kw elements: windows that
+// neither overlap nor leave gaps). 32-bit index math: the callers check
+// that the tensor has fewer than 2^31 elements.
+__device__ __forceinline__ int64_t tiledWindowBase(int o, int oh, int ow,
+                                                   int kh, int kw) {
+  const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
+  return (int64_t(p) * oh * kh + r * kh) * (ow * kw) + c * kw;
+}
+
 // e % d for non-negative e and positive d, 32-bit when both fit.
 __device__ __forceinline__ int64_t modIndex(int64_t e, int64_t d) {
   return e - divIndex(e, d) * d;

@@ -34,9 +34,6 @@ using namespace fcc::cuda;
 
 namespace {
 
-// The quiet NaN std::numeric_limits<float>::quiet_NaN() has (0x7fc00000).
-__device__ __forceinline__ float quietNaN() { return __int_as_float(0x7fc00000); }
-
 //===----------------------------------------------------------------------===//
 // Activations and other elementwise maps
 //===----------------------------------------------------------------------===//
@@ -355,14 +352,6 @@ __device__ __forceinline__ FirstMax tiledWindowMax(const T *src, int w,
     for (int j = 0; j < kw; ++j)
       scan.take(toFloat(src[i * w + j]), i * kw + j);
   return scan;
-}
-
-// Offset of the first tap of tiled window o (planes x oh x ow windows of
-// kh x kw over planes of oh*kh x ow*kw elements).
-__device__ __forceinline__ int64_t tiledWindowBase(int o, int oh, int ow,
-                                                   int kh, int kw) {
-  const int c = o % ow, t = o / ow, r = t % oh, p = t / oh;
-  return (int64_t(p) * oh * kh + r * kh) * (ow * kw) + c * kw;
 }
 
 template <class T>

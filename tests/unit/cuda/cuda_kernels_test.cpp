@@ -630,6 +630,12 @@ TEST_F(Cuda, FusedBatchNormActivation) {
       {"celu_pool3s2", FCC_ACT_CELU, 0.5f, 3, 3, 2, 2, false},
       {"relu_pool3s1", FCC_ACT_RELU, 1.0f, 3, 3, 1, 1, false},
       {"relu_global", FCC_ACT_RELU, 1.0f, 7, 6, 7, 6, false},
+      // Tiled pools (stride = window, the plane exactly covered): the
+      // kernels take one window per thread.
+      {"relu_pool2_tiled_residual", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, true, 8, 6},
+      {"celu_pool2_tiled", FCC_ACT_CELU, 0.4f, 2, 2, 2, 2, false, 6, 4},
+      {"celu_pool4x3_tiled", FCC_ACT_CELU, 0.7f, 4, 3, 4, 3, false, 8, 6},
+      {"none_pool2x1_tiled", FCC_ACT_NONE, 1.0f, 2, 1, 2, 1, true, 4, 5},
   };
   std::mt19937 rng(8);
   for (int dtype : kHalfTypes)
