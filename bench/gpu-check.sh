@@ -38,6 +38,10 @@
 # (h) layout: (not in the default --parts) PyTorch eager fp16, 3 epochs,
 #            channels-last against NCHW: what the memory layout is worth to
 #            cuDNN on this GPU.
+# (k) kernels: fcc-kernel-bench: ResNet9's fused BatchNorm kernels (window
+#            per thread against per element, FCC_BN_GENERAL=1) and cuDNN's
+#            convolutions with NCHW against NHWC activations, at the training
+#            step's shapes (kernels.log; about a minute).
 # (e) units: cuda_kernels_test (every GPU kernel, compressor and compression
 #            op against the CPU's) and fcc-compress-bench --gpu-only (GB/s of
 #            each compressor against the device's bandwidth).
@@ -51,14 +55,14 @@
 # device tool's machine, else bench/gpu/results).
 #
 # Order: step, the fcc training runs, the PyTorch runs, table, then exact,
-# profile, layout, units and comm (the side-by-side timing first). If
+# profile, kernels, layout, units and comm (the side-by-side timing first). If
 # no CUDA trainer ran at all (step and fcc training both failed), the script
 # runs the trainer once under compute-sanitizer (when there is one), then the
 # unit tests, and stops there, leaving the device time for a rerun after a fix
 # (--keep-going runs the PyTorch and comm parts anyway).
 #
 # Flags: --epochs N (10)  --runs N (1, fcc)  --torch-runs N (as --runs)
-#   --seed N (0)  --parts step,train,table,profile,units,comm (the default;
+#   --seed N (0)  --parts step,train,table,profile,kernels,units,comm (the default;
 #   also exact, layout)  --keep-going
 #   --fcc-precisions fp16,fp32  --no-compile  --no-torch-fp32
 #   --compile-mode MODE  --train-copies K (5: the carried 10000 training
@@ -85,7 +89,7 @@ RUNS=1
 TORCH_RUNS=
 KEEP_GOING=0
 SEED=0
-PARTS=step,train,table,profile,units,comm
+PARTS=step,train,table,profile,kernels,units,comm
 FCC_PRECISIONS=fp16,fp32
 DO_COMPILE=1
 DO_TORCH_FP32=1
@@ -336,6 +340,7 @@ EOF
   has_part table && part_table "$gpu_name"
   has_part exact && part_exact
   has_part profile && part_profile
+  has_part kernels && part_kernels
   has_part layout && part_layout "$data"
   has_part units && part_units
   has_part comm && part_comm "$data"
@@ -589,6 +594,21 @@ part_comm() {
     else
       record "comm-train-qsgd" FAIL "exit status $?"
     fi
+  fi
+}
+
+# -- (k) kernel benchmark ----------------------------------------------------------
+part_kernels() {
+  section "(k) fcc-kernel-bench: BatchNorm kernels, NCHW vs NHWC convolutions"
+  local b=$WORK/bin/fcc-kernel-bench
+  if [ "$SMOKE" = 1 ]; then
+    record kernels skipped "--smoke-cpu: no GPU to measure"
+  elif [ ! -x "$b" ]; then
+    record kernels skipped "no fcc-kernel-bench in the bundle"
+  elif run_logged kernels 150 env LD_LIBRARY_PATH="$TRAINER_LD" "$b"; then
+    record kernels info "tables in kernels.log"
+  else
+    record kernels FAIL "exit status $?; see kernels.log"
   fi
 }
 

@@ -17,8 +17,9 @@
 #                                   the same --seed gives the same weights
 #                                   r9bot-{cuda,cpu}-{qsgd,topk}: compressed
 #                                   gradients (fp32), for the comm part;
-#                                   cuda_kernels_test, fcc-compress-bench: the
-#                                   GPU unit tests and compressor benchmark
+#                                   cuda_kernels_test, fcc-compress-bench,
+#                                   fcc-kernel-bench: the GPU unit tests, the
+#                                   compressor and kernel benchmarks
 #   bench/gpu/lib/*.xz              shared libraries the trainers need that a GPU
 #                                   machine lacks (oneDNN, OpenBLAS, Open MPI and
 #                                   theirs);
@@ -175,9 +176,9 @@ if [ "$CUDA_NOTE" = built ]; then
       say "WARNING: the compressed ($name) trainers did not build"
     fi
   done
-  # The GPU unit tests and the compressor benchmark (gpu-check.sh's units
-  # part), when this build has them.
-  for t in cuda_kernels_test fcc-compress-bench; do
+  # The GPU unit tests and the benchmarks (gpu-check.sh's units and kernels
+  # parts), when this build has them.
+  for t in cuda_kernels_test fcc-compress-bench fcc-kernel-bench; do
     if [ -x "$BUILD/bin/$t" ]; then
       cp "$BUILD/bin/$t" "$TMP/$t"
       COMPILED+=("$t")

@@ -45,6 +45,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -364,7 +366,14 @@ template <class F> void withWindowSize(const FusedGeom &g, F f) {
 
 // Whether the fused kernels may take the pooling window by window: tiled
 // windows (stride = window, the input exactly covered) and 32-bit indices.
+// FCC_BN_GENERAL=1 in the environment turns this off (the per-element
+// kernels every geometry can take), for side-by-side measurements
+// (fcc-kernel-bench); it is read at each call, i.e. when a CUDA graph is
+// captured, not when it replays.
 bool tiledFused(const FusedGeom &g, int64_t planes) {
+  const char *general = std::getenv("FCC_BN_GENERAL");
+  if (general && std::strcmp(general, "1") == 0)
+    return false;
   return g.kh != 0 && g.sh == g.kh && g.sw == g.kw && g.h == g.oh * g.kh &&
          g.w == g.ow * g.kw && planes * g.h * g.w < (int64_t(1) << 31);
 }

@@ -1,0 +1,479 @@
+//===- kernel_bench.cpp - ResNet9's GPU kernels, one by one, side by side -===//
+//
+// fcc-kernel-bench: times the two kinds of work that fill a ResNet9 training
+// step on the GPU (bench/RESULTS.md, "Where a training step's time goes") at
+// the step's own shapes (batch --batch, fp16), so that a change to either
+// can be judged in seconds of device time, without training:
+//
+//  bn    fcc's fused BatchNorm + ReLU (+ 2x2 max pool) (+ residual) training
+//        forward and backward (runtime/cuda/batchnorm.cu) for each of
+//        ResNet9's eight BatchNorms; the pooled ones twice, with the
+//        window-per-thread kernels (default) and with the per-element ones
+//        (FCC_BN_GENERAL=1). Bandwidth counts the least traffic each call
+//        needs (forward: read x, write y, read the residual; backward: read
+//        x and dy, write dx), against the device's peak.
+//  conv  cuDNN's fastest algorithm (cudnnFind*AlgorithmEx, then timed) for
+//        the forward, data-gradient and filter-gradient convolution of each
+//        of ResNet9's convolution shapes, with activations NCHW (what fcc
+//        uses today: cuDNN transposes around its tensor-core kernels) and
+//        NHWC (filters KRSC, or KCRS to see whether cuDNN takes the mixed
+//        form): the measurement behind the NHWC item of issue 5's roadmap.
+//
+// Totals weight each layer by how often a step runs it. Exit status 2 when
+// there is no GPU, 1 on an error of the runtime.
+//
+//   fcc-kernel-bench [--parts bn,conv] [--batch 512] [--iters 20]
+//
+//===----------------------------------------------------------------------===//
+#include "fcc/runtime/cpu_kernels.h"
+#include "fcc/runtime/cuda_kernels.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Options {
+  bool bn = true, conv = true;
+  int64_t batch = 512;
+  int iters = 20;
+};
+
+[[noreturn]] void usage(const char *why) {
+  std::fprintf(stderr,
+               "fcc-kernel-bench: %s\nusage: fcc-kernel-bench [--parts "
+               "bn,conv] [--batch N] [--iters N]\n",
+               why);
+  std::exit(64);
+}
+
+Options parse(int argc, char **argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("usage: fcc-kernel-bench [--parts bn,conv] [--batch N] "
+                  "[--iters N]\n");
+      std::exit(0);
+    }
+    if (i + 1 >= argc)
+      usage(("missing value for " + a).c_str());
+    const std::string v = argv[++i];
+    if (a == "--parts") {
+      o.bn = o.conv = false;
+      size_t start = 0;
+      while (start <= v.size()) {
+        const size_t end = std::min(v.find(',', start), v.size());
+        const std::string p = v.substr(start, end - start);
+        if (p == "bn")
+          o.bn = true;
+        else if (p == "conv")
+          o.conv = true;
+        else
+          usage(("--parts: unknown part '" + p + "' (bn, conv)").c_str());
+        start = end + 1;
+      }
+    } else if (a == "--batch" || a == "--iters") {
+      char *end = nullptr;
+      const long long n = std::strtoll(v.c_str(), &end, 10);
+      if (!end || *end || n < 1 || n > 65536)
+        usage((a + ": expected an integer in [1, 65536], got '" + v + "'")
+                  .c_str());
+      if (a == "--batch")
+        o.batch = n;
+      else
+        o.iters = int(n);
+    } else {
+      usage(("unknown flag " + a).c_str());
+    }
+  }
+  return o;
+}
+
+[[noreturn]] void fail(const std::string &what) {
+  std::fprintf(stderr, "fcc-kernel-bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+// A device buffer of `count` fp16 values, uniform in [lo, hi).
+void *randomHalf(int64_t count, float lo, float hi, std::mt19937 &rng) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<__half> h(static_cast<size_t>(count));
+  for (__half &v : h)
+    v = __float2half(u(rng));
+  void *d = fcc_cuda_malloc(2 * count);
+  if (!d || fcc_cuda_copy_to_device(d, h.data(), 2 * count) != 0)
+    fail(std::string("device memory: ") + fcc_cuda_last_error());
+  return d;
+}
+
+float *randomFloat(int64_t count, float lo, float hi, std::mt19937 &rng) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> h(static_cast<size_t>(count));
+  for (float &v : h)
+    v = u(rng);
+  void *d = fcc_cuda_malloc(4 * count);
+  if (!d || fcc_cuda_copy_to_device(d, h.data(), 4 * count) != 0)
+    fail(std::string("device memory: ") + fcc_cuda_last_error());
+  return static_cast<float *>(d);
+}
+
+// Milliseconds per call of f on fcc's stream: 3 warm-up calls, then iters
+// calls between two events.
+template <class F> double timeMs(int iters, F f) {
+  cudaStream_t s = static_cast<cudaStream_t>(fcc_cuda_stream());
+  for (int i = 0; i < 3; ++i)
+    f();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a, s);
+  for (int i = 0; i < iters; ++i)
+    f();
+  cudaEventRecord(b, s);
+  cudaEventSynchronize(b);
+  float ms = 0.0f;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  if (fcc_cuda_synchronize() != 0)
+    fail(std::string("a timed call failed: ") + fcc_cuda_last_error());
+  return double(ms) / iters;
+}
+
+//===----------------------------------------------------------------------===//
+// BatchNorm
+//===----------------------------------------------------------------------===//
+
+struct BnLayer {
+  const char *name;
+  int64_t c, hw; // input channels, height = width
+  bool pool, residual;
+  int times; // per training step
+};
+
+// resnet9 / resnet9-bot (fcc-models) at its default width.
+const BnLayer kBnLayers[] = {
+    {"prep", 64, 32, false, false, 1},
+    {"layer1", 128, 32, true, false, 1},
+    {"layer1.res1", 128, 16, false, false, 1},
+    {"layer1.res2", 128, 16, false, true, 1},
+    {"layer2", 256, 16, true, false, 1},
+    {"layer3", 512, 8, true, false, 1},
+    {"layer3.res1", 512, 4, false, false, 1},
+    {"layer3.res2", 512, 4, false, true, 1},
+};
+
+void benchBn(const Options &o, double peakBytes) {
+  std::printf("## Fused BatchNorm + ReLU (+ pool) (+ residual), fp16, batch "
+              "%lld\n\n",
+              static_cast<long long>(o.batch));
+  std::printf("| layer | C x H x W | pool | kernels | forward ms | GB/s | of "
+              "peak | backward ms | GB/s | of peak |\n");
+  std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
+  std::mt19937 rng(1);
+  double total[2] = {0.0, 0.0}; // window kernels, per-element kernels
+  for (const BnLayer &l : kBnLayers) {
+    fcc_bn_act_desc d{};
+    d.n = o.batch, d.c = l.c, d.h = l.hw, d.w = l.hw;
+    d.activation = FCC_ACT_RELU, d.alpha = 1.0f, d.eps = 1e-5f;
+    if (l.pool)
+      d.pool_kh = d.pool_kw = d.pool_sh = d.pool_sw = 2;
+    if (fcc_bn_act_desc_finalize(&d) != 0)
+      fail(std::string("bn descriptor: ") + fcc_cpu_last_error());
+    const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+    void *x = randomHalf(in, -2.0f, 2.0f, rng);
+    void *dy = randomHalf(out, -1.0f, 1.0f, rng);
+    void *res = l.residual ? randomHalf(out, -1.0f, 1.0f, rng) : nullptr;
+    void *y = fcc_cuda_malloc(2 * out), *dx = fcc_cuda_malloc(2 * in);
+    float *scale = randomFloat(l.c, 0.5f, 1.5f, rng);
+    float *shift = randomFloat(l.c, -0.5f, 0.5f, rng);
+    float *bm = randomFloat(l.c, 0.0f, 0.0f, rng);
+    float *bv = randomFloat(l.c, 1.0f, 1.0f, rng);
+    float *ds = randomFloat(l.c, 0.0f, 0.0f, rng);
+    float *dsh = randomFloat(l.c, 0.0f, 0.0f, rng);
+    const double fwdBytes = 2.0 * double(in + out + (res ? out : 0));
+    const double bwdBytes = 2.0 * double(2 * in + out);
+    for (int general = 0; general <= (l.pool ? 1 : 0); ++general) {
+      if (general)
+        setenv("FCC_BN_GENERAL", "1", 1);
+      else
+        unsetenv("FCC_BN_GENERAL");
+      const double f = timeMs(o.iters, [&] {
+        fcc_cuda_bn_act_train_forward(&d, x, scale, shift, res, y, bm, bv,
+                                      FCC_DTYPE_F16);
+      });
+      const double b = timeMs(o.iters, [&] {
+        fcc_cuda_bn_act_backward(&d, x, dy, scale, shift, bm, bv, dx, ds, dsh,
+                                 FCC_DTYPE_F16);
+      });
+      const double fr = fwdBytes / (f * 1e-3), br = bwdBytes / (b * 1e-3);
+      std::printf("| %s | %lldx%lldx%lld | %s | %s | %.3f | %.0f | %.0f%% | "
+                  "%.3f | %.0f | %.0f%% |\n",
+                  l.name, static_cast<long long>(l.c),
+                  static_cast<long long>(l.hw), static_cast<long long>(l.hw),
+                  l.pool ? "2x2" : "-",
+                  general ? "per element" : (l.pool ? "window" : "pairs"), f,
+                  fr * 1e-9, 100.0 * fr / peakBytes, b, br * 1e-9,
+                  100.0 * br / peakBytes);
+      // Unpooled layers have one kind of kernel: it counts in both totals.
+      for (int k = 0; k < 2; ++k)
+        if (!l.pool || k == general)
+          total[k] += l.times * (f + b);
+    }
+    unsetenv("FCC_BN_GENERAL");
+    for (void *p : {x, dy, res, y, dx, static_cast<void *>(scale),
+                    static_cast<void *>(shift), static_cast<void *>(bm),
+                    static_cast<void *>(bv), static_cast<void *>(ds),
+                    static_cast<void *>(dsh)})
+      fcc_cuda_free(p);
+  }
+  std::printf("\nBatchNorm per training step (forward + backward, all "
+              "layers): %.3f ms with the window kernels, %.3f ms with the "
+              "per-element ones (ratio %.2f)\n\n",
+              total[0], total[1], total[1] / total[0]);
+}
+
+//===----------------------------------------------------------------------===//
+// Convolutions through cuDNN, NCHW against NHWC
+//===----------------------------------------------------------------------===//
+
+struct ConvShape {
+  const char *name;
+  int c, k, hw;
+  int times;        // per training step
+  bool dataGradient; // the first convolution has no input gradient
+};
+
+const ConvShape kConvs[] = {
+    {"prep", 3, 64, 32, 1, false},     {"layer1", 64, 128, 32, 1, true},
+    {"layer1.res", 128, 128, 16, 2, true}, {"layer2", 128, 256, 16, 1, true},
+    {"layer3", 256, 512, 8, 1, true},  {"layer3.res", 512, 512, 4, 2, true},
+};
+
+// Activation and filter formats of one measurement.
+struct Layout {
+  const char *name;
+  cudnnTensorFormat_t act, filter;
+};
+const Layout kLayouts[] = {
+    {"NCHW", CUDNN_TENSOR_NCHW, CUDNN_TENSOR_NCHW},
+    {"NHWC", CUDNN_TENSOR_NHWC, CUDNN_TENSOR_NHWC},
+    {"NHWC+KCRS", CUDNN_TENSOR_NHWC, CUDNN_TENSOR_NCHW},
+};
+constexpr int kLayoutCount = 3;
+constexpr size_t kWorkspace = size_t(512) << 20;
+
+bool ok(cudnnStatus_t s, const char *what, std::string &err) {
+  if (s == CUDNN_STATUS_SUCCESS)
+    return true;
+  err = std::string(what) + ": " + cudnnGetErrorString(s);
+  return false;
+}
+
+// Milliseconds per call of the fastest algorithm of one direction (0 =
+// forward, 1 = data gradient, 2 = filter gradient), or -1 with err set.
+double convMs(cudnnHandle_t h, const ConvShape &cs, const Layout &lay,
+              int64_t n, int dir, int iters, void *x, void *w, void *y,
+              void *ws, std::string &err) {
+  cudnnTensorDescriptor_t xd, yd;
+  cudnnFilterDescriptor_t wd;
+  cudnnConvolutionDescriptor_t cd;
+  cudnnCreateTensorDescriptor(&xd);
+  cudnnCreateTensorDescriptor(&yd);
+  cudnnCreateFilterDescriptor(&wd);
+  cudnnCreateConvolutionDescriptor(&cd);
+  double ms = -1.0;
+  auto run = [&]() -> bool {
+    if (!ok(cudnnSetTensor4dDescriptor(xd, lay.act, CUDNN_DATA_HALF, int(n),
+                                       cs.c, cs.hw, cs.hw),
+            "x descriptor", err) ||
+        !ok(cudnnSetTensor4dDescriptor(yd, lay.act, CUDNN_DATA_HALF, int(n),
+                                       cs.k, cs.hw, cs.hw),
+            "y descriptor", err) ||
+        !ok(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_HALF, lay.filter, cs.k,
+                                       cs.c, 3, 3),
+            "w descriptor", err) ||
+        !ok(cudnnSetConvolution2dDescriptor(cd, 1, 1, 1, 1, 1, 1,
+                                            CUDNN_CROSS_CORRELATION,
+                                            CUDNN_DATA_FLOAT),
+            "convolution descriptor", err) ||
+        !ok(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH),
+            "math type", err))
+      return false;
+    const float one = 1.0f, zero = 0.0f;
+    constexpr int kMax = 16;
+    int returned = 0;
+    int algo = -1;
+    if (dir == 0) {
+      cudnnConvolutionFwdAlgoPerf_t perf[kMax];
+      if (!ok(cudnnFindConvolutionForwardAlgorithmEx(h, xd, x, wd, w, cd, yd,
+                                                     y, kMax, &returned, perf,
+                                                     ws, kWorkspace),
+              "cudnnFindConvolutionForwardAlgorithmEx", err))
+        return false;
+      for (int i = 0; i < returned && algo < 0; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS)
+          algo = int(perf[i].algo);
+      if (algo < 0)
+        return ok(CUDNN_STATUS_NOT_SUPPORTED, "no forward algorithm", err);
+      ms = timeMs(iters, [&] {
+        cudnnConvolutionForward(h, &one, xd, x, wd, w, cd,
+                                cudnnConvolutionFwdAlgo_t(algo), ws,
+                                kWorkspace, &zero, yd, y);
+      });
+    } else if (dir == 1) {
+      cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
+      if (!ok(cudnnFindConvolutionBackwardDataAlgorithmEx(
+                  h, wd, w, yd, y, cd, xd, x, kMax, &returned, perf, ws,
+                  kWorkspace),
+              "cudnnFindConvolutionBackwardDataAlgorithmEx", err))
+        return false;
+      for (int i = 0; i < returned && algo < 0; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS)
+          algo = int(perf[i].algo);
+      if (algo < 0)
+        return ok(CUDNN_STATUS_NOT_SUPPORTED, "no data-gradient algorithm",
+                  err);
+      ms = timeMs(iters, [&] {
+        cudnnConvolutionBackwardData(h, &one, wd, w, yd, y, cd,
+                                     cudnnConvolutionBwdDataAlgo_t(algo), ws,
+                                     kWorkspace, &zero, xd, x);
+      });
+    } else {
+      cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
+      if (!ok(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                  h, xd, x, yd, y, cd, wd, w, kMax, &returned, perf, ws,
+                  kWorkspace),
+              "cudnnFindConvolutionBackwardFilterAlgorithmEx", err))
+        return false;
+      for (int i = 0; i < returned && algo < 0; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS)
+          algo = int(perf[i].algo);
+      if (algo < 0)
+        return ok(CUDNN_STATUS_NOT_SUPPORTED, "no filter-gradient algorithm",
+                  err);
+      ms = timeMs(iters, [&] {
+        cudnnConvolutionBackwardFilter(h, &one, xd, x, yd, y, cd,
+                                       cudnnConvolutionBwdFilterAlgo_t(algo),
+                                       ws, kWorkspace, &zero, wd, w);
+      });
+    }
+    return true;
+  };
+  if (!run())
+    ms = -1.0;
+  cudnnDestroyConvolutionDescriptor(cd);
+  cudnnDestroyFilterDescriptor(wd);
+  cudnnDestroyTensorDescriptor(yd);
+  cudnnDestroyTensorDescriptor(xd);
+  return ms;
+}
+
+void benchConv(const Options &o) {
+  std::printf("## cuDNN convolutions, fp16 (fp32 accumulation, tensor-op "
+              "math), batch %lld: fastest algorithm, ms per call\n\n",
+              static_cast<long long>(o.batch));
+  cudnnHandle_t h;
+  std::string err;
+  if (!ok(cudnnCreate(&h), "cudnnCreate", err))
+    fail(err);
+  cudnnSetStream(h, static_cast<cudaStream_t>(fcc_cuda_stream()));
+  void *ws = fcc_cuda_malloc(int64_t(kWorkspace));
+  if (!ws)
+    fail(std::string("workspace: ") + fcc_cuda_last_error());
+  std::printf("| conv | C->K @ HxW | direction | NCHW | NHWC | NHWC+KCRS | "
+              "NCHW / NHWC |\n|---|---|---|---:|---:|---:|---:|\n");
+  static const char *const kDir[] = {"forward", "data gradient",
+                                     "filter gradient"};
+  double total[kLayoutCount] = {0, 0, 0};
+  bool complete[kLayoutCount] = {true, true, true};
+  std::vector<std::string> notes;
+  std::mt19937 rng(2);
+  for (const ConvShape &cs : kConvs) {
+    const int64_t n = o.batch;
+    void *x = randomHalf(n * cs.c * cs.hw * cs.hw, -1.0f, 1.0f, rng);
+    void *y = randomHalf(n * cs.k * cs.hw * cs.hw, -1.0f, 1.0f, rng);
+    void *w = randomHalf(int64_t(cs.k) * cs.c * 9, -0.1f, 0.1f, rng);
+    for (int dir = 0; dir < 3; ++dir) {
+      if (dir == 1 && !cs.dataGradient)
+        continue;
+      double ms[kLayoutCount];
+      for (int l = 0; l < kLayoutCount; ++l) {
+        ms[l] = convMs(h, cs, kLayouts[l], n, dir, o.iters, x, w, y, ws, err);
+        if (ms[l] < 0) {
+          complete[l] = false;
+          notes.push_back(std::string(cs.name) + " " + kDir[dir] + " " +
+                          kLayouts[l].name + ": " + err);
+        } else {
+          total[l] += cs.times * ms[l];
+        }
+      }
+      char cell[kLayoutCount][32], ratio[32] = "-";
+      for (int l = 0; l < kLayoutCount; ++l)
+        if (ms[l] < 0)
+          std::snprintf(cell[l], sizeof cell[l], "unsupported");
+        else
+          std::snprintf(cell[l], sizeof cell[l], "%.3f", ms[l]);
+      if (ms[0] > 0 && ms[1] > 0)
+        std::snprintf(ratio, sizeof ratio, "%.2f", ms[0] / ms[1]);
+      std::printf("| %s | %d->%d @ %dx%d | %s | %s | %s | %s | %s |\n",
+                  cs.name, cs.c, cs.k, cs.hw, cs.hw, kDir[dir], cell[0],
+                  cell[1], cell[2], ratio);
+    }
+    fcc_cuda_free(x);
+    fcc_cuda_free(y);
+    fcc_cuda_free(w);
+  }
+  std::printf("\nConvolutions per training step (all layers, all "
+              "directions):");
+  for (int l = 0; l < kLayoutCount; ++l)
+    std::printf(" %s %.3f ms%s%s", kLayouts[l].name, total[l],
+                complete[l] ? "" : " (incomplete)",
+                l + 1 < kLayoutCount ? "," : "");
+  if (total[1] > 0)
+    std::printf("; NCHW / NHWC %.2f", total[0] / total[1]);
+  std::printf("\n");
+  for (const std::string &note : notes)
+    std::printf("  %s\n", note.c_str());
+  std::printf("\n");
+  fcc_cuda_free(ws);
+  cudnnDestroy(h);
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  const Options o = parse(argc, argv);
+  if (fcc_cuda_device_count() <= 0) {
+    std::fprintf(stderr, "fcc-kernel-bench: no CUDA device found\n");
+    return 2;
+  }
+  if (fcc_cuda_init(0) != 0)
+    fail(std::string("fcc_cuda_init: ") + fcc_cuda_last_error());
+  int device = 0, clockKHz = 0, busBits = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&clockKHz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&busBits, cudaDevAttrGlobalMemoryBusWidth, device);
+  const double peak = double(clockKHz) * 1e3 * double(busBits) * 2.0 / 8.0;
+  std::printf("GPU: %s, cuDNN %zu, peak memory bandwidth %.0f GB/s; %d "
+              "timed calls each\n\n",
+              fcc_cuda_device_description(), cudnnGetVersion(), peak * 1e-9,
+              o.iters);
+  if (o.bn)
+    benchBn(o, peak);
+  if (o.conv)
+    benchConv(o);
+  fcc_cuda_shutdown();
+  return 0;
+}
