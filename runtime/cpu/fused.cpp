@@ -387,6 +387,15 @@ void backward(const fcc_bn_act_desc *d, const float *x, const float *dy,
 // Calls F<Act, Pool, Res>::run(args...) for the descriptor's configuration.
 template <template <int, bool, bool> class F, typename... Args>
 void dispatch(const fcc_bn_act_desc *d, bool res, Args... args) {
+  if (!d) {
+    setError(FCC_ERR_INVALID, "bn_act: null descriptor");
+    return;
+  }
+  if (d->layout != FCC_LAYOUT_NCHW) {
+    setError(FCC_ERR_UNSUPPORTED,
+             "bn_act: the CPU kernels take NCHW activations only");
+    return;
+  }
   auto withPool = [&](auto act) {
     constexpr int A = decltype(act)::value;
     if (d->pool_kh > 0)
@@ -441,6 +450,9 @@ extern "C" int fcc_bn_act_desc_finalize(fcc_bn_act_desc *d) {
     return setError(FCC_ERR_INVALID, "bn_act: CELU alpha must be non-zero");
   if (!(d->eps > 0.0f))
     return setError(FCC_ERR_INVALID, "bn_act: epsilon must be positive");
+  if (d->layout != FCC_LAYOUT_NCHW && d->layout != FCC_LAYOUT_NHWC)
+    return setError(FCC_ERR_INVALID,
+                    format("bn_act: unknown layout %d", d->layout));
   d->oh = d->h;
   d->ow = d->w;
   if (d->pool_kh == 0 && d->pool_kw == 0)

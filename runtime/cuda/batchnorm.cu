@@ -84,9 +84,11 @@ struct Scratch {
 };
 
 // Checks the shape and carves the context's scratch into per-channel
-// coefficients and partial sums. False (sticky error) if impossible.
+// coefficients and partial sums, one per segment of perSegment of a
+// channel's n * hw items. False (sticky error) if impossible.
 bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
-             Scratch &s) {
+             Scratch &s,
+             int64_t perSegment = int64_t(kThreads) * kMinItemsPerThread) {
   if (n <= 0 || c <= 0 || hw <= 0)
     return false; // Nothing to do (the CPU kernels do nothing either).
   if (!ready(fn))
@@ -112,7 +114,6 @@ bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
   l.count = uint64_t(n * hw);
   // Coefficients first, 256-byte aligned, then the partial sums.
   const size_t coefBytes = (size_t(c) * sizeof(ChannelCoef) + 255) / 256 * 256;
-  const int64_t perSegment = kThreads * kMinItemsPerThread;
   int64_t segments = (int64_t(l.count) + perSegment - 1) / perSegment;
   segments = std::max<int64_t>(1, std::min(segments, kMaxSegments));
   const size_t capacity = scratchCapacity();
@@ -312,13 +313,16 @@ __device__ __forceinline__ float bnGradInput(const ChannelCoef &k, float x,
 // window is K x K (a compile-time size: the loops unroll and the taps'
 // values stay in registers between the two scans); K = 0: the size is read
 // from g and the second scan reloads and renormalises.
+// Tap (i, j) is at base + i * rowStride + j * colStride (NCHW: w and 1;
+// NHWC: w * c and c).
 template <int K, class T, class F>
 __device__ __forceinline__ void tiledFusedWindow(const T *x, const T *dy,
                                                  const FusedGeom &g,
                                                  const ChannelCoef &k,
-                                                 int64_t base, int64_t o,
+                                                 int64_t base,
+                                                 int64_t rowStride,
+                                                 int64_t colStride, int64_t o,
                                                  F f) {
-  const int w = int(g.w);
   const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
   [[maybe_unused]] float xs[K > 0 ? K * K : 1], zs[K > 0 ? K * K : 1];
   FirstMax scan;
@@ -326,7 +330,7 @@ __device__ __forceinline__ void tiledFusedWindow(const T *x, const T *dy,
   for (int i = 0; i < kh; ++i)
 #pragma unroll
     for (int j = 0; j < kw; ++j) {
-      const float xv = toFloat(x[base + i * w + j]);
+      const float xv = toFloat(x[base + i * rowStride + j * colStride]);
       const float z = normalise(k, xv);
       if constexpr (K > 0) {
         xs[i * kw + j] = xv;
@@ -340,7 +344,7 @@ __device__ __forceinline__ void tiledFusedWindow(const T *x, const T *dy,
   for (int i = 0; i < kh; ++i)
 #pragma unroll
     for (int j = 0; j < kw; ++j) {
-      const int64_t e = base + i * w + j;
+      const int64_t e = base + i * rowStride + j * colStride;
       float xv, z;
       if constexpr (K > 0) {
         xv = xs[i * kw + j];
@@ -446,8 +450,8 @@ template <class T, int K> struct TiledFusedGradOp {
     const int o = int(p) * oh * ow + int(q);
     double a = 0.0, b = 0.0;
     tiledFusedWindow<K>(x, dy, g, k,
-                        tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), o,
-                        [&](int64_t, float xv, float dz) {
+                        tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), g.w,
+                        1, o, [&](int64_t, float xv, float dz) {
                        const double v = double(dz);
                        a += v;
                        b += v * (double(xv) - k.mean) * k.invStd;
@@ -485,14 +489,14 @@ struct VarFin {
 
 template <class T> struct ShiftedFin {
   const T *x;
-  int64_t hw;
+  int64_t firstStride; // the channel's first element: x[ch * firstStride]
   double count;
   float eps;
   const float *scale, *shift;
   float *batchMean, *batchVar;
   ChannelCoef *coef;
   __device__ void operator()(int64_t ch, double s1, double s2) const {
-    const double k = double(toFloat(x[ch * hw]));
+    const double k = double(toFloat(x[ch * firstStride]));
     const double shifted = s1 / count;
     const double rawVar = s2 / count - shifted * shifted;
     const float mean = float(k + shifted);
@@ -722,8 +726,8 @@ __global__ void tiledFusedBackwardKernel(const T *x, const T *dy, T *dx,
        o += blockDim.x * gridDim.x) {
     const ChannelCoef &k = coef[(o / (oh * ow)) % c];
     tiledFusedWindow<K>(x, dy, g, k,
-                        tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), o,
-                        [&](int64_t e, float xv, float dz) {
+                        tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), g.w,
+                        1, o, [&](int64_t e, float xv, float dz) {
                           dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
                         });
   }
@@ -776,6 +780,8 @@ bool fusedGeom(const fcc_bn_act_desc *d, FusedGeom &g, const char *fn) {
     return bad("unknown activation");
   if (d->activation == FCC_ACT_CELU && d->alpha == 0.0f)
     return bad("CELU alpha must be non-zero");
+  if (d->layout != FCC_LAYOUT_NCHW && d->layout != FCC_LAYOUT_NHWC)
+    return bad("unknown layout");
   g.h = d->h;
   g.w = d->w;
   g.act = d->activation;
@@ -923,6 +929,313 @@ void launchFusedForward(const T *x, const T *residual, T *y,
 }
 
 //===----------------------------------------------------------------------===//
+// NHWC: channels innermost
+//===----------------------------------------------------------------------===//
+//
+// An NHWC tensor is a matrix of rows (n, h, w) by c channels. The per-channel
+// reduction gives each block 32 neighbouring channels (a warp reads 32
+// neighbouring elements of a row) and 8 row lanes, which the block adds in a
+// fixed order; the sweeps take one element (or, with tiled pooling, one
+// window of one channel) per thread, neighbouring threads on neighbouring
+// channels. Per-element arithmetic is the NCHW kernels' (normalise,
+// activate, FirstMax, bnGradInput), so only the order of the double sums
+// differs. Pooling must tile the input (tiledFused's condition).
+
+namespace {
+
+constexpr int kNhwcLanes = 32;                         // channels per block
+constexpr int kNhwcRowLanes = kThreads / kNhwcLanes;   // rows at a time
+
+// Partial sums of op(ch, item) over items item = blockIdx.x * 8 + rowLane,
+// advancing by segments * 8; items are rows, or pooling windows.
+template <class Op>
+__global__ void __launch_bounds__(kThreads)
+    nhwcPartialsKernel(Op op, int64_t items, int64_t c, int segments,
+                       double2 *partials) {
+  const int t = threadIdx.x, lane = t % kNhwcLanes, rowLane = t / kNhwcLanes;
+  const int64_t ch = int64_t(blockIdx.y) * kNhwcLanes + lane;
+  double a = 0.0, b = 0.0;
+  if (ch < c)
+    for (int64_t r = int64_t(blockIdx.x) * kNhwcRowLanes + rowLane; r < items;
+         r += int64_t(segments) * kNhwcRowLanes) {
+      const double2 v = op(ch, r);
+      a += v.x;
+      b += v.y;
+    }
+  __shared__ double sa[kThreads], sb[kThreads];
+  sa[t] = a;
+  sb[t] = b;
+  __syncthreads();
+  for (int half = kNhwcRowLanes / 2; half > 0; half >>= 1) {
+    if (rowLane < half) {
+      sa[t] += sa[t + half * kNhwcLanes];
+      sb[t] += sb[t + half * kNhwcLanes];
+    }
+    __syncthreads();
+  }
+  if (rowLane == 0 && ch < c)
+    partials[ch * segments + blockIdx.x] = make_double2(sa[t], sb[t]);
+}
+
+// prepare() for nhwcReduce over n * perImage items per channel.
+bool prepareNhwc(const char *fn, const fcc_bn_act_desc *d, int64_t perImage,
+                 Layout &l, Scratch &s) {
+  return prepare(fn, d->n, d->c, perImage, l, s,
+                 int64_t(kNhwcRowLanes) * kMinItemsPerThread);
+}
+
+template <class Op, class Fin>
+bool nhwcReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
+                Fin fin) {
+  const dim3 grid(unsigned(s.segments),
+                  unsigned((l.c + kNhwcLanes - 1) / kNhwcLanes));
+  nhwcPartialsKernel<<<grid, kThreads, 0, stream()>>>(
+      op, int64_t(l.count), l.c, s.segments, s.partials);
+  if (!checkLaunch(fn))
+    return false;
+  channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
+      fin, s.partials, s.segments, l.c);
+  return checkLaunch(fn);
+}
+
+// First element of tiled window `win` (n, oh, ow) of channel ch.
+__device__ __forceinline__ int64_t nhwcWindowBase(const FusedGeom &g,
+                                                  int64_t c, int64_t win,
+                                                  int64_t ch) {
+  const int64_t outPlane = g.oh * g.ow;
+  const int64_t n = divIndex(win, outPlane), q = win - n * outPlane;
+  const int64_t oh = divIndex(q, g.ow), ow = q - oh * g.ow;
+  return ((n * g.h + oh * g.kh) * g.w + ow * g.kw) * c + ch;
+}
+
+// Sums of x - K, (x - K)^2 over rows, K = x[ch] (row 0: ShiftedSumsOp's
+// first element of the channel).
+template <class T> struct NhwcShiftedSumsOp {
+  const T *x;
+  int64_t c;
+  __device__ double2 operator()(int64_t ch, int64_t r) const {
+    const double t = double(toFloat(x[r * c + ch])) - double(toFloat(x[ch]));
+    return make_double2(t, t * t);
+  }
+};
+
+// FusedGradOp without pooling, per row.
+template <class T> struct NhwcGradOp {
+  const T *x, *dy;
+  FusedGeom g;
+  int64_t c;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t r) const {
+    const ChannelCoef &k = coef[ch];
+    const int64_t e = r * c + ch;
+    const float xv = toFloat(x[e]);
+    const double v = double(
+        activationGrad(g.act, normalise(k, xv), toFloat(dy[e]), g.alpha));
+    return make_double2(v, v * (double(xv) - k.mean) * k.invStd);
+  }
+};
+
+// TiledFusedGradOp per window.
+template <class T, int K> struct NhwcTiledGradOp {
+  const T *x, *dy;
+  FusedGeom g;
+  int64_t c;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t win) const {
+    const ChannelCoef &k = coef[ch];
+    double a = 0.0, b = 0.0;
+    tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
+                        c, win * c + ch, [&](int64_t, float xv, float dz) {
+                          const double v = double(dz);
+                          a += v;
+                          b += v * (double(xv) - k.mean) * k.invStd;
+                        });
+    return make_double2(a, b);
+  }
+};
+
+template <class T>
+__global__ void nhwcForwardKernel(const T *x, const T *residual, T *y,
+                                  FusedGeom g, int64_t c, int64_t total,
+                                  const ChannelCoef *coef) {
+  FCC_GRID_LOOP(e, total) {
+    float v = activate(g.act, normalise(coef[modIndex(e, c)], toFloat(x[e])),
+                       g.alpha);
+    if (residual)
+      v = v + toFloat(residual[e]);
+    y[e] = fromFloat<T>(v);
+  }
+}
+
+// One thread per output element (window, channel).
+template <class T, int K>
+__global__ void nhwcTiledForwardKernel(const T *x, const T *residual, T *y,
+                                       FusedGeom g, int64_t c, int64_t total,
+                                       const ChannelCoef *coef) {
+  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
+  FCC_GRID_LOOP(o, total) {
+    const int64_t win = divIndex(o, c), ch = o - win * c;
+    const ChannelCoef &k = coef[ch];
+    const int64_t base = nhwcWindowBase(g, c, win, ch);
+    FirstMax scan;
+#pragma unroll
+    for (int i = 0; i < kh; ++i)
+#pragma unroll
+      for (int j = 0; j < kw; ++j)
+        scan.take(activate(g.act,
+                           normalise(k, toFloat(x[base + (i * g.w + j) * c])),
+                           g.alpha),
+                  i * kw + j);
+    float v = scan.sawNaN() ? quietNaN() : scan.max;
+    if (residual)
+      v = v + toFloat(residual[o]);
+    y[o] = fromFloat<T>(v);
+  }
+}
+
+template <class T>
+__global__ void nhwcBackwardKernel(const T *x, const T *dy, T *dx,
+                                   FusedGeom g, int64_t c, int64_t total,
+                                   const ChannelCoef *coef) {
+  FCC_GRID_LOOP(e, total) {
+    const ChannelCoef &k = coef[modIndex(e, c)];
+    const float xv = toFloat(x[e]);
+    const float dz = activationGrad(g.act, normalise(k, xv), toFloat(dy[e]),
+                                    g.alpha);
+    dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
+  }
+}
+
+template <class T, int K>
+__global__ void nhwcTiledBackwardKernel(const T *x, const T *dy, T *dx,
+                                        FusedGeom g, int64_t c,
+                                        int64_t total, const ChannelCoef *coef) {
+  FCC_GRID_LOOP(o, total) {
+    const int64_t win = divIndex(o, c), ch = o - win * c;
+    const ChannelCoef &k = coef[ch];
+    tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
+                        c, o, [&](int64_t e, float xv, float dz) {
+                          dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
+                        });
+  }
+}
+
+// NHWC pooling must tile: every other geometry is refused.
+bool nhwcGeom(const fcc_bn_act_desc *d, const FusedGeom &g, const char *fn) {
+  if (g.kh == 0 || (g.sh == g.kh && g.sw == g.kw && g.h == g.oh * g.kh &&
+                    g.w == g.ow * g.kw))
+    return true;
+  setAsyncError(format("%s: NHWC layout: the %lldx%lld pool with strides "
+                       "%lldx%lld does not tile the %lldx%lld input (NHWC "
+                       "takes pools whose stride is the window and whose "
+                       "windows cover the input)",
+                       fn, (long long)g.kh, (long long)g.kw, (long long)g.sh,
+                       (long long)g.sw, (long long)d->h, (long long)d->w));
+  return false;
+}
+
+template <class T>
+void nhwcForward(const T *x, const T *residual, T *y, const FusedGeom &g,
+                 int64_t c, int64_t total, const ChannelCoef *coef) {
+  if (g.kh == 0) {
+    nhwcForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+        x, residual, y, g, c, total, coef);
+    return;
+  }
+  withWindowSize(g, [&](auto size) {
+    constexpr int K = decltype(size)::value;
+    nhwcTiledForwardKernel<T, K><<<blocksFor(total), kThreads, 0, stream()>>>(
+        x, residual, y, g, c, total, coef);
+  });
+}
+
+void nhwcTrainForward(const fcc_bn_act_desc *d, const FusedGeom &g,
+                      const void *x, const float *scale, const float *shift,
+                      const void *residual, void *y, float *batchMean,
+                      float *batchVar, int dtype, const char *fn) {
+  Layout l;
+  Scratch s;
+  if (!nhwcGeom(d, g, fn) || !prepareNhwc(fn, d, d->h * d->w, l, s))
+    return;
+  const double count = double(d->n * d->h * d->w);
+  const int64_t total = d->n * d->c * g.oh * g.ow;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    const T *xt = static_cast<const T *>(x);
+    if (!nhwcReduce(fn, l, s, NhwcShiftedSumsOp<T>{xt, d->c},
+                    ShiftedFin<T>{xt, 1, count, d->eps, scale, shift,
+                                  batchMean, batchVar, s.coef}))
+      return;
+    nhwcForward<T>(xt, static_cast<const T *>(residual), static_cast<T *>(y),
+                   g, d->c, total, s.coef);
+    checkLaunch(fn);
+  });
+}
+
+void nhwcInference(const fcc_bn_act_desc *d, const FusedGeom &g,
+                   const void *x, const float *scale, const float *shift,
+                   const float *mean, const float *var, const void *residual,
+                   void *y, int dtype, const char *fn) {
+  Layout l;
+  Scratch s;
+  if (!nhwcGeom(d, g, fn) || !prepareNhwc(fn, d, d->h * d->w, l, s))
+    return;
+  coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
+      scale, shift, mean, var, d->eps, false, d->c, s.coef);
+  if (!checkLaunch(fn))
+    return;
+  const int64_t total = d->n * d->c * g.oh * g.ow;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    nhwcForward<T>(static_cast<const T *>(x), static_cast<const T *>(residual),
+                   static_cast<T *>(y), g, d->c, total, s.coef);
+  });
+  checkLaunch(fn);
+}
+
+void nhwcBackward(const fcc_bn_act_desc *d, const FusedGeom &g, const void *x,
+                  const void *dy, const float *scale, const float *shift,
+                  const float *batchMean, const float *batchVar, void *dx,
+                  float *dscale, float *dshift, int dtype, const char *fn) {
+  Layout l;
+  Scratch s;
+  if (!nhwcGeom(d, g, fn) ||
+      !prepareNhwc(fn, d, g.kh ? g.oh * g.ow : d->h * d->w, l, s))
+    return;
+  coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
+      scale, shift, batchMean, batchVar, d->eps, true, d->c, s.coef);
+  if (!checkLaunch(fn))
+    return;
+  const double count = double(d->n * d->h * d->w);
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    const T *xt = static_cast<const T *>(x);
+    const T *dyt = static_cast<const T *>(dy);
+    T *dxt = static_cast<T *>(dx);
+    const GradFin fin{count, scale, dscale, dshift, s.coef};
+    if (g.kh == 0) {
+      if (!nhwcReduce(fn, l, s, NhwcGradOp<T>{xt, dyt, g, d->c, s.coef}, fin))
+        return;
+      const int64_t total = d->n * d->c * d->h * d->w;
+      nhwcBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+          xt, dyt, dxt, g, d->c, total, s.coef);
+      checkLaunch(fn);
+      return;
+    }
+    withWindowSize(g, [&](auto size) {
+      constexpr int K = decltype(size)::value;
+      if (!nhwcReduce(fn, l, s,
+                      NhwcTiledGradOp<T, K>{xt, dyt, g, d->c, s.coef}, fin))
+        return;
+      const int64_t total = d->n * d->c * g.oh * g.ow;
+      nhwcTiledBackwardKernel<T, K>
+          <<<blocksFor(total), kThreads, 0, stream()>>>(xt, dyt, dxt, g, d->c,
+                                                        total, s.coef);
+      checkLaunch(fn);
+    });
+  });
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
 // C API: fused BatchNorm + activation (+ pool) (+ residual)
 //===----------------------------------------------------------------------===//
 
@@ -936,8 +1249,12 @@ extern "C" void fcc_cuda_bn_act_train_forward(const fcc_bn_act_desc *d,
   FusedGeom g;
   Layout l;
   Scratch s;
-  if (!ready(fn) || !fusedGeom(d, g, fn) ||
-      !prepare(fn, d->n, d->c, d->h * d->w, l, s))
+  if (!ready(fn) || !fusedGeom(d, g, fn))
+    return;
+  if (d->layout == FCC_LAYOUT_NHWC)
+    return nhwcTrainForward(d, g, x, scale, shift, residual, y, batch_mean,
+                            batch_var, dtype, fn);
+  if (!prepare(fn, d->n, d->c, d->h * d->w, l, s))
     return;
   const int64_t hw = d->h * d->w;
   const double count = double(d->n * hw);
@@ -964,8 +1281,12 @@ extern "C" void fcc_cuda_bn_act_inference(const fcc_bn_act_desc *d,
   FusedGeom g;
   Layout l;
   Scratch s;
-  if (!ready(fn) || !fusedGeom(d, g, fn) ||
-      !prepare(fn, d->n, d->c, d->h * d->w, l, s))
+  if (!ready(fn) || !fusedGeom(d, g, fn))
+    return;
+  if (d->layout == FCC_LAYOUT_NHWC)
+    return nhwcInference(d, g, x, scale, shift, mean, var, residual, y, dtype,
+                         fn);
+  if (!prepare(fn, d->n, d->c, d->h * d->w, l, s))
     return;
   coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
       scale, shift, mean, var, d->eps, false, d->c, s.coef);
@@ -993,6 +1314,9 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
   Scratch s;
   if (!ready(fn) || !fusedGeom(d, g, fn))
     return;
+  if (d->layout == FCC_LAYOUT_NHWC)
+    return nhwcBackward(d, g, x, dy, scale, shift, batch_mean, batch_var, dx,
+                        dscale, dshift, dtype, fn);
   // Tiled pooling reduces window by window: a Layout of oh * ow windows
   // per plane.
   const bool tiled = tiledFused(g, d->n * d->c);

@@ -717,6 +717,146 @@ TEST_F(Cuda, FusedBatchNormActivation) {
     }
 }
 
+// NCHW <-> NHWC copies of an n x c x h x w tensor.
+Floats toNhwc(const Floats &v, int64_t n, int64_t c, int64_t h, int64_t w) {
+  Floats out(v.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      for (int64_t p = 0; p < h * w; ++p)
+        out[size_t((i * h * w + p) * c + k)] = v[size_t((i * c + k) * h * w + p)];
+  return out;
+}
+Floats fromNhwc(const Floats &v, int64_t n, int64_t c, int64_t h, int64_t w) {
+  Floats out(v.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      for (int64_t p = 0; p < h * w; ++p)
+        out[size_t((i * c + k) * h * w + p)] = v[size_t((i * h * w + p) * c + k)];
+  return out;
+}
+
+// The NHWC kernels against the CPU's NCHW ones on the same values: every
+// configuration whose pooling NHWC takes (none, or windows that tile), with
+// 37 channels (more than one block of 32 channel lanes, not a multiple).
+TEST_F(Cuda, FusedBatchNormActivationNhwc) {
+  struct Config {
+    const char *name;
+    int act;
+    float alpha;
+    int64_t k, kw; // pool window = stride; 0: none
+    bool residual;
+    int64_t h, w;
+  };
+  const Config configs[] = {
+      {"relu", FCC_ACT_RELU, 1.0f, 0, 0, false, 5, 6},
+      {"celu_residual", FCC_ACT_CELU, 0.3f, 0, 0, true, 3, 3},
+      {"relu_pool2_residual", FCC_ACT_RELU, 1.0f, 2, 2, true, 4, 6},
+      {"celu_pool2", FCC_ACT_CELU, 0.6f, 2, 2, false, 6, 4},
+      {"none_pool3x2", FCC_ACT_NONE, 1.0f, 3, 2, true, 6, 4},
+      {"relu_global", FCC_ACT_RELU, 1.0f, 4, 4, false, 4, 4},
+  };
+  std::mt19937 rng(18);
+  for (int dtype : kHalfTypes)
+    for (const Config &cfg : configs) {
+      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
+      fcc_bn_act_desc d{};
+      d.n = 3, d.c = 37, d.h = cfg.h, d.w = cfg.w;
+      d.activation = cfg.act, d.alpha = cfg.alpha, d.eps = 1e-5f;
+      d.pool_kh = d.pool_sh = cfg.k, d.pool_kw = d.pool_sw = cfg.kw;
+      ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+      fcc_bn_act_desc dn = d;
+      dn.layout = FCC_LAYOUT_NHWC;
+      const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+      const Floats x = rounded(randomFloats(rng, size_t(in), -2.0f, 2.0f), dtype);
+      Floats scale = randomFloats(rng, size_t(d.c), 0.5f, 1.5f);
+      scale[1] = -scale[1];
+      const Floats shift = randomFloats(rng, size_t(d.c), -0.5f, 0.5f);
+      const Floats mean = randomFloats(rng, size_t(d.c), -0.3f, 0.3f);
+      const Floats var = randomFloats(rng, size_t(d.c), 0.5f, 2.0f);
+      const Floats residual =
+          cfg.residual ? rounded(randomFloats(rng, size_t(out)), dtype) : Floats();
+      const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
+      auto dX = upload(toNhwc(x, d.n, d.c, d.h, d.w), dtype);
+      auto dDy = upload(toNhwc(dy, d.n, d.c, d.oh, d.ow), dtype);
+      auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
+           dVar = upload(var);
+      std::unique_ptr<Buffer> dRes;
+      if (cfg.residual)
+        dRes = upload(toNhwc(residual, d.n, d.c, d.oh, d.ow), dtype);
+      const void *res = dRes ? dRes->get() : nullptr;
+      const float *cres = cfg.residual ? residual.data() : nullptr;
+      Buffer y(out * 4), bm(d.c * 4), bv(d.c * 4), dx(in * 4), ds(d.c * 4),
+          dsh(d.c * 4);
+      const double tol = typeTolerance(dtype) * 4;
+      auto yOut = [&] {
+        return fromNhwc(download(y.get(), out, dtype), d.n, d.c, d.oh, d.ow);
+      };
+
+      Floats want(static_cast<size_t>(out));
+      fcc_cuda_bn_act_inference(&dn, dX->get(), dScale->f(), dShift->f(),
+                                dMean->f(), dVar->f(), res, y.get(), dtype);
+      fcc_cpu_bn_act_inference(&d, x.data(), scale.data(), shift.data(),
+                               mean.data(), var.data(), cres, want.data());
+      EXPECT_TRUE(near(yOut(), rounded(want, dtype),
+                       cfg.act == FCC_ACT_CELU ? tol : 0.0, 1e-7));
+
+      fcc_cuda_bn_act_train_forward(&dn, dX->get(), dScale->f(), dShift->f(),
+                                    res, y.get(), bm.f(), bv.f(), dtype);
+      Floats wantMean(static_cast<size_t>(d.c)), wantVar(static_cast<size_t>(d.c));
+      fcc_cpu_bn_act_train_forward(&d, x.data(), scale.data(), shift.data(),
+                                   cres, want.data(), wantMean.data(),
+                                   wantVar.data());
+      EXPECT_TRUE(near(download(bm.get(), d.c), wantMean, 1e-6, 1e-7));
+      EXPECT_TRUE(near(download(bv.get(), d.c), wantVar, 1e-6));
+      EXPECT_TRUE(near(yOut(), rounded(want, dtype), tol, 1e-6));
+
+      auto cpuMean = upload(wantMean), cpuVar = upload(wantVar);
+      fcc_cuda_bn_act_backward(&dn, dX->get(), dDy->get(), dScale->f(),
+                               dShift->f(), cpuMean->f(), cpuVar->f(), dx.get(),
+                               ds.f(), dsh.f(), dtype);
+      Floats wantDx(static_cast<size_t>(in)), wantDs(static_cast<size_t>(d.c)),
+          wantDsh(static_cast<size_t>(d.c));
+      fcc_cpu_bn_act_backward(&d, x.data(), dy.data(), scale.data(),
+                              shift.data(), wantMean.data(), wantVar.data(),
+                              wantDx.data(), wantDs.data(), wantDsh.data());
+      EXPECT_TRUE(near(download(ds.get(), d.c), wantDs, 1e-5, 1e-6));
+      EXPECT_TRUE(near(download(dsh.get(), d.c), wantDsh, 1e-5, 1e-6));
+      EXPECT_TRUE(near(fromNhwc(download(dx.get(), in, dtype), d.n, d.c, d.h,
+                                d.w),
+                       rounded(wantDx, dtype), tol, 1e-6, maxAbs(wantDx)));
+    }
+}
+
+// A pool that does not tile its input is refused in NHWC, by name; the CPU
+// kernels refuse NHWC.
+TEST_F(Cuda, FusedBatchNormNhwcRefusesOverlappingPools) {
+  fcc_bn_act_desc d{};
+  d.n = 2, d.c = 3, d.h = 5, d.w = 5;
+  d.activation = FCC_ACT_RELU, d.alpha = 1.0f, d.eps = 1e-5f;
+  d.pool_kh = d.pool_kw = 3, d.pool_sh = d.pool_sw = 2;
+  d.layout = FCC_LAYOUT_NHWC;
+  ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+  Buffer x(d.n * d.c * d.h * d.w * 4), y(d.n * d.c * d.oh * d.ow * 4),
+      stats(d.c * 4 * 4);
+  Floats hx(size_t(d.n * d.c * d.h * d.w)), hy(size_t(d.n * d.c * d.oh * d.ow)),
+      hs(size_t(d.c), 1.0f), hm(size_t(d.c)), hv(size_t(d.c));
+  fcc_cpu_bn_act_train_forward(&d, hx.data(), hs.data(), hs.data(), nullptr,
+                               hy.data(), hm.data(), hv.data());
+  EXPECT_NE(std::string(fcc_cpu_last_error()).find("NCHW activations only"),
+            std::string::npos)
+      << fcc_cpu_last_error();
+  fcc_cuda_bn_act_train_forward(&d, x.get(), stats.f(), stats.f(), nullptr,
+                                y.get(), stats.f() + d.c, stats.f() + 2 * d.c,
+                                FCC_DTYPE_F32);
+  EXPECT_NE(fcc_cuda_synchronize(), 0);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("does not tile"),
+            std::string::npos)
+      << fcc_cuda_last_error();
+  // A new context starts clean (the error is sticky).
+  fcc_cuda_shutdown();
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+}
+
 TEST_F(Cuda, FoldBatchNorm) {
   std::mt19937 rng(9);
   const int64_t k = 5, perK = 3 * 3 * 3;

@@ -120,18 +120,25 @@ void fcc_cpu_batch_norm_backward(const float *x, const float *dy,
 /* Activations of the fused kernels (fcc.bn_act's `activation`). */
 enum { FCC_ACT_NONE = 0, FCC_ACT_RELU = 1, FCC_ACT_CELU = 2 };
 
+/* Memory layouts of 4-d activations. The CPU kernels take NCHW only; the CUDA
+ * fused BatchNorm kernels (fcc_cuda_bn_act_*) also take NHWC (channels
+ * innermost: element (n, c, h, w) at ((n * H + h) * W + w) * C + c), with
+ * pooling only when the windows tile the input. */
+enum { FCC_LAYOUT_NCHW = 0, FCC_LAYOUT_NHWC = 1 };
+
 /* y = [max_pool(] act(batch_norm(x)) [)] [+ residual], with the numerics of
  * the unfused kernels (fcc_cpu_batch_norm_*, fcc_cpu_relu/celu_forward,
  * fcc_cpu_max_pool2d_forward, fcc_cpu_binary). The pool, if any, has no
  * padding, dilation 1 and floor rounding. */
 typedef struct fcc_bn_act_desc {
-  int64_t n, c, h, w;           /* input x, NCHW */
+  int64_t n, c, h, w;           /* input x (dimensions, whatever the layout) */
   int activation;               /* FCC_ACT_* */
   float alpha;                  /* CELU */
   float eps;
   int64_t pool_kh, pool_kw;     /* 0, 0: no pooling */
   int64_t pool_sh, pool_sw;
   int64_t oh, ow;               /* output spatial size (filled by finalize) */
+  int layout;                   /* FCC_LAYOUT_* of x, residual and y */
 } fcc_bn_act_desc;
 
 /* Checks the descriptor and fills oh/ow. */

@@ -15,7 +15,7 @@ import sys
 
 # Kernels whose blocks synchronise (block reductions): their threads must run
 # concurrently in the emulation.
-SYNC_KERNELS = ('channelPartialsKernel', 'reduceSumBlockKernel',
+SYNC_KERNELS = ('channelPartialsKernel', 'nhwcPartialsKernel', 'reduceSumBlockKernel',
                 'metricLossKernel', 'metricCorrectKernel',
                 # compress.cu names all of its synchronising kernels so
                 'SyncKernel')
