@@ -192,6 +192,18 @@ double avgDivisor(const fcc_pool2d_desc *d, const Taps &tr, const Taps &tc) {
 
 } // namespace
 
+namespace {
+// The CPU pooling kernels take NCHW activations only.
+bool nchwOnly(const fcc_pool2d_desc *d) {
+  if (d && d->layout != FCC_LAYOUT_NCHW) {
+    setError(FCC_ERR_UNSUPPORTED,
+             "pool2d: the CPU kernels take NCHW activations only");
+    return false;
+  }
+  return true;
+}
+} // namespace
+
 extern "C" int fcc_pool2d_desc_finalize(fcc_pool2d_desc *d) {
   if (!d)
     return setError(FCC_ERR_INVALID, "pool2d: null descriptor");
@@ -223,6 +235,9 @@ extern "C" int fcc_pool2d_desc_finalize(fcc_pool2d_desc *d) {
                            (long long)d->dil_h, (long long)d->dil_w));
   if (d->pad_t < 0 || d->pad_l < 0 || d->pad_b < 0 || d->pad_r < 0)
     return setError(FCC_ERR_INVALID, "pool2d: pads must be non-negative");
+  if (d->layout != FCC_LAYOUT_NCHW && d->layout != FCC_LAYOUT_NHWC)
+    return setError(FCC_ERR_INVALID,
+                    format("pool2d: unknown layout %d", d->layout));
   int64_t oh = fcc_window_output_size_rule(d->h, d->kh, d->stride_h, d->pad_t,
                                            d->pad_b, d->dil_h, d->ceil_mode);
   int64_t ow = fcc_window_output_size_rule(d->w, d->kw, d->stride_w, d->pad_l,
@@ -258,6 +273,8 @@ extern "C" int fcc_pool2d_desc_finalize(fcc_pool2d_desc *d) {
 
 extern "C" void fcc_cpu_max_pool2d_forward(const fcc_pool2d_desc *d,
                                            const float *x, float *y) {
+  if (!nchwOnly(d))
+    return;
   PoolTables t(d);
   const int64_t inPlane = d->h * d->w, outPlane = d->oh * d->ow;
 #pragma omp parallel for schedule(static)
@@ -269,6 +286,8 @@ extern "C" void fcc_cpu_max_pool2d_forward(const fcc_pool2d_desc *d,
 extern "C" void fcc_cpu_max_pool2d_backward(const fcc_pool2d_desc *d,
                                             const float *x, const float *dy,
                                             float *dx) {
+  if (!nchwOnly(d))
+    return;
   PoolTables t(d);
   const int64_t inPlane = d->h * d->w, outPlane = d->oh * d->ow;
 #pragma omp parallel
@@ -293,6 +312,8 @@ extern "C" void fcc_cpu_max_pool2d_backward(const fcc_pool2d_desc *d,
 
 extern "C" void fcc_cpu_avg_pool2d_forward(const fcc_pool2d_desc *d,
                                            const float *x, float *y) {
+  if (!nchwOnly(d))
+    return;
   PoolTables t(d);
   const int64_t inPlane = d->h * d->w, outPlane = d->oh * d->ow;
 #pragma omp parallel for schedule(static)
@@ -317,6 +338,8 @@ extern "C" void fcc_cpu_avg_pool2d_forward(const fcc_pool2d_desc *d,
 
 extern "C" void fcc_cpu_avg_pool2d_backward(const fcc_pool2d_desc *d,
                                             const float *dy, float *dx) {
+  if (!nchwOnly(d))
+    return;
   PoolTables t(d);
   const int64_t inPlane = d->h * d->w, outPlane = d->oh * d->ow;
 #pragma omp parallel for schedule(static)

@@ -384,6 +384,53 @@ __global__ void maxPoolTiledBackwardKernel(int planes, int oh, int ow, int kh,
   }
 }
 
+// NHWC tiled pooling: one thread per output element (window, channel),
+// neighbouring threads on neighbouring channels; taps and their order as
+// the NCHW tiled kernels'.
+__device__ __forceinline__ int64_t nhwcPoolBase(const fcc_pool2d_desc &d,
+                                                int64_t win, int64_t ch) {
+  const int64_t outPlane = d.oh * d.ow;
+  const int64_t n = divIndex(win, outPlane), q = win - n * outPlane;
+  const int64_t oh = divIndex(q, d.ow), ow = q - oh * d.ow;
+  return ((n * d.h + oh * d.kh) * d.w + ow * d.kw) * d.c + ch;
+}
+
+template <class T>
+__device__ __forceinline__ FirstMax nhwcWindowMax(const T *x, int64_t base,
+                                                  const fcc_pool2d_desc &d) {
+  FirstMax scan;
+  for (int64_t i = 0; i < d.kh; ++i)
+    for (int64_t j = 0; j < d.kw; ++j)
+      scan.take(toFloat(x[base + (i * d.w + j) * d.c]), i * d.kw + j);
+  return scan;
+}
+
+template <class T>
+__global__ void maxPoolNhwcForwardKernel(fcc_pool2d_desc d, const T *x,
+                                         T *y) {
+  FCC_GRID_LOOP(o, d.n * d.oh * d.ow * d.c) {
+    const int64_t win = divIndex(o, d.c);
+    const FirstMax scan = nhwcWindowMax(x, nhwcPoolBase(d, win, o - win * d.c), d);
+    y[o] = fromFloat<T>(scan.sawNaN() ? quietNaN() : scan.max);
+  }
+}
+
+template <class T>
+__global__ void maxPoolNhwcBackwardKernel(fcc_pool2d_desc d, const T *x,
+                                          const T *dy, T *dx) {
+  FCC_GRID_LOOP(o, d.n * d.oh * d.ow * d.c) {
+    const int64_t win = divIndex(o, d.c);
+    const int64_t base = nhwcPoolBase(d, win, o - win * d.c);
+    const int64_t best = nhwcWindowMax(x, base, d).index();
+    // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
+    const T g = fromFloat<T>(0.0f + toFloat(dy[o]));
+    const T zero = fromFloat<T>(0.0f);
+    for (int64_t i = 0; i < d.kh; ++i)
+      for (int64_t j = 0; j < d.kw; ++j)
+        dx[base + (i * d.w + j) * d.c] = i * d.kw + j == best ? g : zero;
+  }
+}
+
 template <class T>
 __global__ void maxPoolForwardKernel(fcc_pool2d_desc d, const T *x, T *y) {
   FCC_GRID_LOOP(o, d.n * d.c * d.oh * d.ow) {
@@ -528,7 +575,27 @@ bool poolDesc(const fcc_pool2d_desc *in, fcc_pool2d_desc &d, const char *fn) {
                          fn));
     return false;
   }
+  if (d.layout != FCC_LAYOUT_NCHW && d.layout != FCC_LAYOUT_NHWC) {
+    setAsyncError(format("%s: unknown layout %d", fn, d.layout));
+    return false;
+  }
   return true;
+}
+
+// NHWC pooling: max pooling whose windows tile the input (no padding or
+// dilation, stride = window, the input exactly covered); false (sticky
+// error naming fn) for anything else.
+bool nhwcPoolOk(const fcc_pool2d_desc &d, bool isMax, const char *fn) {
+  const bool tiles = d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 &&
+                     d.pad_r == 0 && d.dil_h == 1 && d.dil_w == 1 &&
+                     d.stride_h == d.kh && d.stride_w == d.kw &&
+                     d.h == d.oh * d.kh && d.w == d.ow * d.kw;
+  if (isMax && tiles)
+    return true;
+  setAsyncError(format("%s: NHWC layout: only max pooling whose windows tile "
+                       "the input (stride = window, no padding) is supported",
+                       fn));
+  return false;
 }
 
 } // namespace
@@ -811,8 +878,14 @@ extern "C" void fcc_cuda_max_pool2d_forward(const fcc_pool2d_desc *desc,
   fcc_pool2d_desc d;
   if (!ready(fn) || !poolDesc(desc, d, fn))
     return;
+  if (d.layout == FCC_LAYOUT_NHWC && !nhwcPoolOk(d, true, fn))
+    return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    if (tiledPool32(d))
+    if (d.layout == FCC_LAYOUT_NHWC)
+      maxPoolNhwcForwardKernel<T>
+          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
+              d, static_cast<const T *>(x), static_cast<T *>(y));
+    else if (tiledPool32(d))
       maxPoolTiledForwardKernel<T>
           <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
               int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw),
@@ -832,8 +905,15 @@ extern "C" void fcc_cuda_max_pool2d_backward(const fcc_pool2d_desc *desc,
   fcc_pool2d_desc d;
   if (!ready(fn) || !poolDesc(desc, d, fn))
     return;
+  if (d.layout == FCC_LAYOUT_NHWC && !nhwcPoolOk(d, true, fn))
+    return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    if (tiledPool32(d))
+    if (d.layout == FCC_LAYOUT_NHWC)
+      maxPoolNhwcBackwardKernel<T>
+          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
+              d, static_cast<const T *>(x), static_cast<const T *>(dy),
+              static_cast<T *>(dx));
+    else if (tiledPool32(d))
       maxPoolTiledBackwardKernel<T>
           <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
               int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw),
@@ -855,6 +935,8 @@ extern "C" void fcc_cuda_avg_pool2d_forward(const fcc_pool2d_desc *desc,
   fcc_pool2d_desc d;
   if (!ready(fn) || !poolDesc(desc, d, fn))
     return;
+  if (d.layout == FCC_LAYOUT_NHWC && !nhwcPoolOk(d, false, fn))
+    return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     avgPoolForwardKernel<T>
         <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
@@ -869,6 +951,8 @@ extern "C" void fcc_cuda_avg_pool2d_backward(const fcc_pool2d_desc *desc,
   const char *fn = "fcc_cuda_avg_pool2d_backward";
   fcc_pool2d_desc d;
   if (!ready(fn) || !poolDesc(desc, d, fn))
+    return;
+  if (d.layout == FCC_LAYOUT_NHWC && !nhwcPoolOk(d, false, fn))
     return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     avgPoolBackwardKernel<T>

@@ -472,6 +472,24 @@ TEST_F(Cuda, GraphReplaysWithTheStepsScalars) {
 // Pooling
 //===----------------------------------------------------------------------===//
 
+// NCHW <-> NHWC copies of an n x c x h x w tensor.
+Floats toNhwc(const Floats &v, int64_t n, int64_t c, int64_t h, int64_t w) {
+  Floats out(v.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      for (int64_t p = 0; p < h * w; ++p)
+        out[size_t((i * h * w + p) * c + k)] = v[size_t((i * c + k) * h * w + p)];
+  return out;
+}
+Floats fromNhwc(const Floats &v, int64_t n, int64_t c, int64_t h, int64_t w) {
+  Floats out(v.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      for (int64_t p = 0; p < h * w; ++p)
+        out[size_t((i * c + k) * h * w + p)] = v[size_t((i * h * w + p) * c + k)];
+  return out;
+}
+
 TEST_F(Cuda, Pooling) {
   struct Config {
     const char *name;
@@ -530,6 +548,70 @@ TEST_F(Cuda, Pooling) {
       fcc_cpu_avg_pool2d_backward(&d, dy.data(), wantDx.data());
       EXPECT_TRUE(near(download(dx.get(), in, dtype), rounded(wantDx, dtype), 0.0));
     }
+}
+
+// NHWC max pooling (windows that tile the input) against the CPU's NCHW
+// kernels on the same values, with a NaN and a window of -inf; other
+// pooling is refused by name in NHWC, and the CPU refuses NHWC.
+TEST_F(Cuda, PoolingNhwc) {
+  struct Config {
+    const char *name;
+    int64_t kh, kw, h, w;
+  };
+  const Config configs[] = {{"2x2", 2, 2, 6, 4}, {"4x3", 4, 3, 8, 6},
+                            {"global", 4, 4, 4, 4}};
+  std::mt19937 rng(16);
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
+    for (const Config &cfg : configs) {
+      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
+      fcc_pool2d_desc d{};
+      d.n = 2, d.c = 35, d.h = cfg.h, d.w = cfg.w;
+      d.kh = cfg.kh, d.kw = cfg.kw, d.stride_h = cfg.kh, d.stride_w = cfg.kw;
+      ASSERT_EQ(fcc_pool2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+      fcc_pool2d_desc dn = d;
+      dn.layout = FCC_LAYOUT_NHWC;
+      const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+      Floats x = gridFloats(rng, size_t(in)); // ties: first max wins
+      x[size_t(d.w + 1)] = std::nanf("");    // a NaN wins its window
+      for (int64_t i = 0; i < d.kh; ++i)     // the last plane's last window
+        for (int64_t j = 0; j < d.kw; ++j)
+          x[size_t(in - 1 - i * d.w - j)] = -INFINITY;
+      const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
+      auto dX = upload(toNhwc(x, d.n, d.c, d.h, d.w), dtype);
+      auto dDy = upload(toNhwc(dy, d.n, d.c, d.oh, d.ow), dtype);
+      Buffer y(out * 4), dx(in * 4);
+      Floats want(static_cast<size_t>(out)), wantDx(static_cast<size_t>(in));
+      fcc_cuda_max_pool2d_forward(&dn, dX->get(), y.get(), dtype);
+      fcc_cpu_max_pool2d_forward(&d, x.data(), want.data());
+      EXPECT_TRUE(near(fromNhwc(download(y.get(), out, dtype), d.n, d.c, d.oh,
+                                d.ow),
+                       want, 0.0));
+      fcc_cuda_max_pool2d_backward(&dn, dX->get(), dDy->get(), dx.get(), dtype);
+      fcc_cpu_max_pool2d_backward(&d, x.data(), dy.data(), wantDx.data());
+      EXPECT_TRUE(near(fromNhwc(download(dx.get(), in, dtype), d.n, d.c, d.h,
+                                d.w),
+                       rounded(wantDx, dtype), 0.0));
+    }
+
+  fcc_pool2d_desc d{};
+  d.n = 1, d.c = 2, d.h = 5, d.w = 5, d.kh = d.kw = 3, d.stride_h = 2,
+  d.stride_w = 2, d.layout = FCC_LAYOUT_NHWC;
+  ASSERT_EQ(fcc_pool2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+  Floats hx(50), hy(8);
+  fcc_cpu_max_pool2d_forward(&d, hx.data(), hy.data());
+  EXPECT_NE(std::string(fcc_cpu_last_error()).find("NCHW activations only"),
+            std::string::npos)
+      << fcc_cpu_last_error();
+  Buffer x(50 * 4), y(8 * 4);
+  fcc_cuda_max_pool2d_forward(&d, x.get(), y.get(), FCC_DTYPE_F32);
+  EXPECT_NE(fcc_cuda_synchronize(), 0);
+  EXPECT_NE(std::string(fcc_cuda_last_error())
+                .find("fcc_cuda_max_pool2d_forward: NHWC layout: only max "
+                      "pooling whose windows tile"),
+            std::string::npos)
+      << fcc_cuda_last_error();
+  fcc_cuda_shutdown(); // the error is sticky: a new context starts clean
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
 }
 
 //===----------------------------------------------------------------------===//
@@ -715,24 +797,6 @@ TEST_F(Cuda, FusedBatchNormActivation) {
                          rounded(want, dtype), 0.0, 1e-7));
       }
     }
-}
-
-// NCHW <-> NHWC copies of an n x c x h x w tensor.
-Floats toNhwc(const Floats &v, int64_t n, int64_t c, int64_t h, int64_t w) {
-  Floats out(v.size());
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < c; ++k)
-      for (int64_t p = 0; p < h * w; ++p)
-        out[size_t((i * h * w + p) * c + k)] = v[size_t((i * c + k) * h * w + p)];
-  return out;
-}
-Floats fromNhwc(const Floats &v, int64_t n, int64_t c, int64_t h, int64_t w) {
-  Floats out(v.size());
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < c; ++k)
-      for (int64_t p = 0; p < h * w; ++p)
-        out[size_t((i * c + k) * h * w + p)] = v[size_t((i * h * w + p) * c + k)];
-  return out;
 }
 
 // The NHWC kernels against the CPU's NCHW ones on the same values: every

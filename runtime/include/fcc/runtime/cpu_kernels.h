@@ -205,6 +205,8 @@ typedef struct fcc_pool2d_desc {
   int ceil_mode;
   int count_include_pad;          /* average pooling only */
   int64_t oh, ow;                 /* filled by fcc_pool2d_desc_finalize */
+  int layout;                     /* FCC_LAYOUT_*; NHWC: CUDA max pooling
+                                     whose windows tile the input only */
 } fcc_pool2d_desc;
 
 int fcc_pool2d_desc_finalize(fcc_pool2d_desc *d);
