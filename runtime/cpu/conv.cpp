@@ -107,6 +107,9 @@ extern "C" int fcc_conv2d_desc_finalize(fcc_conv2d_desc *d) {
                            (long long)d->dil_h, (long long)d->dil_w));
   if (d->pad_t < 0 || d->pad_l < 0 || d->pad_b < 0 || d->pad_r < 0)
     return setError(FCC_ERR_INVALID, "conv2d: pads must be non-negative");
+  if (d->layout != FCC_LAYOUT_NCHW && d->layout != FCC_LAYOUT_NHWC)
+    return setError(FCC_ERR_INVALID,
+                    format("conv2d: unknown layout %d", d->layout));
   if (d->groups <= 0)
     return setError(FCC_ERR_INVALID,
                     format("conv2d: groups must be positive, got %lld",
@@ -143,6 +146,11 @@ extern "C" fcc_conv2d_plan *fcc_cpu_conv2d_create(const fcc_conv2d_desc *d) {
   fcc_conv2d_desc desc = *d;
   if (fcc_conv2d_desc_finalize(&desc) != FCC_OK)
     return nullptr;
+  if (desc.layout != FCC_LAYOUT_NCHW) {
+    setError(FCC_ERR_UNSUPPORTED,
+             "conv2d: the CPU kernels take NCHW activations only");
+    return nullptr;
+  }
   // A caller-provided output size must agree with the rule (0 = not set).
   if ((d->oh != 0 || d->ow != 0) && (d->oh != desc.oh || d->ow != desc.ow)) {
     setError(FCC_ERR_INVALID,

@@ -1,8 +1,8 @@
 //===- conv.cpp - 2-D convolution through cuDNN ---------------------------===//
 //
 // A plan holds the cuDNN descriptors of one convolution shape and storage
-// type (NCHW tensors, KCRS filters, groups, dilation) and the algorithm of
-// each direction: forward, backward data, backward filter.
+// type (NCHW or NHWC tensors, KCRS filters, groups, dilation) and the
+// algorithm of each direction: forward, backward data, backward filter.
 //
 // Algorithm selection, like TensorRT tactics: when a plan is created, each
 // direction's algorithm is taken from the timing cache (internal.h) if this
@@ -39,6 +39,15 @@
 // alone when the output size it gives is the same, since end padding that
 // no window reaches changes nothing; other asymmetric pads are rejected
 // with FCC_ERR_UNSUPPORTED.
+//
+// Layout: activations NCHW or NHWC (desc.layout). Filters are KCRS in fcc's
+// buffers either way; an NHWC plan gives cuDNN KRSC filters (its
+// tensor-core kernels want every operand channels-last) from a buffer of its
+// own: the forward and data-gradient calls first transpose w into it, the
+// filter gradient is computed into it and transposed back into dw
+// (fcc_cuda_transpose_layout; ResNet9's filters are 6.6 M values, a few
+// microseconds). The bias add and bias gradient read NHWC as n * h * w
+// planes of one element.
 //
 // The plans take all their workspace from the context's shared cuDNN
 // workspace, which is grown when a plan is created (never at run time), so
@@ -83,8 +92,16 @@ struct fcc_cuda_conv2d_plan {
   cudnnConvolutionBwdDataAlgo_t bwdDataAlgo{};
   cudnnConvolutionBwdFilterAlgo_t bwdFilterAlgo{};
   size_t workspace[3] = {0, 0, 0};
+  void *krsc = nullptr; // NHWC plans: the filter (or its gradient) as KRSC
+
+  bool nhwc() const { return desc.layout == FCC_LAYOUT_NHWC; }
+  int64_t filterCount() const {
+    return desc.k * (desc.c / desc.groups) * desc.r * desc.s;
+  }
 
   ~fcc_cuda_conv2d_plan() {
+    if (krsc)
+      cudaFree(krsc);
     if (x)
       cudnnDestroyTensorDescriptor(x);
     if (y)
@@ -136,6 +153,14 @@ int finalizeDesc(const char *fn, fcc_conv2d_desc &d) {
                     format("%s: strides and dilations must be positive", fn));
   if (d.pad_t < 0 || d.pad_l < 0 || d.pad_b < 0 || d.pad_r < 0)
     return setError(FCC_ERR_INVALID, format("%s: pads must be non-negative", fn));
+  if (d.layout != FCC_LAYOUT_NCHW && d.layout != FCC_LAYOUT_NHWC)
+    return setError(FCC_ERR_INVALID,
+                    format("%s: unknown layout %d", fn, d.layout));
+  if (d.layout == FCC_LAYOUT_NHWC && d.groups != 1)
+    return setError(FCC_ERR_UNSUPPORTED,
+                    format("%s: NHWC layout: grouped convolutions (groups = "
+                           "%lld) are NCHW only",
+                           fn, (long long)d.groups));
   if (d.groups <= 0 || d.c % d.groups != 0 || d.k % d.groups != 0)
     return setError(FCC_ERR_INVALID,
                     format("%s: input channels (%lld) and output channels "
@@ -184,12 +209,13 @@ int64_t symmetricPad(int64_t in, int64_t kernel, int64_t stride, int64_t begin,
 std::string shapeKey(const fcc_conv2d_desc &d, int64_t padH, int64_t padW,
                      int dtype) {
   return format("%s|n=%lld,c=%lld,h=%lld,w=%lld,k=%lld,r=%lld,s=%lld,"
-                "stride=%lldx%lld,pad=%lldx%lld,dil=%lldx%lld,g=%lld",
+                "stride=%lldx%lld,pad=%lldx%lld,dil=%lldx%lld,g=%lld%s",
                 dtypeName(dtype), (long long)d.n, (long long)d.c,
                 (long long)d.h, (long long)d.w, (long long)d.k, (long long)d.r,
                 (long long)d.s, (long long)d.stride_h, (long long)d.stride_w,
                 (long long)padH, (long long)padW, (long long)d.dil_h,
-                (long long)d.dil_w, (long long)d.groups);
+                (long long)d.dil_w, (long long)d.groups,
+                d.layout == FCC_LAYOUT_NHWC ? ",nhwc" : "");
 }
 
 // Device buffers for the algorithm search, allocated at the first direction
@@ -469,18 +495,21 @@ int createDescriptors(fcc_cuda_conv2d_plan &p, int64_t padH, int64_t padW,
   if (int rc = cudnnCheck(cudnnCreateFilterDescriptor(&p.w), fn,
                           "cudnnCreateFilterDescriptor"))
     return rc;
+  // NHWC: channels-last activations and KRSC filters (see the file comment).
+  const cudnnTensorFormat_t layout =
+      p.nhwc() ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
   if (int rc = cudnnCheck(
-          cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NCHW, type, int(d.n),
-                                     int(d.c), int(d.h), int(d.w)),
+          cudnnSetTensor4dDescriptor(p.x, layout, type, int(d.n), int(d.c),
+                                     int(d.h), int(d.w)),
           fn, "input descriptor"))
     return rc;
   if (int rc = cudnnCheck(
-          cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NCHW, type, int(d.n),
-                                     int(d.k), int(d.oh), int(d.ow)),
+          cudnnSetTensor4dDescriptor(p.y, layout, type, int(d.n), int(d.k),
+                                     int(d.oh), int(d.ow)),
           fn, "output descriptor"))
     return rc;
   if (int rc = cudnnCheck(
-          cudnnSetFilter4dDescriptor(p.w, type, CUDNN_TENSOR_NCHW, int(d.k),
+          cudnnSetFilter4dDescriptor(p.w, type, layout, int(d.k),
                                      int(d.c / d.groups), int(d.r), int(d.s)),
           fn, "filter descriptor"))
     return rc;
@@ -515,6 +544,17 @@ int createDescriptors(fcc_cuda_conv2d_plan &p, int64_t padH, int64_t padW,
                            fn, on, ok, ooh, oow, (long long)d.n,
                            (long long)d.k, (long long)d.oh, (long long)d.ow));
   return FCC_OK;
+}
+
+// The filter cuDNN reads: w itself (NCHW), or w transposed into the plan's
+// KRSC buffer (NHWC).
+const void *filterForCudnn(const fcc_cuda_conv2d_plan &p, const void *w) {
+  if (!p.nhwc())
+    return w;
+  const fcc_conv2d_desc &d = p.desc;
+  fcc_cuda_transpose_layout(w, d.k, d.c / d.groups, d.r * d.s,
+                            FCC_LAYOUT_NHWC, p.krsc, p.dtype);
+  return p.krsc;
 }
 
 } // namespace
@@ -562,6 +602,11 @@ extern "C" fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *d
   }
   if (createDescriptors(*plan, padH, padW, fn) != FCC_OK)
     return nullptr;
+  if (plan->nhwc() &&
+      cudaCheck(cudaMalloc(&plan->krsc,
+                           size_t(plan->filterCount() * dtypeSize(dtype))),
+                fn, "allocating the KRSC filter"))
+    return nullptr;
 
   SearchBuffers buffers;
   size_t most = 0;
@@ -595,13 +640,19 @@ extern "C" int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
   // alpha/beta are float for every storage type but double.
   const float one = 1.0f, zero = 0.0f;
   if (int rc = cudnnCheck(
-          cudnnConvolutionForward(cudnnHandle(), &one, p->x, x, p->w, w,
-                                  p->conv[kForward], p->fwdAlgo, workspace(),
-                                  workspaceSize(), &zero, p->y, y),
+          cudnnConvolutionForward(cudnnHandle(), &one, p->x, x, p->w,
+                                  filterForCudnn(*p, w), p->conv[kForward],
+                                  p->fwdAlgo, workspace(), workspaceSize(),
+                                  &zero, p->y, y),
           fn, "cudnnConvolutionForward"))
     return rc;
-  if (bias && !addChannelBias(y, bias, p->desc.n, p->desc.k,
-                              p->desc.oh * p->desc.ow, p->dtype, fn))
+  const fcc_conv2d_desc &d = p->desc;
+  const int64_t hw = d.oh * d.ow;
+  // NHWC: n * hw planes of one element per channel.
+  if (bias && !(p->nhwc() ? addChannelBias(y, bias, d.n * hw, d.k, 1,
+                                           p->dtype, fn)
+                          : addChannelBias(y, bias, d.n, d.k, hw, p->dtype,
+                                           fn)))
     return FCC_ERR_BACKEND;
   return FCC_OK;
 }
@@ -614,8 +665,8 @@ extern "C" int fcc_cuda_conv2d_backward_data(fcc_cuda_conv2d_plan *p,
     return setError(FCC_ERR_INVALID, format("%s: null argument", fn));
   const float one = 1.0f, zero = 0.0f;
   return cudnnCheck(cudnnConvolutionBackwardData(
-                        cudnnHandle(), &one, p->w, w, p->y, dy,
-                        p->conv[kBackwardData], p->bwdDataAlgo, workspace(),
+                        cudnnHandle(), &one, p->w, filterForCudnn(*p, w), p->y,
+                        dy, p->conv[kBackwardData], p->bwdDataAlgo, workspace(),
                         workspaceSize(), &zero, p->x, dx),
                     fn, "cudnnConvolutionBackwardData");
 }
@@ -630,12 +681,19 @@ extern "C" int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *p,
   if (int rc = cudnnCheck(cudnnConvolutionBackwardFilter(
                               cudnnHandle(), &one, p->x, x, p->y, dy,
                               p->conv[kBackwardFilter], p->bwdFilterAlgo,
-                              workspace(), workspaceSize(), &zero, p->w, dw),
+                              workspace(), workspaceSize(), &zero, p->w,
+                              p->nhwc() ? p->krsc : dw),
                           fn, "cudnnConvolutionBackwardFilter"))
     return rc;
-  if (dbias &&
-      !channelSum(dy, p->desc.n, p->desc.k, p->desc.oh * p->desc.ow, dbias,
-                  p->dtype, fn))
+  const fcc_conv2d_desc &d = p->desc;
+  if (p->nhwc())
+    fcc_cuda_transpose_layout(p->krsc, d.k, d.c / d.groups, d.r * d.s,
+                              FCC_LAYOUT_NCHW, dw, p->dtype);
+  const int64_t hw = d.oh * d.ow;
+  if (dbias && !(p->nhwc() ? channelSum(dy, d.n * hw, d.k, 1, dbias,
+                                        p->dtype, fn)
+                           : channelSum(dy, d.n, d.k, hw, dbias, p->dtype,
+                                        fn)))
     return FCC_ERR_BACKEND;
   return FCC_OK;
 }

@@ -87,10 +87,32 @@ __global__ void mulKernel(const T *x, const T *mask, T *y, int64_t count) {
 }
 
 template <class T>
-__global__ void flipWKernel(const T *x, int64_t rows, int64_t w, T *y) {
-  FCC_GRID_LOOP(i, rows * w) {
-    const int64_t r = i / w, j = i - r * w;
-    y[i] = x[r * w + (w - 1 - j)];
+__global__ void flipWKernel(const T *x, int64_t rows, int64_t w,
+                            int64_t inner, T *y) {
+  // Rows of w columns of `inner` neighbouring elements (NCHW: 1; NHWC: the
+  // channels of a pixel).
+  FCC_GRID_LOOP(i, rows * w * inner) {
+    const int64_t q = divIndex(i, inner), e = i - q * inner;
+    const int64_t r = divIndex(q, w), j = q - r * w;
+    y[i] = x[(r * w + (w - 1 - j)) * inner + e];
+  }
+}
+
+// NCHW <-> NHWC: y[n, p, ch] = x[n, ch, p] (toNhwc) or the inverse, one
+// thread per output element.
+template <class T>
+__global__ void transposeLayoutKernel(const T *x, int64_t n, int64_t c,
+                                      int64_t hw, bool toNhwc, T *y) {
+  FCC_GRID_LOOP(o, n * c * hw) {
+    if (toNhwc) {
+      const int64_t q = divIndex(o, c), ch = o - q * c;
+      const int64_t i = divIndex(q, hw), p = q - i * hw;
+      y[o] = x[(i * c + ch) * hw + p];
+    } else {
+      const int64_t q = divIndex(o, hw), p = o - q * hw;
+      const int64_t i = divIndex(q, c), ch = q - i * c;
+      y[o] = x[(i * hw + p) * c + ch];
+    }
   }
 }
 
@@ -688,7 +710,39 @@ extern "C" void fcc_cuda_flip_w(const void *x, int64_t n, int64_t c,
     return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     flipWKernel<T><<<blocksFor(rows * w), kThreads, 0, stream()>>>(
-        static_cast<const T *>(x), rows, w, static_cast<T *>(y));
+        static_cast<const T *>(x), rows, w, int64_t(1), static_cast<T *>(y));
+  });
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_flip_w_nhwc(const void *x, int64_t n, int64_t c,
+                                     int64_t h, int64_t w, void *y,
+                                     int dtype) {
+  const char *fn = "fcc_cuda_flip_w_nhwc";
+  const int64_t rows = n * h;
+  if (rows <= 0 || w <= 0 || c <= 0 || !ready(fn))
+    return;
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    flipWKernel<T><<<blocksFor(rows * w * c), kThreads, 0, stream()>>>(
+        static_cast<const T *>(x), rows, w, c, static_cast<T *>(y));
+  });
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_transpose_layout(const void *x, int64_t n, int64_t c,
+                                          int64_t hw, int to, void *y,
+                                          int dtype) {
+  const char *fn = "fcc_cuda_transpose_layout";
+  if (n <= 0 || c <= 0 || hw <= 0 || !ready(fn))
+    return;
+  if (to != FCC_LAYOUT_NCHW && to != FCC_LAYOUT_NHWC) {
+    setAsyncError(format("%s: unknown layout %d", fn, to));
+    return;
+  }
+  FCC_CUDA_DISPATCH(dtype, fn, [&] {
+    transposeLayoutKernel<T><<<blocksFor(n * c * hw), kThreads, 0, stream()>>>(
+        static_cast<const T *>(x), n, c, hw, to == FCC_LAYOUT_NHWC,
+        static_cast<T *>(y));
   });
   checkLaunch(fn);
 }

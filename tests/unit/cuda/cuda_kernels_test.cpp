@@ -550,6 +550,33 @@ TEST_F(Cuda, Pooling) {
     }
 }
 
+// fcc_cuda_transpose_layout both ways and fcc_cuda_flip_w_nhwc, against
+// host index arithmetic.
+TEST_F(Cuda, LayoutTransposeAndNhwcFlip) {
+  std::mt19937 rng(17);
+  const int64_t n = 3, c = 5, h = 4, w = 7, count = n * c * h * w;
+  for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16}) {
+    SCOPED_TRACE(typeName(dtype));
+    const Floats x = rounded(randomFloats(rng, size_t(count)), dtype);
+    auto dX = upload(x, dtype);
+    Buffer t(count * 4), back(count * 4), flipped(count * 4);
+    fcc_cuda_transpose_layout(dX->get(), n, c, h * w, FCC_LAYOUT_NHWC, t.get(),
+                              dtype);
+    EXPECT_TRUE(near(download(t.get(), count, dtype), toNhwc(x, n, c, h, w), 0.0));
+    fcc_cuda_transpose_layout(t.get(), n, c, h * w, FCC_LAYOUT_NCHW,
+                              back.get(), dtype);
+    EXPECT_TRUE(near(download(back.get(), count, dtype), x, 0.0));
+    // The NHWC flip is the NCHW flip seen through the transposes.
+    fcc_cuda_flip_w_nhwc(t.get(), n, c, h, w, flipped.get(), dtype);
+    Floats want(x.size());
+    for (int64_t r = 0; r < n * c * h; ++r)
+      for (int64_t j = 0; j < w; ++j)
+        want[size_t(r * w + j)] = x[size_t(r * w + (w - 1 - j))];
+    EXPECT_TRUE(near(fromNhwc(download(flipped.get(), count, dtype), n, c, h, w),
+                     want, 0.0));
+  }
+}
+
 // NHWC max pooling (windows that tile the input) against the CPU's NCHW
 // kernels on the same values, with a NaN and a window of -inf; other
 // pooling is refused by name in NHWC, and the CPU refuses NHWC.
@@ -972,21 +999,33 @@ fcc_conv2d_desc convDesc(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
 }
 
 // Checks all three directions of one plan against oneDNN.
-void checkConv(const fcc_conv2d_desc &desc, int dtype, std::mt19937 &rng) {
+// The CUDA plan (activations in `layout`) against the CPU's NCHW kernels.
+void checkConv(const fcc_conv2d_desc &desc, int dtype, std::mt19937 &rng,
+               int layout = FCC_LAYOUT_NCHW) {
   fcc_conv2d_desc d = desc;
   ASSERT_EQ(fcc_conv2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
   const int64_t xn = d.n * d.c * d.h * d.w,
                 wn = d.k * (d.c / d.groups) * d.r * d.s,
                 yn = d.n * d.k * d.oh * d.ow;
+  const bool nhwc = layout == FCC_LAYOUT_NHWC;
+  // Device copies of activations, and activations read back, in `layout`.
+  auto in = [&](const Floats &v, int64_t c, int64_t hw) {
+    return nhwc ? toNhwc(v, d.n, c, hw, 1) : v;
+  };
+  auto out = [&](const Floats &v, int64_t c, int64_t hw) {
+    return nhwc ? fromNhwc(v, d.n, c, hw, 1) : v;
+  };
   const Floats x = rounded(randomFloats(rng, size_t(xn)), dtype);
   const Floats w = rounded(randomFloats(rng, size_t(wn)), dtype);
   const Floats bias = rounded(randomFloats(rng, size_t(d.k)), dtype);
   const Floats dy = rounded(randomFloats(rng, size_t(yn)), dtype);
-  auto dX = upload(x, dtype), dW = upload(w, dtype), dBias = upload(bias, dtype),
-       dDy = upload(dy, dtype);
+  auto dX = upload(in(x, d.c, d.h * d.w), dtype), dW = upload(w, dtype),
+       dBias = upload(bias, dtype), dDy = upload(in(dy, d.k, d.oh * d.ow), dtype);
   Buffer y(yn * 4), dx(xn * 4), dw(wn * 4), db(d.k * 4);
 
-  fcc_cuda_conv2d_plan *plan = fcc_cuda_conv2d_create(&d, dtype);
+  fcc_conv2d_desc dg = d;
+  dg.layout = layout;
+  fcc_cuda_conv2d_plan *plan = fcc_cuda_conv2d_create(&dg, dtype);
   ASSERT_NE(plan, nullptr) << fcc_cuda_last_error();
   fcc_conv2d_plan *cpu = fcc_cpu_conv2d_create(&d);
   ASSERT_NE(cpu, nullptr) << fcc_cpu_last_error();
@@ -1003,7 +1042,7 @@ void checkConv(const fcc_conv2d_desc &desc, int dtype, std::mt19937 &rng) {
   ASSERT_EQ(fcc_cpu_conv2d_forward(cpu, x.data(), w.data(), bias.data(),
                                    want.data()),
             FCC_OK);
-  EXPECT_TRUE(near(download(y.get(), yn, dtype), want, rtol, 0.0, fanIn))
+  EXPECT_TRUE(near(out(download(y.get(), yn, dtype), d.k, d.oh * d.ow), want, rtol, 0.0, fanIn))
       << "forward";
   ASSERT_EQ(fcc_cuda_conv2d_forward(plan, dX->get(), dW->get(), nullptr,
                                     y.get()),
@@ -1012,7 +1051,7 @@ void checkConv(const fcc_conv2d_desc &desc, int dtype, std::mt19937 &rng) {
   ASSERT_EQ(fcc_cpu_conv2d_forward(cpu, x.data(), w.data(), nullptr,
                                    want.data()),
             FCC_OK);
-  EXPECT_TRUE(near(download(y.get(), yn, dtype), want, rtol, 0.0, fanIn))
+  EXPECT_TRUE(near(out(download(y.get(), yn, dtype), d.k, d.oh * d.ow), want, rtol, 0.0, fanIn))
       << "forward without bias";
 
   ASSERT_EQ(fcc_cuda_conv2d_backward_data(plan, dDy->get(), dW->get(),
@@ -1023,7 +1062,7 @@ void checkConv(const fcc_conv2d_desc &desc, int dtype, std::mt19937 &rng) {
   ASSERT_EQ(fcc_cpu_conv2d_backward_data(cpu, dy.data(), w.data(),
                                          wantDx.data()),
             FCC_OK);
-  EXPECT_TRUE(near(download(dx.get(), xn, dtype), wantDx, rtol, 0.0,
+  EXPECT_TRUE(near(out(download(dx.get(), xn, dtype), d.c, d.h * d.w), wantDx, rtol, 0.0,
                    double(d.k * d.r * d.s)))
       << "backward data";
 
@@ -1059,6 +1098,12 @@ TEST_F(Cuda, Convolution) {
     for (const ConvCase &c : cases) {
       SCOPED_TRACE(std::string(c.name) + " " + typeName(dtype));
       checkConv(c.d, dtype, rng);
+      // NHWC activations (KRSC filters inside the plan); grouped
+      // convolutions are NCHW only.
+      if (c.d.groups == 1) {
+        SCOPED_TRACE("NHWC");
+        checkConv(c.d, dtype, rng, FCC_LAYOUT_NHWC);
+      }
     }
   // Asymmetric padding cuDNN cannot express: refused with a message.
   fcc_conv2d_desc bad = convDesc(1, 2, 5, 5, 3, 3, 3, 1, 1, 1, 0, 0, 1, 1);

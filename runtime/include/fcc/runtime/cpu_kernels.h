@@ -35,14 +35,22 @@ int fcc_cpu_get_num_threads(void);
 
 /*--- Convolution (oneDNN) ---------------------------------------------------*/
 
+/* Memory layouts of 4-d activations. The CPU kernels take NCHW only; the
+ * CUDA kernels of convolutions, fused BatchNorm + activation and max pooling
+ * (whose windows tile the input) also take NHWC: channels innermost, element
+ * (n, c, h, w) at ((n * H + h) * W + w) * C + c. Filters stay KCRS. */
+enum { FCC_LAYOUT_NCHW = 0, FCC_LAYOUT_NHWC = 1 };
+
 typedef struct fcc_conv2d_desc {
-  int64_t n, c, h, w;             /* input NCHW */
+  int64_t n, c, h, w;             /* input dimensions (whatever the layout) */
   int64_t k, r, s;                /* output channels, kernel height, kernel width */
   int64_t stride_h, stride_w;
   int64_t pad_t, pad_l, pad_b, pad_r;
   int64_t dil_h, dil_w;           /* 1 = dense (ONNX convention) */
   int64_t groups;
   int64_t oh, ow;                 /* output spatial size; see fcc_conv2d_output_size */
+  int layout;                     /* FCC_LAYOUT_* of x and y (filters are
+                                     always KCRS); NHWC: CUDA plans only */
 } fcc_conv2d_desc;
 
 /* Output size of one spatial dimension of a convolution or pooling window:
@@ -120,11 +128,6 @@ void fcc_cpu_batch_norm_backward(const float *x, const float *dy,
 /* Activations of the fused kernels (fcc.bn_act's `activation`). */
 enum { FCC_ACT_NONE = 0, FCC_ACT_RELU = 1, FCC_ACT_CELU = 2 };
 
-/* Memory layouts of 4-d activations. The CPU kernels take NCHW only; the CUDA
- * fused BatchNorm kernels (fcc_cuda_bn_act_*) also take NHWC (channels
- * innermost: element (n, c, h, w) at ((n * H + h) * W + w) * C + c), with
- * pooling only when the windows tile the input. */
-enum { FCC_LAYOUT_NCHW = 0, FCC_LAYOUT_NHWC = 1 };
 
 /* y = [max_pool(] act(batch_norm(x)) [)] [+ residual], with the numerics of
  * the unfused kernels (fcc_cpu_batch_norm_*, fcc_cpu_relu/celu_forward,

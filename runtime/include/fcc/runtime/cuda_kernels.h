@@ -187,6 +187,14 @@ void fcc_cuda_softmax(const void *x, int64_t outer, int64_t dim,
                       int64_t inner, void *y, int dtype);
 void fcc_cuda_flip_w(const void *x, int64_t n, int64_t c, int64_t h,
                      int64_t w, void *y, int dtype);
+/* fcc_cuda_flip_w for NHWC x and y (n, h, w, c). */
+void fcc_cuda_flip_w_nhwc(const void *x, int64_t n, int64_t c, int64_t h,
+                          int64_t w, void *y, int dtype);
+/* NCHW <-> NHWC of an n x c x hw tensor (hw = h * w): to = FCC_LAYOUT_NHWC
+ * reads NCHW x and writes NHWC y, FCC_LAYOUT_NCHW the inverse; y must not
+ * overlap x. KCRS -> KRSC filters are the NHWC case with n = k, hw = r * s. */
+void fcc_cuda_transpose_layout(const void *x, int64_t n, int64_t c,
+                               int64_t hw, int to, void *y, int dtype);
 /* Copies or converts: y (type `to`) = x (type `from`), round to nearest even. */
 void fcc_cuda_cast(const void *x, int from, void *y, int to, int64_t count);
 

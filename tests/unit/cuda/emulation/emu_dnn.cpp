@@ -7,7 +7,9 @@
 // fcc_cuda_cast kernel), runs the CPU kernel of the same semantics
 // (runtime/cpu: oneDNN, OpenBLAS) and rounds the results back to the
 // storage type, as stream work (run now, or recorded into a graph being
-// captured and run when it replays). This checks everything around the library calls (plans,
+// captured and run when it replays); NHWC activations are transposed to
+// NCHW and back around the CPU kernels (the real plans hand cuDNN NHWC and
+// KRSC filters). This checks everything around the library calls (plans,
 // pointers, storage types, graph capture); the libraries themselves are
 // checked on a GPU by cuda_kernels_test.
 //
@@ -24,8 +26,9 @@ using namespace fcc::cuda;
 
 struct fcc_cuda_conv2d_plan {
   fcc_conv2d_desc desc;
-  fcc_conv2d_plan *cpu;
+  fcc_conv2d_plan *cpu; // always NCHW
   int dtype;
+  bool nhwc; // the activations are NHWC: transposed around the CPU kernels
 };
 
 namespace {
@@ -51,6 +54,35 @@ void narrow(const std::vector<float> &v, void *y, int dtype) {
     fcc_cuda_cast(v.data(), FCC_DTYPE_F32, y, dtype, int64_t(v.size()));
 }
 
+/// NCHW <-> NHWC of an n x c x hw tensor on the host (toNhwc: NCHW in).
+std::vector<float> relayout(const std::vector<float> &v, int64_t n, int64_t c,
+                            int64_t hw, bool toNhwc) {
+  std::vector<float> out(v.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t p = 0; p < hw; ++p) {
+        const size_t nchw = size_t((i * c + ch) * hw + p),
+                     nhwc = size_t((i * hw + p) * c + ch);
+        if (toNhwc)
+          out[nhwc] = v[nchw];
+        else
+          out[nchw] = v[nhwc];
+      }
+  return out;
+}
+
+/// The plan's input (or output) activations, NCHW for the CPU kernels.
+std::vector<float> inputNchw(const fcc_cuda_conv2d_plan *p,
+                             std::vector<float> v) {
+  const fcc_conv2d_desc &d = p->desc;
+  return p->nhwc ? relayout(v, d.n, d.c, d.h * d.w, false) : v;
+}
+std::vector<float> outputNchw(const fcc_cuda_conv2d_plan *p,
+                              std::vector<float> v) {
+  const fcc_conv2d_desc &d = p->desc;
+  return p->nhwc ? relayout(v, d.n, d.k, d.oh * d.ow, false) : v;
+}
+
 /// A failed CPU kernel: sticky, as a failed kernel of the stream would be.
 void cpuFailed(const char *fn) {
   setAsyncError(format("%s (emulated): %s", fn, fcc_cpu_last_error()));
@@ -67,15 +99,18 @@ fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *d,
     return nullptr;
   }
   fcc_conv2d_desc desc = *d; // with its output size
+  fcc_conv2d_desc nchw = desc;
+  nchw.layout = FCC_LAYOUT_NCHW;
   fcc_conv2d_plan *cpu = fcc_conv2d_desc_finalize(&desc) == 0
-                             ? fcc_cpu_conv2d_create(&desc)
+                             ? fcc_cpu_conv2d_create(&nchw)
                              : nullptr;
   if (!cpu) {
     setError(FCC_ERR_UNSUPPORTED, format("fcc_cuda_conv2d_create (emulated): %s",
                                          fcc_cpu_last_error()));
     return nullptr;
   }
-  return new fcc_cuda_conv2d_plan{desc, cpu, dtype};
+  return new fcc_cuda_conv2d_plan{desc, cpu, dtype,
+                                  desc.layout == FCC_LAYOUT_NHWC};
 }
 
 void fcc_cuda_conv2d_destroy(fcc_cuda_conv2d_plan *p) {
@@ -89,14 +124,15 @@ int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
                             const void *w, const void *bias, void *y) {
   fcc_emu_enqueue([=] {
     const fcc_conv2d_desc &d = p->desc;
-    std::vector<float> xf = widen(x, inputCount(d), p->dtype),
+    std::vector<float> xf = inputNchw(p, widen(x, inputCount(d), p->dtype)),
                        wf = widen(w, filterCount(d), p->dtype),
                        bf = widen(bias, d.k, p->dtype),
                        yf(static_cast<size_t>(outputCount(d)));
     if (fcc_cpu_conv2d_forward(p->cpu, xf.data(), wf.data(),
                                bias ? bf.data() : nullptr, yf.data()) != 0)
       return cpuFailed("fcc_cuda_conv2d_forward");
-    narrow(yf, y, p->dtype);
+    narrow(p->nhwc ? relayout(yf, d.n, d.k, d.oh * d.ow, true) : yf, y,
+           p->dtype);
   });
   return FCC_OK;
 }
@@ -105,13 +141,14 @@ int fcc_cuda_conv2d_backward_data(fcc_cuda_conv2d_plan *p, const void *dy,
                                   const void *w, void *dx) {
   fcc_emu_enqueue([=] {
     const fcc_conv2d_desc &d = p->desc;
-    std::vector<float> dyf = widen(dy, outputCount(d), p->dtype),
+    std::vector<float> dyf = outputNchw(p, widen(dy, outputCount(d), p->dtype)),
                        wf = widen(w, filterCount(d), p->dtype),
                        dxf(static_cast<size_t>(inputCount(d)));
     if (fcc_cpu_conv2d_backward_data(p->cpu, dyf.data(), wf.data(),
                                      dxf.data()) != 0)
       return cpuFailed("fcc_cuda_conv2d_backward_data");
-    narrow(dxf, dx, p->dtype);
+    narrow(p->nhwc ? relayout(dxf, d.n, d.c, d.h * d.w, true) : dxf, dx,
+           p->dtype);
   });
   return FCC_OK;
 }
@@ -120,8 +157,8 @@ int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *p, const void *x,
                                     const void *dy, void *dw, void *dbias) {
   fcc_emu_enqueue([=] {
     const fcc_conv2d_desc &d = p->desc;
-    std::vector<float> xf = widen(x, inputCount(d), p->dtype),
-                       dyf = widen(dy, outputCount(d), p->dtype),
+    std::vector<float> xf = inputNchw(p, widen(x, inputCount(d), p->dtype)),
+                       dyf = outputNchw(p, widen(dy, outputCount(d), p->dtype)),
                        dwf(static_cast<size_t>(filterCount(d))),
                        dbf(dbias ? static_cast<size_t>(d.k) : 0);
     if (fcc_cpu_conv2d_backward_filter(p->cpu, xf.data(), dyf.data(),
