@@ -71,12 +71,12 @@ ArrayRef<int64_t> shapeOf(Value v) {
 }
 
 /// The initializer of a `const fcc_bn_act_desc NAME[1]` global.
-std::string bnActDescInit(const fcc_bn_act_desc &d) {
+std::string bnActDescInit(const fcc_bn_act_desc &d, StringRef layout) {
   return llvm::formatv("{{{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, "
-                       "{10}, {11}, {12}}}",
+                       "{10}, {11}, {12}, {13}}}",
                        d.n, d.c, d.h, d.w, d.activation, fmtFloat(d.alpha),
                        fmtFloat(d.eps), d.pool_kh, d.pool_kw, d.pool_sh,
-                       d.pool_sw, d.oh, d.ow)
+                       d.pool_sw, d.oh, d.ow, layout)
       .str();
 }
 
@@ -102,6 +102,14 @@ public:
   FailureOr<GeneratedProgram> run();
 
 private:
+  bool nhwc() const { return opts.layout == "nhwc"; }
+  // The FCC_LAYOUT_* constant of the activations, for descriptors.
+  const char *layoutConst() const {
+    return nhwc() ? "FCC_LAYOUT_NHWC" : "FCC_LAYOUT_NCHW";
+  }
+  // --layout nhwc: every op that touches a 4-d activation must take NHWC.
+  LogicalResult checkNhwc(func::FuncOp f);
+
   // Values as C expressions.
   std::string pointer(Value v);
   std::string scalar(Value v);
@@ -386,9 +394,9 @@ std::string Emitter::convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
                               ArrayRef<int64_t> d, int64_t groups) {
   std::string desc = llvm::formatv(
       "{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, "
-      "{13}, {14}, {15}, 0, 0}",
+      "{13}, {14}, {15}, 0, 0, {16}}",
       x[0], x[1], x[2], x[3], w[0], w[2], w[3], s[0], s[1], p[0], p[1], p[2],
-      p[3], d[0], d[1], groups);
+      p[3], d[0], d[1], groups, layoutConst());
   std::string key = desc + (cuda ? " " + dtype : "");
   auto it = convPlans.find(key);
   if (it != convPlans.end())
@@ -413,9 +421,9 @@ std::string Emitter::poolDesc(ArrayRef<int64_t> x, ArrayRef<int64_t> k,
                               ArrayRef<int64_t> y) {
   std::string desc = llvm::formatv(
       "{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, "
-      "{13}, {14}, {15}, {16}, {17}}",
+      "{13}, {14}, {15}, {16}, {17}, {18}}",
       x[0], x[1], x[2], x[3], k[0], k[1], s[0], s[1], p[0], p[1], p[2], p[3],
-      d[0], d[1], int(ceil), int(includePad), y[2], y[3]);
+      d[0], d[1], int(ceil), int(includePad), y[2], y[3], layoutConst());
   auto it = pools.find(desc);
   if (it != pools.end())
     return it->second;
@@ -589,7 +597,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
         // Fused BatchNorm + activation (+ pool) (+ residual), fused.cpp.
         fcc_bn_act_desc d = bnActDescriptor(f);
         std::string desc = global("kBnAct", "const fcc_bn_act_desc", 1,
-                                  bnActDescInit(d));
+                                  bnActDescInit(d, layoutConst()));
         std::string residual =
             f.getResidual() ? pointer(f.getResidual()) : "NULL";
         if (!f.getTraining()) {
@@ -613,7 +621,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<BnActGradOp>([&](BnActGradOp g) {
         fcc_bn_act_desc d = bnActDescriptor(g);
         std::string desc = global("kBnAct", "const fcc_bn_act_desc", 1,
-                                  bnActDescInit(d));
+                                  bnActDescInit(d, layoutConst()));
         comment("bn_act backward" + where);
         call(rt("bn_act_backward"),
              {op(desc), op(pointer(g.getInput())),
@@ -839,7 +847,8 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<FlipOp>([&](FlipOp f) {
         comment("horizontal flip" + where);
         auto xs = shapeOf(f.getInput());
-        call(rt("flip_w"), {op(pointer(f.getInput())), num(xs[0]),
+        call(rt(nhwc() ? "flip_w_nhwc" : "flip_w"),
+             {op(pointer(f.getInput())), num(xs[0]),
                                 num(xs[1]), num(xs[2]), num(xs[3]),
                                 op(pointer(f.getOutput()))});
         return success();
@@ -1131,6 +1140,95 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
   return success();
 }
 
+/// Whether a pooling window tiles an NCHW input: stride = window, no
+/// padding or dilation, the input exactly covered.
+static bool poolTiles(ArrayRef<int64_t> input, ArrayRef<int64_t> kernel,
+                      ArrayRef<int64_t> strides, ArrayRef<int64_t> pads = {},
+                      ArrayRef<int64_t> dilations = {}) {
+  return kernel.size() == 2 && ArrayRef<int64_t>(strides) == kernel &&
+         llvm::all_of(pads, [](int64_t p) { return p == 0; }) &&
+         llvm::all_of(dilations, [](int64_t d) { return d == 1; }) &&
+         input[2] % kernel[0] == 0 && input[3] % kernel[1] == 0;
+}
+
+LogicalResult Emitter::checkNhwc(func::FuncOp f) {
+  auto rank4 = [](Value v) {
+    auto t = dyn_cast<ShapedType>(v.getType());
+    return t && t.hasRank() && t.getRank() == 4;
+  };
+  auto refuse = [&](Operation *o, const Twine &why) {
+    o->emitError() << "--layout nhwc: '" << o->getName() << "' " << why
+                   << "; compile with --layout nchw";
+    return WalkResult::interrupt();
+  };
+  WalkResult r = f.walk([&](Operation *o) -> WalkResult {
+    if (!llvm::any_of(o->getOperands(), rank4) &&
+        !llvm::any_of(o->getResults(), rank4))
+      return WalkResult::advance();
+    // Kernels that take NHWC activations.
+    if (auto c = dyn_cast<Conv2DOp>(o))
+      return c.getGroups() == 1 ? WalkResult::advance()
+                                : refuse(o, "is a grouped convolution");
+    if (auto c = dyn_cast<Conv2DGradInputOp>(o))
+      return c.getGroups() == 1 ? WalkResult::advance()
+                                : refuse(o, "is a grouped convolution");
+    if (auto c = dyn_cast<Conv2DGradWeightOp>(o))
+      return c.getGroups() == 1 ? WalkResult::advance()
+                                : refuse(o, "is a grouped convolution");
+    auto bnPool = [&](Value in, std::optional<ArrayRef<int64_t>> k,
+                      std::optional<ArrayRef<int64_t>> st) {
+      return !k || poolTiles(shapeOf(in), *k, st ? *st : *k)
+                 ? WalkResult::advance()
+                 : refuse(o, "pools with windows that do not tile the input "
+                             "(NHWC takes stride = window, input covered)");
+    };
+    if (auto bn = dyn_cast<BnActOp>(o))
+      return bnPool(bn.getInput(), bn.getPoolKernel(), bn.getPoolStrides());
+    if (auto bn = dyn_cast<BnActGradOp>(o))
+      return bnPool(bn.getInput(), bn.getPoolKernel(), bn.getPoolStrides());
+    auto maxPool = [&](auto p) {
+      return !p.getCeilMode() &&
+                     poolTiles(shapeOf(p.getInput()), p.getKernel(),
+                               p.getStrides(), p.getPads(), p.getDilations())
+                 ? WalkResult::advance()
+                 : refuse(o, "pools with windows that do not tile the input "
+                             "(NHWC takes stride = window, no padding, input "
+                             "covered)");
+    };
+    if (auto p = dyn_cast<MaxPool2DOp>(o))
+      return maxPool(p);
+    if (auto p = dyn_cast<MaxPool2DGradOp>(o))
+      return maxPool(p);
+    if (isa<FlipOp>(o))
+      return WalkResult::advance();
+    // Elementwise ops, and ops on parameters and their gradients (filters
+    // stay KCRS): the layout does not matter.
+    if (isa<ReluOp, CeluOp, ReluGradOp, CeluGradOp, CastOp, DropoutOp,
+            DropoutMaskOp, FoldBnOp, SgdUpdateOp, EmaUpdateOp, GradsFiniteOp,
+            CompressOp, DecompressOp, CompressResidualOp, AllReduceOp,
+            AllGatherOp, ConcatFlatOp, SplitFlatOp, func::ReturnOp>(o))
+      return WalkResult::advance();
+    if (isa<AddOp, MulOp>(o)) {
+      for (Value v : o->getOperands())
+        if (v.getType() != o->getResult(0).getType())
+          return refuse(o, "broadcasts a 4-d operand");
+      return WalkResult::advance();
+    }
+    // A 4-d map flattened with 1x1 spatial size is the same in both layouts.
+    if (isa<FlattenOp, ReshapeOp>(o)) {
+      auto in = shapeOf(o->getOperand(0));
+      return in.size() != 4 || (in[2] == 1 && in[3] == 1)
+                 ? WalkResult::advance()
+                 : refuse(o, "flattens feature maps larger than 1x1");
+    }
+    return refuse(o, "has 4-d activations and no NHWC kernel (NHWC takes "
+                     "convolutions, fused BatchNorm + activation, max pooling "
+                     "whose windows tile the input, elementwise ops and "
+                     "flattening of 1x1 maps)");
+  });
+  return failure(r.wasInterrupted());
+}
+
 FailureOr<GeneratedProgram> Emitter::run() {
   auto train = planned.lookupSymbol<func::FuncOp>("train_step");
   auto eval = planned.lookupSymbol<func::FuncOp>("eval_step");
@@ -1143,6 +1241,15 @@ FailureOr<GeneratedProgram> Emitter::run() {
            failure();
   if (failed(collectParams(train)))
     return failure();
+  if (nhwc()) {
+    if (!cuda)
+      return planned.emitError("--layout nhwc: the CPU target takes NCHW "
+                               "only"),
+             failure();
+    for (func::FuncOp f : {train, eval, evalTta, ema})
+      if (failed(checkNhwc(f)))
+        return failure();
+  }
   collectives = train->hasAttr("fcc.collectives");
   for (unsigned i = 0; i < train.getNumArguments(); ++i)
     if (auto st = train.getArgAttrOfType<StringAttr>(i, FccDialect::kStateAttrName))
@@ -1487,7 +1594,8 @@ std::string Emitter::abiWrappers() {
      << "    " << int(collectives) << ", " << cString(opts.compression) << ", "
      << cString(opts.compressionScope) << ", " << commState.size() << ", "
      << (commState.empty() ? "NULL" : "kCommState") << ", " << gradNumel
-     << ", " << payloadBytes << ", " << int(payloadFixed) << "};\n"
+     << ", " << payloadBytes << ", " << int(payloadFixed) << ",\n"
+     << "    " << layoutConst() << "};\n"
      << "  return &program;\n}";
   return s;
 }

@@ -29,6 +29,10 @@ struct CodegenOptions {
   std::vector<char> onnxModel; // the source model, embedded for export
   std::string compression = "none";        // recorded for reports
   std::string compressionScope = "layerwise";
+  // Memory layout of 4-d activations: "nchw", or "nhwc" (CUDA target only;
+  // every op touching a 4-d activation must support it, else run() fails
+  // naming the op).
+  std::string layout = "nchw";
 };
 
 struct GeneratedProgram {

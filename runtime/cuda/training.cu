@@ -243,11 +243,20 @@ __global__ void buildBatchKernel(const uint8_t *images, const int64_t *index,
                                  int64_t channels, int64_t height,
                                  int64_t width, const float *mean,
                                  const float *invStd, int pad, int cutout,
-                                 T *out) {
+                                 bool nhwc, T *out) {
   const int64_t plane = height * width, image = channels * plane;
   FCC_GRID_LOOP(e, count * image) {
+    // Output element e is (image i, channel c, pixel pix): in NCHW or NHWC
+    // order (the source images are CHW either way).
     const int64_t i = divIndex(e, image), rest = e - i * image;
-    const int64_t c = divIndex(rest, plane), pix = rest - c * plane;
+    int64_t c, pix;
+    if (nhwc) {
+      pix = divIndex(rest, channels);
+      c = rest - pix * channels;
+    } else {
+      c = divIndex(rest, plane);
+      pix = rest - c * plane;
+    }
     const int64_t y = divIndex(pix, width), x = pix - y * width;
     const uint8_t *src = images + index[i] * image + c * plane;
     int64_t sy = y, sx = x;
@@ -410,7 +419,8 @@ extern "C" void fcc_cuda_build_batch(const uint8_t *images,
                                      int64_t channels, int64_t height,
                                      int64_t width, const float *mean,
                                      const float *inv_std, int pad,
-                                     int cutout, void *out, int dtype) {
+                                     int cutout, void *out, int dtype,
+                                     int layout) {
   const char *fn = "fcc_cuda_build_batch";
   const int64_t total = count * channels * height * width;
   if (total <= 0 || !ready(fn))
@@ -420,10 +430,14 @@ extern "C" void fcc_cuda_build_batch(const uint8_t *images,
                          fn, pad, cutout));
     return;
   }
+  if (layout != FCC_LAYOUT_NCHW && layout != FCC_LAYOUT_NHWC) {
+    setAsyncError(format("%s: unknown layout %d", fn, layout));
+    return;
+  }
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     buildBatchKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
         images, index, draws, count, channels, height, width, mean, inv_std,
-        pad, cutout, static_cast<T *>(out));
+        pad, cutout, layout == FCC_LAYOUT_NHWC, static_cast<T *>(out));
   });
   checkLaunch(fn);
 }

@@ -101,12 +101,23 @@ public:
   // The current scale and clean-step count (waits for queued steps).
   virtual void readLossScale(double &scale, int64_t &cleanSteps);
 
+  // The layout (FCC_LAYOUT_*) the program reads its batches in
+  // (fcc_program.image_layout); called once, before setData. The default
+  // builds NCHW batches only and refuses anything else.
+  virtual void setImageLayout(int layout);
+
   // Where kernel-selection measurements persist between runs (GPU).
   virtual void setTimingCache(const std::string &) {}
   // Bytes of target memory in use, for the report ("" when not tracked).
   virtual std::string memoryReport() const { return ""; }
 };
 
+inline void Backend::setImageLayout(int layout) {
+  if (layout != 0) // FCC_LAYOUT_NCHW
+    throw std::runtime_error("the program reads NHWC batches (compiled with "
+                             "--layout nhwc), which the " + describe() +
+                             " backend does not build");
+}
 inline void Backend::setLossScale(double, int64_t) {
   throw std::logic_error("this backend keeps no device loss scale");
 }

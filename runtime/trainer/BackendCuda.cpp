@@ -99,6 +99,13 @@ public:
     check(fcc_cuda_zero(dst, count * 4), "zero");
   }
 
+  void setImageLayout(int layout) override {
+    if (layout != FCC_LAYOUT_NCHW && layout != FCC_LAYOUT_NHWC)
+      throw std::runtime_error("the program's image layout " +
+                               std::to_string(layout) + " is unknown");
+    layout_ = layout;
+  }
+
   void setData(const ImageSet &train, const ImageSet &test,
                const Normalisation &norm, int64_t batch) override {
     train_ = &train;
@@ -146,7 +153,7 @@ public:
           "labels");
     fcc_cuda_build_batch(trainImages_, index_, draws_, count, channels_,
                          height_, width_, mean_, invStd_, config.pad,
-                         config.cutout, images_, FCC_DTYPE_F32);
+                         config.cutout, images_, FCC_DTYPE_F32, layout_);
   }
 
   void loadTestBatch(const int64_t *indices, int64_t count,
@@ -159,7 +166,7 @@ public:
           "labels");
     fcc_cuda_build_batch(testImages_, index_, nullptr, count, channels_,
                          height_, width_, mean_, invStd_, 0, 0, images_,
-                         FCC_DTYPE_F32);
+                         FCC_DTYPE_F32, layout_);
   }
 
   const float *batchImages() const override { return images_; }
@@ -254,6 +261,7 @@ private:
   std::vector<void *> buffers_;
   const ImageSet *train_ = nullptr, *test_ = nullptr;
   int64_t channels_ = 0, height_ = 0, width_ = 0;
+  int layout_ = FCC_LAYOUT_NCHW; // of the batches (the program's)
   uint8_t *trainImages_ = nullptr, *testImages_ = nullptr;
   float *mean_ = nullptr, *invStd_ = nullptr, *images_ = nullptr;
   int32_t *labels_ = nullptr, *draws_ = nullptr;

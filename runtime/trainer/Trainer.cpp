@@ -1253,6 +1253,7 @@ int Driver::main(int argc, char **argv) {
     }
   } teardown{p_};
 
+  backend_->setImageLayout(p_.image_layout);
   backend_->setData(data_.train, data_.test, norm_, p_.batch);
   allocateState();
   std::string memory = backend_->memoryReport();

@@ -28,6 +28,7 @@ struct CompileOptions {
   bool verbose = false;
   bool quiet = false;
   std::string precision = "fp32";
+  std::string layout = "nchw"; // of 4-d activations; nhwc: --target cuda
   bool noFuseBn = false; // --no-fuse-bn
   std::optional<double> biasLrMult;
   std::optional<double> biasWdMult;

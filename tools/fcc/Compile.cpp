@@ -95,6 +95,14 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
                 "precision exactly (every half value rounded to nearest "
                 "even)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  c->add_option("--layout", o.layout,
+                "Memory layout of 4-d activations: nchw (default) or nhwc "
+                "(--target cuda only; channels-last activations for cuDNN's "
+                "tensor-core convolutions, no layout transposes around them; "
+                "the model's ops must all take it: convolutions, fused "
+                "BatchNorm + activation, tiling max pools, elementwise ops, "
+                "flattening of 1x1 maps)")
+      ->check(CLI::IsMember({"nchw", "nhwc"}));
   c->add_option("--input-shape", o.inputShapes,
                 "Static shape of a data input, NAME=DxDx... (repeatable)");
   c->add_option("--bias-lr-mult", o.biasLrMult,
@@ -183,6 +191,9 @@ int fcc::runCompile(const CompileOptions &options) {
     if (!gpuArchFlags(o.gpuArch, flags))
       return reportError("--gpu-arch: '" + o.gpuArch +
                          "' is not a list like sm_80,sm_90 (sm_75 or newer)");
+  } else if (o.layout != "nchw") {
+    return reportError("--layout " + o.layout +
+                       ": the CPU target takes nchw only (use --target cuda)");
   }
   bool variableSize = false;
   {
@@ -280,6 +291,7 @@ int fcc::runCompile(const CompileOptions &options) {
     cg.modelName = modelName;
     cg.recipe = *recipe;
     cg.precision = o.precision;
+    cg.layout = o.layout;
     cg.compression = o.compress;
     cg.compressionScope = o.compressScope;
     // The binary model rides along for the trainer's --export-onnx.
@@ -309,7 +321,7 @@ int fcc::runCompile(const CompileOptions &options) {
     if (!o.quiet)
       std::cerr << "fcc: building " << build.output << " (" << modelName
                 << ", target " << o.target << ", " << o.precision
-                << ", batch " << o.batch
+                << (o.layout == "nhwc" ? ", NHWC" : "") << ", batch " << o.batch
                 << ", recipe " << recipe->name << ", arena "
                 << program->arenaBytes / (1 << 20) << " MiB)\n";
     if (auto err = buildTrainer(*program, build))

@@ -1713,8 +1713,10 @@ TEST_F(Cuda, BuildBatchMatchesAugment) {
   auto dDraws = uploadBytes(draws.data(), int64_t(draws.size() * 4));
   auto dMean = upload(mean), dInvStd = upload(invStd);
   for (int dtype : kHalfTypes)
-    for (bool augment : {true, false}) {
-      SCOPED_TRACE(typeName(dtype) + (augment ? " augmented" : " plain"));
+    for (bool augment : {true, false})
+    for (int layout : {FCC_LAYOUT_NCHW, FCC_LAYOUT_NHWC}) {
+      SCOPED_TRACE(typeName(dtype) + (augment ? " augmented" : " plain") +
+                   (layout == FCC_LAYOUT_NHWC ? " NHWC" : " NCHW"));
       Buffer out(count * image * 4);
       fcc_cuda_build_batch(
           static_cast<const uint8_t *>(dPixels->get()),
@@ -1722,7 +1724,7 @@ TEST_F(Cuda, BuildBatchMatchesAugment) {
           augment ? static_cast<const int32_t *>(dDraws->get()) : nullptr,
           count, channels, height, width, dMean->f(), dInvStd->f(),
           augment ? config.pad : 0, augment ? config.cutout : 0, out.get(),
-          dtype);
+          dtype, layout);
       Floats want(static_cast<size_t>(count * image)), normalised(static_cast<size_t>(image));
       for (int64_t i = 0; i < count; ++i) {
         fcc::trainer::normaliseImage(pixels.data() + index[size_t(i)] * image,
@@ -1735,8 +1737,10 @@ TEST_F(Cuda, BuildBatchMatchesAugment) {
                                      width, config, augs[size_t(i)],
                                      want.data() + i * image);
       }
-      EXPECT_TRUE(near(download(out.get(), count * image, dtype),
-                       rounded(want, dtype), 0.0));
+      Floats got = download(out.get(), count * image, dtype);
+      if (layout == FCC_LAYOUT_NHWC)
+        got = fromNhwc(got, count, channels, height, width);
+      EXPECT_TRUE(near(got, rounded(want, dtype), 0.0));
     }
 }
 

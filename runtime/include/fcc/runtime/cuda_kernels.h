@@ -282,12 +282,14 @@ void fcc_cuda_loss_scale_update(fcc_cuda_loss_scale_state *state,
  * runtime/trainer/Augment.h (draws: dy, dx, flip, cy, cx per image as
  * int32[5]); images uint8 CHW on the device; index, draws, mean and
  * inv_std (float[channels]) on the device too; out of type dtype. With
- * draws == NULL only normalisation. */
+ * draws == NULL only normalisation. layout (FCC_LAYOUT_*) orders out as NCHW or
+ * NHWC. */
 void fcc_cuda_build_batch(const uint8_t *images, const int64_t *index,
                           const int32_t *draws, int64_t count,
                           int64_t channels, int64_t height, int64_t width,
                           const float *mean, const float *inv_std, int pad,
-                          int cutout, void *out, int dtype);
+                          int cutout, void *out, int dtype,
+                          int layout);
 
 #ifdef __cplusplus
 }

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define FCC_PROGRAM_ABI_VERSION 4
+#define FCC_PROGRAM_ABI_VERSION 5
 #define FCC_MAX_PARAM_RANK 4
 
 /* One parameter of the model (a function argument with #fcc.param). */
@@ -148,6 +148,11 @@ typedef struct fcc_program {
   int64_t payload_bytes;         /* bytes one rank sends per step (capacity
                                     for threshold payloads: an upper bound) */
   int payload_fixed;             /* 1: payload_bytes is exact */
+
+  /* FCC_LAYOUT_* (cpu_kernels.h) of train_step's and eval_step's images and
+   * of every 4-d activation inside: NHWC for CUDA programs compiled with
+   * --layout nhwc, else NCHW. */
+  int image_layout;
 } fcc_program;
 
 /* Defined by the generated translation unit. */
