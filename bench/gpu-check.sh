@@ -6,10 +6,11 @@
 #   PYTHONUNBUFFERED=1 bash bench/gpu-check.sh [flags]
 #
 # (a) step:  one training step of the CUDA trainer against the CPU trainer
-#            (same model, recipe, seed and images; --dump-step), fp32 and
-#            fp16, compared by compare_step.py: directly (fixed tolerances), and
-#            as the verdict against a float64 PyTorch step from the same initial
-#            values (torch_reference.py --dump-step --init-from): the CUDA
+#            (same model, recipe, seed and images; --dump-step), fp32, fp16
+#            and fp16 with NHWC activations (--layout nhwc), compared by
+#            compare_step.py: directly (fixed tolerances), and as the verdict
+#            against a float64 PyTorch step from the same initial values
+#            (torch_reference.py --dump-step --init-from): the CUDA
 #            trainer may be at most 2x less accurate than the CPU trainer
 #            (fp32: or 5e-3 from float64, what cuDNN's fp32 algorithms give).
 # (b) train: bot10 for --epochs (10) epochs on the carried data with the CUDA
@@ -31,7 +32,7 @@
 # (f) exact: (experiment, not in the default --parts) the fp32 step again
 #            with FCC_CUDNN_EXACT=1 (no FFT/Winograd cuDNN algorithms),
 #            against the same float64 truth.
-# (g) profile: one fp16 and one fp32 training
+# (g) profile: one fp16 (NCHW and NHWC) and one fp32 training
 #            step (--dump-step) under Nsight Compute: time per kernel, summed
 #            by kernel name (profile-*.txt); every cuDNN search candidate
 #            (FCC_CUDNN_LOG=1, cudnn-search-*.log) and the timing cache.
@@ -64,7 +65,8 @@
 # Flags: --epochs N (10)  --runs N (1, fcc)  --torch-runs N (as --runs)
 #   --seed N (0)  --parts step,train,table,profile,kernels,units,comm (the default;
 #   also exact, layout)  --keep-going
-#   --fcc-precisions fp16,fp32  --no-compile  --no-torch-fp32
+#   --fcc-precisions fp16,fp16-nhwc,fp32 (fp16-nhwc: --layout nhwc)
+#   --no-compile  --no-torch-fp32
 #   --compile-mode MODE  --train-copies K (5: the carried 10000 training
 #   images repeated 5 times, 50000-image epochs as in the goals; accuracy is
 #   then that of 10000 distinct images)  --max-seconds S (480: parts that would
@@ -90,7 +92,7 @@ TORCH_RUNS=
 KEEP_GOING=0
 SEED=0
 PARTS=step,train,table,profile,kernels,units,comm
-FCC_PRECISIONS=fp16,fp32
+FCC_PRECISIONS=fp16,fp16-nhwc,fp32
 DO_COMPILE=1
 DO_TORCH_FP32=1
 COMPILE_MODE=default
@@ -310,6 +312,9 @@ EOF
     for t in fp32 fp16 qsgd topk; do
       [ -n "${TRAINER[r9bot-cpu-$t]:-}" ] && TRAINER[r9bot-cuda-$t]=${TRAINER[r9bot-cpu-$t]}
     done
+    # no CPU stand-in for NHWC (the CPU target takes NCHW only)
+    unset 'TRAINER[r9bot-cuda-fp16-nhwc]'
+    true
   fi
   HAVE_TORCH=0
   if "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())'; then
@@ -379,7 +384,7 @@ part_profile() {
   local ncu p
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1 || true)
   mkdir -p "$WORK/profile"
-  for p in fp16 fp32; do
+  for p in fp16 fp16-nhwc fp32; do
     local exe=${TRAINER[r9bot-cuda-$p]:-}
     [ -n "$exe" ] || continue
     # every candidate of every search, with a private cache (all measured)
@@ -465,8 +470,11 @@ part_step() {
   section "(a) one training step: CUDA trainer vs CPU trainer (--dump-step)"
   local step_flags=(--data "$data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0)
   local ready=()
-  for p in fp32 fp16; do
-    local gpu=${TRAINER[r9bot-cuda-$p]:-} cpu=${TRAINER[r9bot-cpu-$p]:-}
+  # fp16-nhwc: the channels-last CUDA trainer against the (NCHW) fp16 CPU
+  # trainer, whose dump it shares.
+  for p in fp32 fp16 fp16-nhwc; do
+    local base=${p%-nhwc}
+    local gpu=${TRAINER[r9bot-cuda-$p]:-} cpu=${TRAINER[r9bot-cpu-$base]:-}
     if [ -z "$gpu" ] || [ -z "$cpu" ]; then
       record "step-$p" skipped "no CUDA or CPU trainer for $p in the bundle"
       continue
@@ -478,18 +486,21 @@ part_step() {
       continue
     fi
     local extra=()
-    [ "$p" = fp16 ] && extra=(--loss-scale 65536)
-    rm -rf "$WORK/step/cuda-$p" "$WORK/step/cpu-$p"
+    [ "$base" = fp16 ] && extra=(--loss-scale 65536)
+    rm -rf "$WORK/step/cuda-$p"
     if ! trainer_run "dump-cuda-$p" 120 "$gpu" "${step_flags[@]}" "${extra[@]}" \
         --dump-step "$WORK/step/cuda-$p"; then
       record "step-$p" FAIL "the CUDA trainer's --dump-step failed"
       continue
     fi
     FCC_RAN=1
-    if ! trainer_run "dump-cpu-$p" 300 "$cpu" "${step_flags[@]}" "${extra[@]}" \
-        --dump-step "$WORK/step/cpu-$p"; then
-      record "step-$p" FAIL "the CPU trainer's --dump-step failed"
-      continue
+    if [ "$p" = "$base" ] || [ ! -f "$WORK/step/cpu-$base/manifest.json" ]; then
+      rm -rf "$WORK/step/cpu-$base"
+      if ! trainer_run "dump-cpu-$base" 300 "$cpu" "${step_flags[@]}" "${extra[@]}" \
+          --dump-step "$WORK/step/cpu-$base"; then
+        record "step-$p" FAIL "the CPU trainer's --dump-step failed"
+        continue
+      fi
     fi
     ready+=("$p")
   done
@@ -508,11 +519,12 @@ part_step() {
     fi
   fi
   for p in "${ready[@]}"; do
+    local base=${p%-nhwc}
     echo
     echo "--- $p: CUDA vs CPU directly (fixed tolerance)"
     local direct=ok
-    "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$p" "$WORK/step/cpu-$p" \
-      --precision "$p" --labels "cuda-$p,cpu-$p" --json "$WORK/step/compare-$p.json" \
+    "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$p" "$WORK/step/cpu-$base" \
+      --precision "$base" --labels "cuda-$p,cpu-$base" --json "$WORK/step/compare-$p.json" \
       | tee "$WORK/step/compare-$p.txt" || direct=FAIL
     if [ -z "$truth" ]; then
       if [ "$direct" = ok ]; then
@@ -531,8 +543,8 @@ part_step() {
     # fp32 is judged with a 5e-3 floor; fp16 keeps the 2 x CPU rule.
     local floor=()
     [ "$p" = fp32 ] && floor=(--tol-fp32 5e-3)
-    if "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$p" "$WORK/step/cpu-$p" \
-        --truth "$truth" --precision "$p" --labels "cuda-$p,cpu-$p,torch-fp64" "${floor[@]}" \
+    if "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-$p" "$WORK/step/cpu-$base" \
+        --truth "$truth" --precision "$base" --labels "cuda-$p,cpu-$base,torch-fp64" "${floor[@]}" \
         --json "$WORK/step/compare-$p-truth.json" | tee "$WORK/step/compare-$p-truth.txt"; then
       record "step-$p" ok "CUDA as accurate as the CPU trainer against float64 (direct comparison: $direct)"
     else
@@ -657,7 +669,7 @@ part_train_fcc() {
     if trainer_run "$name" 180 "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
       record "train-$name" ok ""
       FCC_RAN=1
-      SYSTEMS+=("$name|$p|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
+      SYSTEMS+=("$name|${p%-nhwc}|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
     else
       record "train-$name" FAIL "exit status $?"
     fi

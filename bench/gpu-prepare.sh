@@ -11,15 +11,17 @@
 #   bench/gpu/bin/*.xz              trainers, batch 512, recipe bot10, model
 #                                   resnet9-bot: r9bot-cuda-fp32, r9bot-cuda-fp16
 #                                   (when `fcc compile --target cuda` works here),
+#                                   r9bot-cuda-fp16-nhwc (--layout nhwc),
 #                                   r9bot-cpu-fp32, r9bot-cpu-fp16 (the references
 #                                   of the one-step comparison); all initialise
 #                                   from --seed at run time (graph-only model), so
 #                                   the same --seed gives the same weights
 #                                   r9bot-{cuda,cpu}-{qsgd,topk}: compressed
 #                                   gradients (fp32), for the comm part;
-#                                   cuda_kernels_test, fcc-compress-bench,
-#                                   fcc-kernel-bench: the GPU unit tests, the
-#                                   compressor and kernel benchmarks
+#                                   cuda_kernels_test, fcc-kernel-bench (and
+#                                   with --with-compress-bench
+#                                   fcc-compress-bench): the GPU unit tests
+#                                   and benchmarks
 #   bench/gpu/lib/*.xz              shared libraries the trainers need that a GPU
 #                                   machine lacks (oneDNN, OpenBLAS, Open MPI and
 #                                   theirs);
@@ -39,8 +41,10 @@
 #     run(command="PYTHONUNBUFFERED=1 bash bench/gpu-check.sh", carry=["bench/gpu"])
 #
 # Usage: bench/gpu-prepare.sh [--build-dir DIR] [--rebuild] [--no-cuda]
-#          [--data DIR] [--train-records N] [--test-records N] [--batch N]
-#          [--gpu-arch LIST] [--budget-mib N] [--out DIR]
+#          [--data DIR] [--train-records N] [--test-records N (4000)]
+#          [--batch N] [--gpu-arch LIST] [--budget-mib N] [--out DIR]
+#          [--with-compress-bench (fcc-compress-bench, 0.7 MiB; its table is
+#          in bench/RESULTS.md, so it is left out unless asked for)]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -49,13 +53,16 @@ OUT_DIR=$ROOT/bench/gpu
 BUILD=$ROOT/build
 DATA_SRC=${FCC_CIFAR_DIR:-}
 TRAIN_RECORDS=10000
-TEST_RECORDS=5000
+# 4000 (5000 until the NHWC trainer joined the bundle, 2026-11-30): what
+# fits the 64 MiB a device call carries.
+TEST_RECORDS=4000
 BATCH=512
 GPU_ARCH=
 BUDGET_MIB=60
 TREE_LIMIT_MIB=64
 REBUILD=0
 NO_CUDA=0
+WITH_COMPRESS_BENCH=0
 RECORD=3073
 
 say() { printf 'gpu-prepare: %s\n' "$*"; }
@@ -67,6 +74,7 @@ while [ $# -gt 0 ]; do
     --build-dir) BUILD=$2; shift 2 ;;
     --rebuild) REBUILD=1; shift ;;
     --no-cuda) NO_CUDA=1; shift ;;
+    --with-compress-bench) WITH_COMPRESS_BENCH=1; shift ;;
     --data) DATA_SRC=$2; shift 2 ;;
     --train-records) TRAIN_RECORDS=$2; shift 2 ;;
     --test-records) TEST_RECORDS=$2; shift 2 ;;
@@ -162,6 +170,15 @@ else
     COMPILED+=("r9bot-cuda-$p")
   done
 fi
+# fp16 with channels-last activations (--layout nhwc), for the side-by-side
+# NCHW / NHWC rows of gpu-check.sh's step, train and profile parts.
+if [ "$CUDA_NOTE" = built ]; then
+  if compile "r9bot-cuda-fp16-nhwc" cuda fp16 "${ARCH_FLAG[@]}" --layout nhwc; then
+    COMPILED+=("r9bot-cuda-fp16-nhwc")
+  else
+    say "WARNING: the NHWC fp16 trainer did not build"
+  fi
+fi
 # Compressed data-parallel trainers (one rank there: gpu-check.sh's comm part
 # forces NCCL with FCC_COMM_NCCL=1) and their CPU references.
 if [ "$CUDA_NOTE" = built ]; then
@@ -178,7 +195,9 @@ if [ "$CUDA_NOTE" = built ]; then
   done
   # The GPU unit tests and the benchmarks (gpu-check.sh's units and kernels
   # parts), when this build has them.
-  for t in cuda_kernels_test fcc-compress-bench fcc-kernel-bench; do
+  benches=(cuda_kernels_test fcc-kernel-bench)
+  [ "$WITH_COMPRESS_BENCH" = 1 ] && benches+=(fcc-compress-bench)
+  for t in "${benches[@]}"; do
     if [ -x "$BUILD/bin/$t" ]; then
       cp "$BUILD/bin/$t" "$TMP/$t"
       COMPILED+=("$t")
