@@ -88,7 +88,8 @@ struct Scratch {
 // channel's n * hw items. False (sticky error) if impossible.
 bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
              Scratch &s,
-             int64_t perSegment = int64_t(kThreads) * kMinItemsPerThread) {
+             int64_t perSegment = int64_t(kThreads) * kMinItemsPerThread,
+             int64_t maxSegments = kMaxSegments) {
   if (n <= 0 || c <= 0 || hw <= 0)
     return false; // Nothing to do (the CPU kernels do nothing either).
   if (!ready(fn))
@@ -115,7 +116,7 @@ bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
   // Coefficients first, 256-byte aligned, then the partial sums.
   const size_t coefBytes = (size_t(c) * sizeof(ChannelCoef) + 255) / 256 * 256;
   int64_t segments = (int64_t(l.count) + perSegment - 1) / perSegment;
-  segments = std::max<int64_t>(1, std::min(segments, kMaxSegments));
+  segments = std::max<int64_t>(1, std::min(segments, maxSegments));
   const size_t capacity = scratchCapacity();
   const int64_t fit =
       capacity > coefBytes
@@ -977,11 +978,16 @@ __global__ void __launch_bounds__(kThreads)
     partials[ch * segments + blockIdx.x] = make_double2(sa[t], sb[t]);
 }
 
-// prepare() for nhwcReduce over n * perImage items per channel.
+// prepare() for nhwcReduce over n * perImage items per channel: a block
+// covers 32 channels, so few channels need many segments to fill the GPU
+// (ResNet9's first layer: 64 channels, 2 channel blocks); aim for 1024
+// blocks, at least 8 items per thread.
 bool prepareNhwc(const char *fn, const fcc_bn_act_desc *d, int64_t perImage,
                  Layout &l, Scratch &s) {
+  const int64_t channelBlocks = (d->c + kNhwcLanes - 1) / kNhwcLanes;
   return prepare(fn, d->n, d->c, perImage, l, s,
-                 int64_t(kNhwcRowLanes) * kMinItemsPerThread);
+                 int64_t(kNhwcRowLanes) * kMinItemsPerThread,
+                 std::max<int64_t>(kMaxSegments, 1024 / channelBlocks));
 }
 
 template <class Op, class Fin>
