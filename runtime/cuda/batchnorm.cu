@@ -360,6 +360,28 @@ __device__ __forceinline__ void tiledFusedWindow(const T *x, const T *dy,
     }
 }
 
+// fusedForwardKernel's pooled value of a tiled window (taps as in
+// tiledFusedWindow): the maximum of act(normalise(x)), NaN if a tap is NaN.
+template <int K, class T>
+__device__ __forceinline__ float tiledPooled(const T *x, int64_t base,
+                                             int64_t rowStride,
+                                             int64_t colStride,
+                                             const FusedGeom &g,
+                                             const ChannelCoef &k) {
+  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
+  FirstMax scan;
+#pragma unroll
+  for (int i = 0; i < kh; ++i)
+#pragma unroll
+    for (int j = 0; j < kw; ++j)
+      scan.take(activate(g.act,
+                         normalise(k, toFloat(x[base + i * rowStride +
+                                                j * colStride])),
+                         g.alpha),
+                i * kw + j);
+  return scan.sawNaN() ? quietNaN() : scan.max;
+}
+
 // Calls f(std::integral_constant<int, K>()) with the K of tiledFusedWindow:
 // 2 for 2x2 windows (ResNet9's pools), else 0.
 template <class F> void withWindowSize(const FusedGeom &g, F f) {
@@ -701,17 +723,8 @@ __global__ void tiledFusedForwardKernel(const T *x, const T *residual, T *y,
   const int w = int(g.w), outPlane = oh * ow;
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
        o += blockDim.x * gridDim.x) {
-    const ChannelCoef &k = coef[(o / outPlane) % c];
-    const T *src = x + tiledWindowBase(o, oh, ow, kh, kw);
-    FirstMax scan;
-#pragma unroll
-    for (int i = 0; i < kh; ++i)
-#pragma unroll
-      for (int j = 0; j < kw; ++j)
-        scan.take(activate(g.act, normalise(k, toFloat(src[i * w + j])),
-                           g.alpha),
-                  i * kw + j);
-    float v = scan.sawNaN() ? quietNaN() : scan.max;
+    float v = tiledPooled<K>(x, tiledWindowBase(o, oh, ow, kh, kw), w, 1, g,
+                             coef[(o / outPlane) % c]);
     if (residual)
       v = v + toFloat(residual[o]);
     y[o] = fromFloat<T>(v);
@@ -1078,21 +1091,10 @@ template <class T, int K>
 __global__ void nhwcTiledForwardKernel(const T *x, const T *residual, T *y,
                                        FusedGeom g, int64_t c, int64_t total,
                                        const ChannelCoef *coef) {
-  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
   FCC_GRID_LOOP(o, total) {
     const int64_t win = divIndex(o, c), ch = o - win * c;
-    const ChannelCoef &k = coef[ch];
-    const int64_t base = nhwcWindowBase(g, c, win, ch);
-    FirstMax scan;
-#pragma unroll
-    for (int i = 0; i < kh; ++i)
-#pragma unroll
-      for (int j = 0; j < kw; ++j)
-        scan.take(activate(g.act,
-                           normalise(k, toFloat(x[base + (i * g.w + j) * c])),
-                           g.alpha),
-                  i * kw + j);
-    float v = scan.sawNaN() ? quietNaN() : scan.max;
+    float v = tiledPooled<K>(x, nhwcWindowBase(g, c, win, ch), g.w * c, c, g,
+                             coef[ch]);
     if (residual)
       v = v + toFloat(residual[o]);
     y[o] = fromFloat<T>(v);

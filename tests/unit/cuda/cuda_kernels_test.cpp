@@ -721,6 +721,28 @@ TEST_F(Cuda, BatchNorm) {
   }
 }
 
+// Random inputs of a fused BatchNorm test, rounded to dtype: x in [-2, 2),
+// scale in [0.5, 1.5) but negative in channel `negative`, statistics, the
+// residual (when asked) and dy.
+struct BnActInputs {
+  Floats x, scale, shift, mean, var, residual, dy;
+};
+BnActInputs bnActInputs(std::mt19937 &rng, const fcc_bn_act_desc &d,
+                        bool residual, int dtype, size_t negative) {
+  const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+  BnActInputs v;
+  v.x = rounded(randomFloats(rng, size_t(in), -2.0f, 2.0f), dtype);
+  v.scale = randomFloats(rng, size_t(d.c), 0.5f, 1.5f);
+  v.scale[negative] = -v.scale[negative];
+  v.shift = randomFloats(rng, size_t(d.c), -0.5f, 0.5f);
+  v.mean = randomFloats(rng, size_t(d.c), -0.3f, 0.3f);
+  v.var = randomFloats(rng, size_t(d.c), 0.5f, 2.0f);
+  if (residual)
+    v.residual = rounded(randomFloats(rng, size_t(out)), dtype);
+  v.dy = rounded(randomFloats(rng, size_t(out)), dtype);
+  return v;
+}
+
 TEST_F(Cuda, FusedBatchNormActivation) {
   struct Config {
     const char *name;
@@ -757,15 +779,10 @@ TEST_F(Cuda, FusedBatchNormActivation) {
       d.pool_sw = cfg.sw;
       ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
       const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
-      const Floats x = rounded(randomFloats(rng, size_t(in), -2.0f, 2.0f), dtype);
-      Floats scale = randomFloats(rng, size_t(d.c), 0.5f, 1.5f);
-      scale[0] = -scale[0];
-      const Floats shift = randomFloats(rng, size_t(d.c), -0.5f, 0.5f);
-      const Floats mean = randomFloats(rng, size_t(d.c), -0.3f, 0.3f);
-      const Floats var = randomFloats(rng, size_t(d.c), 0.5f, 2.0f);
-      const Floats residual =
-          cfg.residual ? rounded(randomFloats(rng, size_t(out)), dtype) : Floats();
-      const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
+      const BnActInputs inputs = bnActInputs(rng, d, cfg.residual, dtype, 0);
+      const Floats &x = inputs.x, &scale = inputs.scale, &shift = inputs.shift,
+                   &mean = inputs.mean, &var = inputs.var,
+                   &residual = inputs.residual, &dy = inputs.dy;
       auto dX = upload(x, dtype), dDy = upload(dy, dtype);
       auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
            dVar = upload(var);
@@ -858,15 +875,10 @@ TEST_F(Cuda, FusedBatchNormActivationNhwc) {
       fcc_bn_act_desc dn = d;
       dn.layout = FCC_LAYOUT_NHWC;
       const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
-      const Floats x = rounded(randomFloats(rng, size_t(in), -2.0f, 2.0f), dtype);
-      Floats scale = randomFloats(rng, size_t(d.c), 0.5f, 1.5f);
-      scale[1] = -scale[1];
-      const Floats shift = randomFloats(rng, size_t(d.c), -0.5f, 0.5f);
-      const Floats mean = randomFloats(rng, size_t(d.c), -0.3f, 0.3f);
-      const Floats var = randomFloats(rng, size_t(d.c), 0.5f, 2.0f);
-      const Floats residual =
-          cfg.residual ? rounded(randomFloats(rng, size_t(out)), dtype) : Floats();
-      const Floats dy = rounded(randomFloats(rng, size_t(out)), dtype);
+      const BnActInputs inputs = bnActInputs(rng, d, cfg.residual, dtype, 1);
+      const Floats &x = inputs.x, &scale = inputs.scale, &shift = inputs.shift,
+                   &mean = inputs.mean, &var = inputs.var,
+                   &residual = inputs.residual, &dy = inputs.dy;
       auto dX = upload(toNhwc(x, d.n, d.c, d.h, d.w), dtype);
       auto dDy = upload(toNhwc(dy, d.n, d.c, d.oh, d.ow), dtype);
       auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
