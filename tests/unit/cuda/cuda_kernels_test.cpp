@@ -743,6 +743,82 @@ BnActInputs bnActInputs(std::mt19937 &rng, const fcc_bn_act_desc &d,
   return v;
 }
 
+// The CUDA fused BatchNorm kernels with activations in `layout` against the
+// CPU's (NCHW) on the same values: inference, training forward (statistics
+// and output) and backward; with a residual, also the residual as output.
+void checkBnAct(const fcc_bn_act_desc &d, int layout, const BnActInputs &v,
+                int dtype) {
+  const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+  const bool nhwc = layout == FCC_LAYOUT_NHWC;
+  fcc_bn_act_desc dg = d;
+  dg.layout = layout;
+  // Activations to the device and back in `layout`.
+  auto put = [&](const Floats &a, int64_t h, int64_t w) {
+    return upload(nhwc ? toNhwc(a, d.n, d.c, h, w) : a, dtype);
+  };
+  auto get = [&](const Buffer &b, int64_t h, int64_t w) {
+    const Floats a = download(b.get(), d.n * d.c * h * w, dtype);
+    return nhwc ? fromNhwc(a, d.n, d.c, h, w) : a;
+  };
+  auto dX = put(v.x, d.h, d.w), dDy = put(v.dy, d.oh, d.ow);
+  auto dScale = upload(v.scale), dShift = upload(v.shift),
+       dMean = upload(v.mean), dVar = upload(v.var);
+  const bool residual = !v.residual.empty();
+  std::unique_ptr<Buffer> dRes;
+  if (residual)
+    dRes = put(v.residual, d.oh, d.ow);
+  const void *res = dRes ? dRes->get() : nullptr;
+  const float *cres = residual ? v.residual.data() : nullptr;
+  Buffer y(out * 4), bm(d.c * 4), bv(d.c * 4), dx(in * 4), ds(d.c * 4),
+      dsh(d.c * 4);
+  const double tol = typeTolerance(dtype) * 4;
+
+  fcc_cuda_bn_act_inference(&dg, dX->get(), dScale->f(), dShift->f(),
+                            dMean->f(), dVar->f(), res, y.get(), dtype);
+  Floats want(static_cast<size_t>(out));
+  fcc_cpu_bn_act_inference(&d, v.x.data(), v.scale.data(), v.shift.data(),
+                           v.mean.data(), v.var.data(), cres, want.data());
+  EXPECT_TRUE(near(get(y, d.oh, d.ow), rounded(want, dtype),
+                   d.activation == FCC_ACT_CELU ? tol : 0.0, 1e-7));
+
+  fcc_cuda_bn_act_train_forward(&dg, dX->get(), dScale->f(), dShift->f(), res,
+                                y.get(), bm.f(), bv.f(), dtype);
+  Floats wantMean(static_cast<size_t>(d.c)), wantVar(static_cast<size_t>(d.c));
+  fcc_cpu_bn_act_train_forward(&d, v.x.data(), v.scale.data(), v.shift.data(),
+                               cres, want.data(), wantMean.data(),
+                               wantVar.data());
+  EXPECT_TRUE(near(download(bm.get(), d.c), wantMean, 1e-6, 1e-7));
+  EXPECT_TRUE(near(download(bv.get(), d.c), wantVar, 1e-6));
+  EXPECT_TRUE(near(get(y, d.oh, d.ow), rounded(want, dtype), tol, 1e-6));
+
+  // Backward with the CPU's statistics, so that both route the pooling
+  // gradient through the same arg-maxes.
+  auto cpuMean = upload(wantMean), cpuVar = upload(wantVar);
+  fcc_cuda_bn_act_backward(&dg, dX->get(), dDy->get(), dScale->f(),
+                           dShift->f(), cpuMean->f(), cpuVar->f(), dx.get(),
+                           ds.f(), dsh.f(), dtype);
+  Floats wantDx(static_cast<size_t>(in)), wantDs(static_cast<size_t>(d.c)),
+      wantDsh(static_cast<size_t>(d.c));
+  fcc_cpu_bn_act_backward(&d, v.x.data(), v.dy.data(), v.scale.data(),
+                          v.shift.data(), wantMean.data(), wantVar.data(),
+                          wantDx.data(), wantDs.data(), wantDsh.data());
+  EXPECT_TRUE(near(download(ds.get(), d.c), wantDs, 1e-5, 1e-6));
+  EXPECT_TRUE(near(download(dsh.get(), d.c), wantDsh, 1e-5, 1e-6));
+  EXPECT_TRUE(near(get(dx, d.h, d.w), rounded(wantDx, dtype), tol, 1e-6,
+                   maxAbs(wantDx)));
+
+  // The residual may be the output (the planner writes y over it).
+  if (residual) {
+    auto alias = put(v.residual, d.oh, d.ow);
+    fcc_cuda_bn_act_inference(&dg, dX->get(), dScale->f(), dShift->f(),
+                              dMean->f(), dVar->f(), alias->get(),
+                              alias->get(), dtype);
+    fcc_cpu_bn_act_inference(&d, v.x.data(), v.scale.data(), v.shift.data(),
+                             v.mean.data(), v.var.data(), cres, want.data());
+    EXPECT_TRUE(near(get(*alias, d.oh, d.ow), rounded(want, dtype), 0.0, 1e-7));
+  }
+}
+
 TEST_F(Cuda, FusedBatchNormActivation) {
   struct Config {
     const char *name;
@@ -778,74 +854,14 @@ TEST_F(Cuda, FusedBatchNormActivation) {
       d.pool_kh = cfg.kh, d.pool_kw = cfg.kw, d.pool_sh = cfg.sh,
       d.pool_sw = cfg.sw;
       ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
-      const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
-      const BnActInputs inputs = bnActInputs(rng, d, cfg.residual, dtype, 0);
-      const Floats &x = inputs.x, &scale = inputs.scale, &shift = inputs.shift,
-                   &mean = inputs.mean, &var = inputs.var,
-                   &residual = inputs.residual, &dy = inputs.dy;
-      auto dX = upload(x, dtype), dDy = upload(dy, dtype);
-      auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
-           dVar = upload(var);
-      std::unique_ptr<Buffer> dRes;
-      if (cfg.residual)
-        dRes = upload(residual, dtype);
-      const void *res = dRes ? dRes->get() : nullptr;
-      const float *cres = cfg.residual ? residual.data() : nullptr;
-      Buffer y(out * 4), bm(d.c * 4), bv(d.c * 4), dx(in * 4), ds(d.c * 4),
-          dsh(d.c * 4);
-      const double tol = typeTolerance(dtype) * 4;
-
-      fcc_cuda_bn_act_inference(&d, dX->get(), dScale->f(), dShift->f(),
-                                dMean->f(), dVar->f(), res, y.get(), dtype);
-      Floats want(static_cast<size_t>(out));
-      fcc_cpu_bn_act_inference(&d, x.data(), scale.data(), shift.data(),
-                               mean.data(), var.data(), cres, want.data());
-      EXPECT_TRUE(near(download(y.get(), out, dtype), rounded(want, dtype),
-                       cfg.act == FCC_ACT_CELU ? tol : 0.0, 1e-7));
-
-      fcc_cuda_bn_act_train_forward(&d, dX->get(), dScale->f(), dShift->f(),
-                                    res, y.get(), bm.f(), bv.f(), dtype);
-      Floats wantMean(static_cast<size_t>(d.c)), wantVar(static_cast<size_t>(d.c));
-      fcc_cpu_bn_act_train_forward(&d, x.data(), scale.data(), shift.data(),
-                                   cres, want.data(), wantMean.data(),
-                                   wantVar.data());
-      EXPECT_TRUE(near(download(bm.get(), d.c), wantMean, 1e-6, 1e-7));
-      EXPECT_TRUE(near(download(bv.get(), d.c), wantVar, 1e-6));
-      EXPECT_TRUE(near(download(y.get(), out, dtype), rounded(want, dtype), tol,
-                       1e-6));
-
-      // Backward with the CPU's statistics, so that both route the pooling
-      // gradient through the same arg-maxes.
-      auto cpuMean = upload(wantMean), cpuVar = upload(wantVar);
-      fcc_cuda_bn_act_backward(&d, dX->get(), dDy->get(), dScale->f(),
-                               dShift->f(), cpuMean->f(), cpuVar->f(), dx.get(),
-                               ds.f(), dsh.f(), dtype);
-      Floats wantDx(static_cast<size_t>(in)), wantDs(static_cast<size_t>(d.c)), wantDsh(static_cast<size_t>(d.c));
-      fcc_cpu_bn_act_backward(&d, x.data(), dy.data(), scale.data(),
-                              shift.data(), wantMean.data(), wantVar.data(),
-                              wantDx.data(), wantDs.data(), wantDsh.data());
-      EXPECT_TRUE(near(download(ds.get(), d.c), wantDs, 1e-5, 1e-6));
-      EXPECT_TRUE(near(download(dsh.get(), d.c), wantDsh, 1e-5, 1e-6));
-      EXPECT_TRUE(near(download(dx.get(), in, dtype), rounded(wantDx, dtype),
-                       tol, 1e-6, maxAbs(wantDx)));
-
-      // The residual may be the output (the planner writes y over it).
-      if (cfg.residual) {
-        auto alias = upload(residual, dtype);
-        fcc_cuda_bn_act_inference(&d, dX->get(), dScale->f(), dShift->f(),
-                                  dMean->f(), dVar->f(), alias->get(),
-                                  alias->get(), dtype);
-        fcc_cpu_bn_act_inference(&d, x.data(), scale.data(), shift.data(),
-                                 mean.data(), var.data(), cres, want.data());
-        EXPECT_TRUE(near(download(alias->get(), out, dtype),
-                         rounded(want, dtype), 0.0, 1e-7));
-      }
+      checkBnAct(d, FCC_LAYOUT_NCHW,
+                 bnActInputs(rng, d, cfg.residual, dtype, 0), dtype);
     }
 }
 
-// The NHWC kernels against the CPU's NCHW ones on the same values: every
-// configuration whose pooling NHWC takes (none, or windows that tile), with
-// 37 channels (more than one block of 32 channel lanes, not a multiple).
+// The NHWC kernels: every configuration whose pooling NHWC takes (none, or
+// windows that tile), with 37 channels (more than one block of 32 channel
+// lanes, not a multiple).
 TEST_F(Cuda, FusedBatchNormActivationNhwc) {
   struct Config {
     const char *name;
@@ -872,61 +888,8 @@ TEST_F(Cuda, FusedBatchNormActivationNhwc) {
       d.activation = cfg.act, d.alpha = cfg.alpha, d.eps = 1e-5f;
       d.pool_kh = d.pool_sh = cfg.k, d.pool_kw = d.pool_sw = cfg.kw;
       ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
-      fcc_bn_act_desc dn = d;
-      dn.layout = FCC_LAYOUT_NHWC;
-      const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
-      const BnActInputs inputs = bnActInputs(rng, d, cfg.residual, dtype, 1);
-      const Floats &x = inputs.x, &scale = inputs.scale, &shift = inputs.shift,
-                   &mean = inputs.mean, &var = inputs.var,
-                   &residual = inputs.residual, &dy = inputs.dy;
-      auto dX = upload(toNhwc(x, d.n, d.c, d.h, d.w), dtype);
-      auto dDy = upload(toNhwc(dy, d.n, d.c, d.oh, d.ow), dtype);
-      auto dScale = upload(scale), dShift = upload(shift), dMean = upload(mean),
-           dVar = upload(var);
-      std::unique_ptr<Buffer> dRes;
-      if (cfg.residual)
-        dRes = upload(toNhwc(residual, d.n, d.c, d.oh, d.ow), dtype);
-      const void *res = dRes ? dRes->get() : nullptr;
-      const float *cres = cfg.residual ? residual.data() : nullptr;
-      Buffer y(out * 4), bm(d.c * 4), bv(d.c * 4), dx(in * 4), ds(d.c * 4),
-          dsh(d.c * 4);
-      const double tol = typeTolerance(dtype) * 4;
-      auto yOut = [&] {
-        return fromNhwc(download(y.get(), out, dtype), d.n, d.c, d.oh, d.ow);
-      };
-
-      Floats want(static_cast<size_t>(out));
-      fcc_cuda_bn_act_inference(&dn, dX->get(), dScale->f(), dShift->f(),
-                                dMean->f(), dVar->f(), res, y.get(), dtype);
-      fcc_cpu_bn_act_inference(&d, x.data(), scale.data(), shift.data(),
-                               mean.data(), var.data(), cres, want.data());
-      EXPECT_TRUE(near(yOut(), rounded(want, dtype),
-                       cfg.act == FCC_ACT_CELU ? tol : 0.0, 1e-7));
-
-      fcc_cuda_bn_act_train_forward(&dn, dX->get(), dScale->f(), dShift->f(),
-                                    res, y.get(), bm.f(), bv.f(), dtype);
-      Floats wantMean(static_cast<size_t>(d.c)), wantVar(static_cast<size_t>(d.c));
-      fcc_cpu_bn_act_train_forward(&d, x.data(), scale.data(), shift.data(),
-                                   cres, want.data(), wantMean.data(),
-                                   wantVar.data());
-      EXPECT_TRUE(near(download(bm.get(), d.c), wantMean, 1e-6, 1e-7));
-      EXPECT_TRUE(near(download(bv.get(), d.c), wantVar, 1e-6));
-      EXPECT_TRUE(near(yOut(), rounded(want, dtype), tol, 1e-6));
-
-      auto cpuMean = upload(wantMean), cpuVar = upload(wantVar);
-      fcc_cuda_bn_act_backward(&dn, dX->get(), dDy->get(), dScale->f(),
-                               dShift->f(), cpuMean->f(), cpuVar->f(), dx.get(),
-                               ds.f(), dsh.f(), dtype);
-      Floats wantDx(static_cast<size_t>(in)), wantDs(static_cast<size_t>(d.c)),
-          wantDsh(static_cast<size_t>(d.c));
-      fcc_cpu_bn_act_backward(&d, x.data(), dy.data(), scale.data(),
-                              shift.data(), wantMean.data(), wantVar.data(),
-                              wantDx.data(), wantDs.data(), wantDsh.data());
-      EXPECT_TRUE(near(download(ds.get(), d.c), wantDs, 1e-5, 1e-6));
-      EXPECT_TRUE(near(download(dsh.get(), d.c), wantDsh, 1e-5, 1e-6));
-      EXPECT_TRUE(near(fromNhwc(download(dx.get(), in, dtype), d.n, d.c, d.h,
-                                d.w),
-                       rounded(wantDx, dtype), tol, 1e-6, maxAbs(wantDx)));
+      checkBnAct(d, FCC_LAYOUT_NHWC,
+                 bnActInputs(rng, d, cfg.residual, dtype, 1), dtype);
     }
 }
 
