@@ -789,6 +789,16 @@ if ratios:
     lines.append("")
     lines.append("fcc time / PyTorch time:")
     lines += ratios
+# The layouts side by side: fcc NHWC against fcc NCHW of the same precision.
+by_name = {r["name"]: r for r in rows}
+for r in rows:
+    if r["name"].endswith("-nhwc"):
+        base = by_name.get(r["name"][:-len("-nhwc")])
+        if base and base["train"] > 0:
+            lines.append("")
+            lines.append(f"{r['name']} / {base['name']}: "
+                         f"{r['train'] / base['train']:.2f} (training time; "
+                         f"below 1: NHWC faster)")
 text = "\n".join(lines)
 print(text)
 with open(out, "w") as fh:
