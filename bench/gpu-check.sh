@@ -41,8 +41,9 @@
 #            cuDNN on this GPU.
 # (k) kernels: fcc-kernel-bench: ResNet9's fused BatchNorm kernels (window
 #            per thread against per element, FCC_BN_GENERAL=1) and cuDNN's
-#            convolutions with NCHW against NHWC activations, at the training
-#            step's shapes (kernels.log; about a minute).
+#            convolutions with NCHW against NHWC activations (cuDNN's fastest
+#            algorithm and fcc's own plans), at the training step's shapes
+#            (kernels.log; one to two minutes).
 # (e) units: cuda_kernels_test (every GPU kernel, compressor and compression
 #            op against the CPU's) and fcc-compress-bench --gpu-only (GB/s of
 #            each compressor against the device's bandwidth).
@@ -617,7 +618,7 @@ part_kernels() {
     record kernels skipped "--smoke-cpu: no GPU to measure"
   elif [ ! -x "$b" ]; then
     record kernels skipped "no fcc-kernel-bench in the bundle"
-  elif run_logged kernels 150 env LD_LIBRARY_PATH="$TRAINER_LD" "$b"; then
+  elif run_logged kernels 240 env LD_LIBRARY_PATH="$TRAINER_LD" "$b"; then
     record kernels info "tables in kernels.log"
   else
     record kernels FAIL "exit status $?; see kernels.log"

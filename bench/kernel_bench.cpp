@@ -14,10 +14,11 @@
 //        x and dy, write dx), against the device's peak.
 //  conv  cuDNN's fastest algorithm (cudnnFind*AlgorithmEx, then timed) for
 //        the forward, data-gradient and filter-gradient convolution of each
-//        of ResNet9's convolution shapes, with activations NCHW (what fcc
-//        uses today: cuDNN transposes around its tensor-core kernels) and
-//        NHWC (filters KRSC, or KCRS to see whether cuDNN takes the mixed
-//        form): the measurement behind the NHWC item of issue 5's roadmap.
+//        of ResNet9's convolution shapes, with activations NCHW (cuDNN
+//        transposes around its tensor-core kernels) and NHWC (filters KRSC,
+//        or KCRS to see whether cuDNN takes the mixed form); and fcc's own
+//        plans, NCHW and NHWC (what the trainers run: the fastest
+//        deterministic algorithm, NHWC with its KRSC filter transposes).
 //
 // Totals weight each layer by how often a step runs it. Exit status 2 when
 // there is no GPU, 1 on an error of the runtime. Built a second time against
@@ -437,9 +438,43 @@ double convMs(cudnnHandle_t h, const ConvShape &cs, const Layout &lay,
   return ms;
 }
 
+// fcc's own convolution plan of a shape (runtime/cuda/conv.cpp: the
+// fastest deterministic algorithm, from the timing cache or measured; NHWC
+// plans transpose filters to KRSC and back), or null with err set.
+fcc_cuda_conv2d_plan *fccPlan(const ConvShape &cs, int64_t n, int layout,
+                              std::string &err) {
+  fcc_conv2d_desc d{};
+  d.n = n, d.c = cs.c, d.h = cs.hw, d.w = cs.hw, d.k = cs.k, d.r = 3, d.s = 3;
+  d.stride_h = d.stride_w = 1;
+  d.pad_t = d.pad_l = d.pad_b = d.pad_r = 1;
+  d.dil_h = d.dil_w = 1;
+  d.groups = 1;
+  d.layout = layout;
+  fcc_cuda_conv2d_plan *p = fcc_cuda_conv2d_create(&d, FCC_DTYPE_F16);
+  if (!p)
+    err = fcc_cuda_last_error();
+  return p;
+}
+
+// Milliseconds per call of one direction of an fcc plan (what a trainer
+// runs, filter transposes included).
+double fccConvMs(fcc_cuda_conv2d_plan *p, int dir, int iters, void *x,
+                 void *w, void *y) {
+  return timeMs(iters, [&] {
+    if (dir == 0)
+      fcc_cuda_conv2d_forward(p, x, w, nullptr, y);
+    else if (dir == 1)
+      fcc_cuda_conv2d_backward_data(p, y, w, x);
+    else
+      fcc_cuda_conv2d_backward_filter(p, x, y, w, nullptr);
+  });
+}
+
 void benchConv(const Options &o) {
-  std::printf("## cuDNN convolutions, fp16 (fp32 accumulation, tensor-op "
-              "math), batch %lld: fastest algorithm, ms per call\n\n",
+  std::printf("## Convolutions, fp16 (fp32 accumulation, tensor-op math), "
+              "batch %lld, ms per call: cuDNN's fastest algorithm per "
+              "layout, and fcc's plans (fastest deterministic algorithm; "
+              "NHWC with its filter transposes)\n\n",
               static_cast<long long>(o.batch));
   cudnnHandle_t h;
   std::string err;
@@ -449,8 +484,12 @@ void benchConv(const Options &o) {
   void *ws = fcc_cuda_malloc(int64_t(kWorkspace));
   if (!ws)
     fail(std::string("workspace: ") + fcc_cuda_last_error());
-  std::printf("| conv | C->K @ HxW | direction | NCHW | NHWC | NHWC+KCRS | "
-              "NCHW / NHWC |\n|---|---|---|---:|---:|---:|---:|\n");
+  std::printf("| conv | C->K @ HxW | direction | cuDNN NCHW | cuDNN NHWC | "
+              "cuDNN NHWC+KCRS | NCHW / NHWC | fcc NCHW | fcc NHWC | "
+              "fcc NCHW / NHWC |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  double fccTotal[2] = {0, 0};
+  bool fccComplete[2] = {true, true};
   static const char *const kDir[] = {"forward", "data gradient",
                                      "filter gradient"};
   double total[kLayoutCount] = {0, 0, 0};
@@ -464,6 +503,16 @@ void benchConv(const Options &o) {
     void *x = randomHalf(n * cs.c * cs.hw * cs.hw, -1.0f, 1.0f, rng);
     void *y = randomHalf(n * cs.k * cs.hw * cs.hw, -1.0f, 1.0f, rng);
     void *w = randomHalf(int64_t(cs.k) * cs.c * 9, -0.1f, 0.1f, rng);
+    fcc_cuda_conv2d_plan *plans[2];
+    for (int l = 0; l < 2; ++l) {
+      plans[l] = fccPlan(cs, n, l == 0 ? FCC_LAYOUT_NCHW : FCC_LAYOUT_NHWC,
+                         err);
+      if (!plans[l]) {
+        fccComplete[l] = false;
+        notes.push_back(std::string(cs.name) + " fcc " +
+                        (l == 0 ? "NCHW" : "NHWC") + " plan: " + err);
+      }
+    }
     for (int dir = 0; dir < 3; ++dir) {
       if (dir == 1 && !cs.dataGradient)
         continue;
@@ -486,10 +535,26 @@ void benchConv(const Options &o) {
           std::snprintf(cell[l], sizeof cell[l], "%.3f", ms[l]);
       if (ms[0] > 0 && ms[1] > 0)
         std::snprintf(ratio, sizeof ratio, "%.2f", ms[0] / ms[1]);
-      std::printf("| %s | %d->%d @ %dx%d | %s | %s | %s | %s | %s |\n",
+      double fms[2] = {-1.0, -1.0};
+      char fcell[2][32], fratio[32] = "-";
+      for (int l = 0; l < 2; ++l) {
+        if (plans[l]) {
+          fms[l] = fccConvMs(plans[l], dir, o.iters, x, w, y);
+          fccTotal[l] += cs.times * fms[l];
+          std::snprintf(fcell[l], sizeof fcell[l], "%.3f", fms[l]);
+        } else {
+          std::snprintf(fcell[l], sizeof fcell[l], "unsupported");
+        }
+      }
+      if (fms[0] > 0 && fms[1] > 0)
+        std::snprintf(fratio, sizeof fratio, "%.2f", fms[0] / fms[1]);
+      std::printf("| %s | %d->%d @ %dx%d | %s | %s | %s | %s | %s | %s | %s "
+                  "| %s |\n",
                   cs.name, cs.c, cs.k, cs.hw, cs.hw, kDir[dir], cell[0],
-                  cell[1], cell[2], ratio);
+                  cell[1], cell[2], ratio, fcell[0], fcell[1], fratio);
     }
+    for (fcc_cuda_conv2d_plan *p : plans)
+      fcc_cuda_conv2d_destroy(p);
     fcc_cuda_free(x);
     fcc_cuda_free(y);
     fcc_cuda_free(w);
@@ -502,6 +567,11 @@ void benchConv(const Options &o) {
                 l + 1 < kLayoutCount ? "," : "");
   if (total[1] > 0)
     std::printf("; NCHW / NHWC %.2f", total[0] / total[1]);
+  std::printf("; fcc NCHW %.3f ms%s, fcc NHWC %.3f ms%s", fccTotal[0],
+              fccComplete[0] ? "" : " (incomplete)", fccTotal[1],
+              fccComplete[1] ? "" : " (incomplete)");
+  if (fccTotal[1] > 0)
+    std::printf("; fcc NCHW / NHWC %.2f", fccTotal[0] / fccTotal[1]);
   std::printf("\n");
   for (const std::string &note : notes)
     std::printf("  %s\n", note.c_str());
