@@ -1166,15 +1166,16 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
         !llvm::any_of(o->getResults(), rank4))
       return WalkResult::advance();
     // Kernels that take NHWC activations.
+    auto conv = [&](auto c) {
+      return c.getGroups() == 1 ? WalkResult::advance()
+                                : refuse(o, "is a grouped convolution");
+    };
     if (auto c = dyn_cast<Conv2DOp>(o))
-      return c.getGroups() == 1 ? WalkResult::advance()
-                                : refuse(o, "is a grouped convolution");
+      return conv(c);
     if (auto c = dyn_cast<Conv2DGradInputOp>(o))
-      return c.getGroups() == 1 ? WalkResult::advance()
-                                : refuse(o, "is a grouped convolution");
+      return conv(c);
     if (auto c = dyn_cast<Conv2DGradWeightOp>(o))
-      return c.getGroups() == 1 ? WalkResult::advance()
-                                : refuse(o, "is a grouped convolution");
+      return conv(c);
     auto bnPool = [&](Value in, std::optional<ArrayRef<int64_t>> k,
                       std::optional<ArrayRef<int64_t>> st) {
       return !k || poolTiles(shapeOf(in), *k, st ? *st : *k)

@@ -190,9 +190,6 @@ double avgDivisor(const fcc_pool2d_desc *d, const Taps &tr, const Taps &tc) {
   return double(tr.last - tr.first) * double(tc.last - tc.first);
 }
 
-} // namespace
-
-namespace {
 // The CPU pooling kernels take NCHW activations only.
 bool nchwOnly(const fcc_pool2d_desc *d) {
   if (d && d->layout != FCC_LAYOUT_NCHW) {

@@ -391,9 +391,15 @@ template <class F> void withWindowSize(const FusedGeom &g, F f) {
     f(std::integral_constant<int, 0>());
 }
 
+// Whether the pooling tiles its input: stride = window, the input exactly
+// covered (every element in exactly one window).
+bool poolTiles(const FusedGeom &g) {
+  return g.kh != 0 && g.sh == g.kh && g.sw == g.kw && g.h == g.oh * g.kh &&
+         g.w == g.ow * g.kw;
+}
+
 // Whether the fused kernels may take the pooling window by window: tiled
-// windows (stride = window, the input exactly covered) and 32-bit indices.
-// FCC_BN_GENERAL=1 in the environment turns this off (the per-element
+// windows (poolTiles) and 32-bit indices. FCC_BN_GENERAL=1 in the environment turns this off (the per-element
 // kernels every geometry can take), for side-by-side measurements
 // (fcc-kernel-bench); it is read at each call, i.e. when a CUDA graph is
 // captured, not when it replays.
@@ -401,13 +407,19 @@ bool tiledFused(const FusedGeom &g, int64_t planes) {
   const char *general = std::getenv("FCC_BN_GENERAL");
   if (general && std::strcmp(general, "1") == 0)
     return false;
-  return g.kh != 0 && g.sh == g.kh && g.sw == g.kw && g.h == g.oh * g.kh &&
-         g.w == g.ow * g.kw && planes * g.h * g.w < (int64_t(1) << 31);
+  return poolTiles(g) && planes * g.h * g.w < (int64_t(1) << 31);
 }
 
 //===----------------------------------------------------------------------===//
 // Reduction operands and finishers
 //===----------------------------------------------------------------------===//
+
+// One element's terms of the backward's sums: (dz, dz * xhat) in double.
+__device__ __forceinline__ double2 gradTerms(const ChannelCoef &k, float x,
+                                             float dz) {
+  const double v = double(dz);
+  return make_double2(v, v * (double(x) - k.mean) * k.invStd);
+}
 
 template <class T> struct SumOp {
   const T *x;
@@ -442,10 +454,7 @@ template <class T> struct BnGradOp {
   int64_t hw;
   const ChannelCoef *coef;
   __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
-    const ChannelCoef &k = coef[ch];
-    const double g = double(toFloat(dy[p * hw + j]));
-    return make_double2(g, g * (double(toFloat(x[p * hw + j])) - k.mean) *
-                               k.invStd);
+    return gradTerms(coef[ch], toFloat(x[p * hw + j]), toFloat(dy[p * hw + j]));
   }
 };
 
@@ -455,9 +464,8 @@ template <class T> struct FusedGradOp {
   const ChannelCoef *coef;
   __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
     const ChannelCoef &k = coef[ch];
-    const double v = double(fusedDz(x, dy, g, k, p, j));
-    const double xv = double(toFloat(x[p * g.h * g.w + j]));
-    return make_double2(v, v * (xv - k.mean) * k.invStd);
+    return gradTerms(k, toFloat(x[p * g.h * g.w + j]),
+                     fusedDz(x, dy, g, k, p, j));
   }
 };
 
@@ -475,10 +483,10 @@ template <class T, int K> struct TiledFusedGradOp {
     tiledFusedWindow<K>(x, dy, g, k,
                         tiledWindowBase(o, oh, ow, int(g.kh), int(g.kw)), g.w,
                         1, o, [&](int64_t, float xv, float dz) {
-                       const double v = double(dz);
-                       a += v;
-                       b += v * (double(xv) - k.mean) * k.invStd;
-                     });
+                          const double2 t = gradTerms(k, xv, dz);
+                          a += t.x;
+                          b += t.y;
+                        });
     return make_double2(a, b);
   }
 };
@@ -928,7 +936,7 @@ template <class T>
 void launchFusedForward(const T *x, const T *residual, T *y,
                         const FusedGeom &g, int64_t c, int64_t total,
                         const ChannelCoef *coef) {
-  if (g.kh != 0 && tiledFused(g, total / (g.oh * g.ow)))
+  if (tiledFused(g, total / (g.oh * g.ow)))
     withWindowSize(g, [&](auto size) {
       constexpr int K = decltype(size)::value;
       tiledFusedForwardKernel<T, K><<<blocksFor(total), kThreads, 0, stream()>>>(
@@ -1048,9 +1056,8 @@ template <class T> struct NhwcGradOp {
     const ChannelCoef &k = coef[ch];
     const int64_t e = r * c + ch;
     const float xv = toFloat(x[e]);
-    const double v = double(
-        activationGrad(g.act, normalise(k, xv), toFloat(dy[e]), g.alpha));
-    return make_double2(v, v * (double(xv) - k.mean) * k.invStd);
+    return gradTerms(
+        k, xv, activationGrad(g.act, normalise(k, xv), toFloat(dy[e]), g.alpha));
   }
 };
 
@@ -1065,9 +1072,9 @@ template <class T, int K> struct NhwcTiledGradOp {
     double a = 0.0, b = 0.0;
     tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
                         c, win * c + ch, [&](int64_t, float xv, float dz) {
-                          const double v = double(dz);
-                          a += v;
-                          b += v * (double(xv) - k.mean) * k.invStd;
+                          const double2 t = gradTerms(k, xv, dz);
+                          a += t.x;
+                          b += t.y;
                         });
     return make_double2(a, b);
   }
@@ -1130,8 +1137,7 @@ __global__ void nhwcTiledBackwardKernel(const T *x, const T *dy, T *dx,
 
 // NHWC pooling must tile: every other geometry is refused.
 bool nhwcGeom(const fcc_bn_act_desc *d, const FusedGeom &g, const char *fn) {
-  if (g.kh == 0 || (g.sh == g.kh && g.sw == g.kw && g.h == g.oh * g.kh &&
-                    g.w == g.ow * g.kw))
+  if (g.kh == 0 || poolTiles(g))
     return true;
   setAsyncError(format("%s: NHWC layout: the %lldx%lld pool with strides "
                        "%lldx%lld does not tile the %lldx%lld input (NHWC "

@@ -98,6 +98,13 @@ struct fcc_cuda_conv2d_plan {
   int64_t filterCount() const {
     return desc.k * (desc.c / desc.groups) * desc.r * desc.s;
   }
+  // The output as the per-channel kernels (bias add and gradient) see it:
+  // n planes of oh * ow elements per channel, or, NHWC, n * oh * ow planes
+  // of one element.
+  int64_t outputPlanes() const {
+    return nhwc() ? desc.n * desc.oh * desc.ow : desc.n;
+  }
+  int64_t outputPlaneSize() const { return nhwc() ? 1 : desc.oh * desc.ow; }
 
   ~fcc_cuda_conv2d_plan() {
     if (krsc)
@@ -646,13 +653,8 @@ extern "C" int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
                                   &zero, p->y, y),
           fn, "cudnnConvolutionForward"))
     return rc;
-  const fcc_conv2d_desc &d = p->desc;
-  const int64_t hw = d.oh * d.ow;
-  // NHWC: n * hw planes of one element per channel.
-  if (bias && !(p->nhwc() ? addChannelBias(y, bias, d.n * hw, d.k, 1,
-                                           p->dtype, fn)
-                          : addChannelBias(y, bias, d.n, d.k, hw, p->dtype,
-                                           fn)))
+  if (bias && !addChannelBias(y, bias, p->outputPlanes(), p->desc.k,
+                              p->outputPlaneSize(), p->dtype, fn))
     return FCC_ERR_BACKEND;
   return FCC_OK;
 }
@@ -689,11 +691,8 @@ extern "C" int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *p,
   if (p->nhwc())
     fcc_cuda_transpose_layout(p->krsc, d.k, d.c / d.groups, d.r * d.s,
                               FCC_LAYOUT_NCHW, dw, p->dtype);
-  const int64_t hw = d.oh * d.ow;
-  if (dbias && !(p->nhwc() ? channelSum(dy, d.n * hw, d.k, 1, dbias,
-                                        p->dtype, fn)
-                           : channelSum(dy, d.n, d.k, hw, dbias, p->dtype,
-                                        fn)))
+  if (dbias && !channelSum(dy, p->outputPlanes(), d.k, p->outputPlaneSize(),
+                           dbias, p->dtype, fn))
     return FCC_ERR_BACKEND;
   return FCC_OK;
 }

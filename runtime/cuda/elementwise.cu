@@ -357,22 +357,28 @@ __device__ int64_t firstMaxIndex(const fcc_pool2d_desc &d, const T *plane,
 // it once, the backward finds its first maximum once and writes every tap
 // (the general backward gathers per input element, finding each window's
 // maximum once per tap). Index math in 32 bits, hence the size limit.
-bool tiledPool32(const fcc_pool2d_desc &d) {
+bool poolTiles(const fcc_pool2d_desc &d) {
   return d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 && d.pad_r == 0 &&
          d.dil_h == 1 && d.dil_w == 1 && d.stride_h == d.kh &&
-         d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw &&
-         d.n * d.c * d.h * d.w < (int64_t(1) << 31);
+         d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw;
+}
+bool tiledPool32(const fcc_pool2d_desc &d) {
+  return poolTiles(d) && d.n * d.c * d.h * d.w < (int64_t(1) << 31);
 }
 
 // The first tap of a tiled window holding its maximum (the first NaN if any
-// tap is NaN; a window of -inf: its first tap): firstMaxIndex's rule.
+// tap is NaN; a window of -inf: its first tap): firstMaxIndex's rule. Tap
+// (i, j) is src[i * rowStride + j * colStride] (NCHW: w and 1; NHWC: w * c
+// and c).
 template <class T>
-__device__ __forceinline__ FirstMax tiledWindowMax(const T *src, int w,
-                                                   int kh, int kw) {
+__device__ __forceinline__ FirstMax tiledWindowMax(const T *src,
+                                                   int64_t rowStride,
+                                                   int64_t colStride, int kh,
+                                                   int kw) {
   FirstMax scan;
   for (int i = 0; i < kh; ++i)
     for (int j = 0; j < kw; ++j)
-      scan.take(toFloat(src[i * w + j]), i * kw + j);
+      scan.take(toFloat(src[i * rowStride + j * colStride]), i * kw + j);
   return scan;
 }
 
@@ -383,7 +389,7 @@ __global__ void maxPoolTiledForwardKernel(int planes, int oh, int ow, int kh,
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
        o += blockDim.x * gridDim.x) {
     const FirstMax scan =
-        tiledWindowMax(x + tiledWindowBase(o, oh, ow, kh, kw), w, kh, kw);
+        tiledWindowMax(x + tiledWindowBase(o, oh, ow, kh, kw), w, 1, kh, kw);
     y[o] = fromFloat<T>(scan.sawNaN() ? quietNaN() : scan.max);
   }
 }
@@ -396,7 +402,7 @@ __global__ void maxPoolTiledBackwardKernel(int planes, int oh, int ow, int kh,
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
        o += blockDim.x * gridDim.x) {
     const int64_t base = tiledWindowBase(o, oh, ow, kh, kw);
-    const int64_t best = tiledWindowMax(x + base, w, kh, kw).index();
+    const int64_t best = tiledWindowMax(x + base, w, 1, kh, kw).index();
     // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
     const T g = fromFloat<T>(0.0f + toFloat(dy[o]));
     const T zero = fromFloat<T>(0.0f);
@@ -417,14 +423,11 @@ __device__ __forceinline__ int64_t nhwcPoolBase(const fcc_pool2d_desc &d,
   return ((n * d.h + oh * d.kh) * d.w + ow * d.kw) * d.c + ch;
 }
 
+// tiledWindowMax of an NHWC window.
 template <class T>
 __device__ __forceinline__ FirstMax nhwcWindowMax(const T *x, int64_t base,
                                                   const fcc_pool2d_desc &d) {
-  FirstMax scan;
-  for (int64_t i = 0; i < d.kh; ++i)
-    for (int64_t j = 0; j < d.kw; ++j)
-      scan.take(toFloat(x[base + (i * d.w + j) * d.c]), i * d.kw + j);
-  return scan;
+  return tiledWindowMax(x + base, d.w * d.c, d.c, int(d.kh), int(d.kw));
 }
 
 template <class T>
@@ -608,11 +611,7 @@ bool poolDesc(const fcc_pool2d_desc *in, fcc_pool2d_desc &d, const char *fn) {
 // dilation, stride = window, the input exactly covered); false (sticky
 // error naming fn) for anything else.
 bool nhwcPoolOk(const fcc_pool2d_desc &d, bool isMax, const char *fn) {
-  const bool tiles = d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 &&
-                     d.pad_r == 0 && d.dil_h == 1 && d.dil_w == 1 &&
-                     d.stride_h == d.kh && d.stride_w == d.kw &&
-                     d.h == d.oh * d.kh && d.w == d.ow * d.kw;
-  if (isMax && tiles)
+  if (isMax && poolTiles(d))
     return true;
   setAsyncError(format("%s: NHWC layout: only max pooling whose windows tile "
                        "the input (stride = window, no padding) is supported",
