@@ -39,8 +39,9 @@
 # (h) layout: (not in the default --parts) PyTorch eager fp16, 3 epochs,
 #            channels-last against NCHW: what the memory layout is worth to
 #            cuDNN on this GPU.
-# (k) kernels: fcc-kernel-bench: ResNet9's fused BatchNorm kernels (window
-#            per thread against per element, FCC_BN_GENERAL=1) and cuDNN's
+# (k) kernels: fcc-kernel-bench: ResNet9's fused BatchNorm kernels (16-byte
+#            vectors against FCC_BN_SCALAR=1 and, pooled layers, per element,
+#            FCC_BN_GENERAL=1) and cuDNN's
 #            convolutions with NCHW against NHWC activations (cuDNN's fastest
 #            algorithm and fcc's own plans), at the training step's shapes
 #            (kernels.log; one to two minutes).

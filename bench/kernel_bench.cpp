@@ -7,9 +7,11 @@
 //
 //  bn    fcc's fused BatchNorm + ReLU (+ 2x2 max pool) (+ residual) training
 //        forward and backward (runtime/cuda/batchnorm.cu) for each of
-//        ResNet9's eight BatchNorms: NCHW (the pooled ones twice, with the
-//        window-per-thread kernels, the default, and with the per-element
-//        ones, FCC_BN_GENERAL=1) and NHWC. Bandwidth counts the least traffic each call
+//        ResNet9's eight BatchNorms: NCHW with the default kernels
+//        (16-byte vectors, groups of pooling windows), with
+//        FCC_BN_SCALAR=1 (pairs, one window per thread) and, pooled layers,
+//        with FCC_BN_GENERAL=1 (per element); and NHWC. Bandwidth counts
+//        the least traffic each call
 //        needs (forward: read x, write y, read the residual; backward: read
 //        x and dy, write dx), against the device's peak.
 //  conv  cuDNN's fastest algorithm (cudnnFind*AlgorithmEx, then timed) for
@@ -226,7 +228,7 @@ void benchBn(const Options &o, double peakBytes) {
               "peak | backward ms | GB/s | of peak |\n");
   std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
   std::mt19937 rng(1);
-  double total[3] = {0.0, 0.0, 0.0}; // NCHW, NCHW per element, NHWC
+  double total[4] = {0.0, 0.0, 0.0, 0.0}; // per variant, see below
   for (const BnLayer &l : kBnLayers) {
     if (!o.wants(l.name))
       continue;
@@ -250,17 +252,21 @@ void benchBn(const Options &o, double peakBytes) {
     float *dsh = randomFloat(l.c, 0.0f, 0.0f, rng);
     const double fwdBytes = 2.0 * double(in + out + (res ? out : 0));
     const double bwdBytes = 2.0 * double(2 * in + out);
-    // Variants: NCHW with the window (pooled) or pair kernels, NCHW with
-    // the per-element kernels (pooled layers only), NHWC (the same random
-    // buffers, read as NHWC).
-    for (int variant = 0; variant < 3; ++variant) {
-      if (variant == 1 && !l.pool)
+    // Variants (the same random buffers; NHWC reads them as NHWC):
+    //  0 NCHW, the default kernels (16-byte vectors, groups of windows);
+    //  1 NCHW with FCC_BN_SCALAR=1 (pairs, one window per thread);
+    //  2 NCHW with FCC_BN_GENERAL=1 (per element; pooled layers only);
+    //  3 NHWC.
+    for (int variant = 0; variant < 4; ++variant) {
+      if (variant == 2 && !l.pool)
         continue;
+      unsetenv("FCC_BN_SCALAR");
+      unsetenv("FCC_BN_GENERAL");
       if (variant == 1)
+        setenv("FCC_BN_SCALAR", "1", 1);
+      if (variant == 2)
         setenv("FCC_BN_GENERAL", "1", 1);
-      else
-        unsetenv("FCC_BN_GENERAL");
-      d.layout = variant == 2 ? FCC_LAYOUT_NHWC : FCC_LAYOUT_NCHW;
+      d.layout = variant == 3 ? FCC_LAYOUT_NHWC : FCC_LAYOUT_NCHW;
       const double f = timeMs(o.iters, [&] {
         fcc_cuda_bn_act_train_forward(&d, x, scale, shift, res, y, bm, bv,
                                       FCC_DTYPE_F16);
@@ -270,22 +276,22 @@ void benchBn(const Options &o, double peakBytes) {
                                  FCC_DTYPE_F16);
       });
       const double fr = fwdBytes / (f * 1e-3), br = bwdBytes / (b * 1e-3);
-      const char *kind = variant == 2   ? "NHWC"
-                         : variant == 1 ? "NCHW per element"
-                         : l.pool       ? "NCHW window"
-                                        : "NCHW pairs";
+      static const char *const kinds[] = {"NCHW", "NCHW scalar",
+                                          "NCHW per element", "NHWC"};
       std::printf("| %s | %lldx%lldx%lld | %s | %s | %.3f | %.0f | %.0f%% | "
                   "%.3f | %.0f | %.0f%% |\n",
                   l.name, static_cast<long long>(l.c),
                   static_cast<long long>(l.hw), static_cast<long long>(l.hw),
-                  l.pool ? "2x2" : "-", kind, f, fr * 1e-9,
+                  l.pool ? "2x2" : "-", kinds[variant], f, fr * 1e-9,
                   100.0 * fr / peakBytes, b, br * 1e-9,
                   100.0 * br / peakBytes);
       total[variant] += l.times * (f + b);
-      // Unpooled layers have one NCHW kernel: it counts in both NCHW totals.
-      if (variant == 0 && !l.pool)
-        total[1] += l.times * (f + b);
+      // Unpooled layers have no per-element variant: their scalar kernels
+      // count in its total.
+      if (variant == 1 && !l.pool)
+        total[2] += l.times * (f + b);
     }
+    unsetenv("FCC_BN_SCALAR");
     unsetenv("FCC_BN_GENERAL");
     for (void *p : {x, dy, res, y, dx, static_cast<void *>(scale),
                     static_cast<void *>(shift), static_cast<void *>(bm),
@@ -294,11 +300,11 @@ void benchBn(const Options &o, double peakBytes) {
       fcc_cuda_free(p);
   }
   std::printf("\nBatchNorm per training step (forward + backward, the "
-              "layers above): NCHW %.3f ms with the window kernels, %.3f ms "
-              "with the per-element ones (per element / window %.2f); NHWC "
-              "%.3f ms (NCHW / NHWC %.2f)\n\n",
+              "layers above): NCHW %.3f ms; FCC_BN_SCALAR=1 %.3f ms (scalar / "
+              "vector %.2f); FCC_BN_GENERAL=1 %.3f ms (per element / scalar "
+              "%.2f); NHWC %.3f ms (NCHW / NHWC %.2f)\n\n",
               total[0], total[1], total[1] / total[0], total[2],
-              total[0] / total[2]);
+              total[2] / total[1], total[3], total[0] / total[3]);
 }
 
 #ifndef FCC_KERNEL_BENCH_EMULATED

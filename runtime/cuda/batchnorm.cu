@@ -200,6 +200,76 @@ bool channelReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
 }
 
 //===----------------------------------------------------------------------===//
+// Vectors
+//===----------------------------------------------------------------------===//
+
+// Vectors: without pooling, the fused sweeps and reductions take V
+// neighbours of a plane per thread (one 16-byte load or store per tensor
+// where they can, else pairs, else single elements; one index division and
+// one set of channel coefficients per vector), and with 2x2 tiled pooling
+// a thread takes V/2 neighbouring windows (two 16-byte row loads). Each
+// element's arithmetic is the scalar kernels'. These kernels are
+// memory-bound: 2-byte accesses, one per thread, keep too few bytes in
+// flight to reach HBM's bandwidth (H200, call 3: the BatchNorm kernels took
+// 3.3 ms for about 0.6 ms of traffic), 16-byte ones eight times as many.
+template <class T, int V> struct alignas(V * sizeof(T)) Vec {
+  T v[V];
+};
+
+// Elements of T in 16 bytes.
+template <class T> constexpr int kVec16 = int(16 / sizeof(T));
+
+// FCC_BN_SCALAR=1 in the environment turns the 16-byte vectors off (the
+// sweeps take pairs at most, reductions single elements, tiled pooling one
+// window per thread: the kernels before them), for side-by-side
+// measurements (fcc-kernel-bench); read at each call, like FCC_BN_GENERAL.
+bool envFlag(const char *name) {
+  const char *v = std::getenv(name);
+  return v && std::strcmp(v, "1") == 0;
+}
+
+bool aligned(std::initializer_list<const void *> buffers, size_t bytes) {
+  for (const void *p : buffers)
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+      return false;
+  return true;
+}
+
+// The widest vector (16 bytes, then a pair if `pairs`, else one element)
+// that divides `run` (a plane: a vector must not straddle two channels) and
+// to which every buffer (null ones ignored) is aligned.
+template <class T>
+int vectorWidth(int64_t run, std::initializer_list<const void *> buffers,
+                bool pairs) {
+  if (!envFlag("FCC_BN_SCALAR") && run % kVec16<T> == 0 &&
+      aligned(buffers, 16))
+    return kVec16<T>;
+  if (pairs && run % 2 == 0 && aligned(buffers, 2 * sizeof(T)))
+    return 2;
+  return 1;
+}
+
+// Calls f(std::integral_constant<int, V>()) for a width of vectorWidth.
+template <class T, class F> void withVectorWidth(int v, F f) {
+  if (v == kVec16<T>)
+    f(std::integral_constant<int, kVec16<T>>());
+  else if (v == 2)
+    f(std::integral_constant<int, 2>());
+  else
+    f(std::integral_constant<int, 1>());
+}
+
+// Vector q of a tensor (element q * V).
+template <int V, class T>
+__device__ __forceinline__ Vec<T, V> loadVec(const T *p, int64_t q) {
+  return reinterpret_cast<const Vec<T, V> *>(p)[q];
+}
+template <int V, class T>
+__device__ __forceinline__ void storeVec(T *p, int64_t q, const Vec<T, V> &v) {
+  reinterpret_cast<Vec<T, V> *>(p)[q] = v;
+}
+
+//===----------------------------------------------------------------------===//
 // Element functions
 //===----------------------------------------------------------------------===//
 
@@ -300,20 +370,51 @@ __device__ __forceinline__ float bnGradInput(const ChannelCoef &k, float x,
   return float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat));
 }
 
+// The taps of one pooling window, loaded (row-major): the window's pooled
+// value, the maximum of act(normalise(x)) (NaN if a tap is NaN) ...
+template <int Taps>
+__device__ __forceinline__ float pooledTaps(const float (&xs)[Taps],
+                                            const FusedGeom &g,
+                                            const ChannelCoef &k) {
+  FirstMax scan;
+#pragma unroll
+  for (int t = 0; t < Taps; ++t)
+    scan.take(activate(g.act, normalise(k, xs[t]), g.alpha), t);
+  return scan.sawNaN() ? quietNaN() : scan.max;
+}
+
+// ... and f(t, x, dz) for each tap t, dz being fusedDz's value for it: the
+// window's gradient gy at its first maximum, 0 elsewhere, through the
+// activation's derivative.
+template <int Taps, class F>
+__device__ __forceinline__ void windowTapGrads(const float (&xs)[Taps],
+                                               float gy, const FusedGeom &g,
+                                               const ChannelCoef &k, F f) {
+  float zs[Taps];
+  FirstMax scan;
+#pragma unroll
+  for (int t = 0; t < Taps; ++t) {
+    zs[t] = normalise(k, xs[t]);
+    scan.take(activate(g.act, zs[t], g.alpha), t);
+  }
+  const int64_t best = scan.index();
+#pragma unroll
+  for (int t = 0; t < Taps; ++t)
+    f(t, xs[t], activationGrad(g.act, zs[t], t == best ? gy : 0.0f, g.alpha));
+}
+
 // Tiled pooling (ResNet9's 2x2/2 pools: windows that neither overlap nor
 // leave gaps, see tiledFused): every input element lies in exactly one
 // window, so the backward takes one window per thread instead of one
 // element (whose fusedDz searches every window holding it, with 64-bit
 // index division, and rescans each window's taps).
 //
-// tiledFusedWindow walks window o (first tap at plane offset `base`):
-// finds the first maximum of act(normalise(x)) in row-major tap order, then
-// calls f(offset, x, dz) for each tap, dz being fusedDz's value for it: the
-// window's gradient (0 + dy, as fusedDz's sum of one term) at the first
-// maximum, 0 elsewhere, through the activation's derivative. K > 0: the
-// window is K x K (a compile-time size: the loops unroll and the taps'
-// values stay in registers between the two scans); K = 0: the size is read
-// from g and the second scan reloads and renormalises.
+// tiledFusedWindow walks window o (first tap at plane offset `base`) and
+// calls f(offset, x, dz) for each tap (windowTapGrads; the window's
+// gradient is 0 + dy, as fusedDz's sum of one term). K > 0: the window is
+// K x K (a compile-time size: the loops unroll and the taps stay in
+// registers); K = 0: the size is read from g and the second scan reloads
+// and renormalises.
 // Tap (i, j) is at base + i * rowStride + j * colStride (NCHW: w and 1;
 // NHWC: w * c and c).
 template <int K, class T, class F>
@@ -324,62 +425,62 @@ __device__ __forceinline__ void tiledFusedWindow(const T *x, const T *dy,
                                                  int64_t rowStride,
                                                  int64_t colStride, int64_t o,
                                                  F f) {
-  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
-  [[maybe_unused]] float xs[K > 0 ? K * K : 1], zs[K > 0 ? K * K : 1];
-  FirstMax scan;
-#pragma unroll
-  for (int i = 0; i < kh; ++i)
-#pragma unroll
-    for (int j = 0; j < kw; ++j) {
-      const float xv = toFloat(x[base + i * rowStride + j * colStride]);
-      const float z = normalise(k, xv);
-      if constexpr (K > 0) {
-        xs[i * kw + j] = xv;
-        zs[i * kw + j] = z;
-      }
-      scan.take(activate(g.act, z, g.alpha), i * kw + j);
-    }
-  const int64_t best = scan.index();
   const float gy = 0.0f + toFloat(dy[o]);
+  if constexpr (K > 0) {
+    float xs[K * K];
 #pragma unroll
-  for (int i = 0; i < kh; ++i)
-#pragma unroll
-    for (int j = 0; j < kw; ++j) {
-      const int64_t e = base + i * rowStride + j * colStride;
-      float xv, z;
-      if constexpr (K > 0) {
-        xv = xs[i * kw + j];
-        z = zs[i * kw + j];
-      } else {
-        xv = toFloat(x[e]);
-        z = normalise(k, xv);
+    for (int t = 0; t < K * K; ++t)
+      xs[t] = toFloat(x[base + (t / K) * rowStride + (t % K) * colStride]);
+    windowTapGrads(xs, gy, g, k, [&](int t, float xv, float dz) {
+      f(base + (t / K) * rowStride + (t % K) * colStride, xv, dz);
+    });
+  } else {
+    const int kh = int(g.kh), kw = int(g.kw);
+    FirstMax scan;
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j)
+        scan.take(activate(g.act,
+                           normalise(k, toFloat(x[base + i * rowStride +
+                                                  j * colStride])),
+                           g.alpha),
+                  i * kw + j);
+    const int64_t best = scan.index();
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) {
+        const int64_t e = base + i * rowStride + j * colStride;
+        const float xv = toFloat(x[e]);
+        f(e, xv,
+          activationGrad(g.act, normalise(k, xv),
+                         i * kw + j == best ? gy : 0.0f, g.alpha));
       }
-      const float dz = activationGrad(g.act, z,
-                                      i * kw + j == best ? gy : 0.0f, g.alpha);
-      f(e, xv, dz);
-    }
+  }
 }
 
 // fusedForwardKernel's pooled value of a tiled window (taps as in
-// tiledFusedWindow): the maximum of act(normalise(x)), NaN if a tap is NaN.
+// tiledFusedWindow).
 template <int K, class T>
 __device__ __forceinline__ float tiledPooled(const T *x, int64_t base,
                                              int64_t rowStride,
                                              int64_t colStride,
                                              const FusedGeom &g,
                                              const ChannelCoef &k) {
-  const int kh = K > 0 ? K : int(g.kh), kw = K > 0 ? K : int(g.kw);
-  FirstMax scan;
+  if constexpr (K > 0) {
+    float xs[K * K];
 #pragma unroll
-  for (int i = 0; i < kh; ++i)
-#pragma unroll
-    for (int j = 0; j < kw; ++j)
-      scan.take(activate(g.act,
-                         normalise(k, toFloat(x[base + i * rowStride +
-                                                j * colStride])),
-                         g.alpha),
-                i * kw + j);
-  return scan.sawNaN() ? quietNaN() : scan.max;
+    for (int t = 0; t < K * K; ++t)
+      xs[t] = toFloat(x[base + (t / K) * rowStride + (t % K) * colStride]);
+    return pooledTaps(xs, g, k);
+  } else {
+    FirstMax scan;
+    for (int i = 0; i < int(g.kh); ++i)
+      for (int j = 0; j < int(g.kw); ++j)
+        scan.take(activate(g.act,
+                           normalise(k, toFloat(x[base + i * rowStride +
+                                                  j * colStride])),
+                           g.alpha),
+                  i * int(g.kw) + j);
+    return scan.sawNaN() ? quietNaN() : scan.max;
+  }
 }
 
 // Calls f(std::integral_constant<int, K>()) with the K of tiledFusedWindow:
@@ -439,13 +540,22 @@ template <class T> struct CentredSquaresOp {
   }
 };
 
-// Sums of x - K, (x - K)^2 with K the channel's first element.
-template <class T> struct ShiftedSumsOp {
+// Sums of x - K, (x - K)^2 with K the channel's first element, over
+// vector jv (V elements) of plane p.
+template <class T, int V> struct ShiftedSumsOp {
   const T *x;
   int64_t hw;
-  __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
-    const double t = double(toFloat(x[p * hw + j])) - double(toFloat(x[ch * hw]));
-    return make_double2(t, t * t);
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t jv) const {
+    const Vec<T, V> v = loadVec<V>(x + p * hw, jv);
+    const double k = double(toFloat(x[ch * hw]));
+    double a = 0.0, b = 0.0;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      const double t = double(toFloat(v.v[h])) - k;
+      a += t;
+      b += t * t;
+    }
+    return make_double2(a, b);
   }
 };
 
@@ -458,6 +568,8 @@ template <class T> struct BnGradOp {
   }
 };
 
+// The backward's terms of element j of plane p, with pooling (fusedDz's
+// search: the per-element kernels) ...
 template <class T> struct FusedGradOp {
   const T *x, *dy;
   FusedGeom g;
@@ -466,6 +578,30 @@ template <class T> struct FusedGradOp {
     const ChannelCoef &k = coef[ch];
     return gradTerms(k, toFloat(x[p * g.h * g.w + j]),
                      fusedDz(x, dy, g, k, p, j));
+  }
+};
+
+// ... and without, summed over vector jv of plane p.
+template <class T, int V> struct FusedGradVecOp {
+  const T *x, *dy;
+  FusedGeom g;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t jv) const {
+    const ChannelCoef k = coef[ch];
+    const int64_t plane = p * g.h * g.w;
+    const Vec<T, V> xs = loadVec<V>(x + plane, jv),
+                    gs = loadVec<V>(dy + plane, jv);
+    double a = 0.0, b = 0.0;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      const float xv = toFloat(xs.v[h]);
+      const double2 t = gradTerms(
+          k, xv,
+          activationGrad(g.act, normalise(k, xv), toFloat(gs.v[h]), g.alpha));
+      a += t.x;
+      b += t.y;
+    }
+    return make_double2(a, b);
   }
 };
 
@@ -644,66 +780,46 @@ __global__ void fusedForwardKernel(const T *x, const T *residual, T *y,
   }
 }
 
-// Without pooling, the fused sweeps take two neighbours per thread (one
-// 2-element load or store per tensor, one index division and one set of
-// channel coefficients per pair); each element's arithmetic is the scalar
-// kernels'. Used when hw is even and the buffers are aligned to a pair.
-template <class T> struct alignas(2 * sizeof(T)) Pair {
-  T v[2];
-};
-
-// Whether a fused sweep over these buffers (null ones ignored) can take
-// pairs: no pooling, an even plane, every buffer aligned to a pair.
-template <class T>
-bool canPair(const FusedGeom &g, std::initializer_list<const void *> buffers) {
-  if (g.kh != 0 || (g.h * g.w) % 2 != 0)
-    return false;
-  for (const void *p : buffers)
-    if (reinterpret_cast<uintptr_t>(p) % sizeof(Pair<T>) != 0)
-      return false;
-  return true;
-}
-
-template <class T>
-__global__ void fusedForwardPairsKernel(const T *x, const T *residual, T *y,
-                                        FusedGeom g, int64_t c, int64_t pairs,
-                                        const ChannelCoef *coef) {
-  const int64_t hwPairs = g.h * g.w / 2;
-  FCC_GRID_LOOP(q, pairs) {
-    const ChannelCoef &k = coef[modIndex(divIndex(q, hwPairs), c)];
-    const Pair<T> in = reinterpret_cast<const Pair<T> *>(x)[q];
-    Pair<T> res{};
+template <class T, int V>
+__global__ void fusedForwardVecKernel(const T *x, const T *residual, T *y,
+                                      FusedGeom g, int64_t c, int64_t vectors,
+                                      const ChannelCoef *coef) {
+  const int64_t planeVectors = g.h * g.w / V;
+  FCC_GRID_LOOP(q, vectors) {
+    const ChannelCoef k = coef[modIndex(divIndex(q, planeVectors), c)];
+    const Vec<T, V> in = loadVec<V>(x, q);
+    Vec<T, V> res{};
     if (residual)
-      res = reinterpret_cast<const Pair<T> *>(residual)[q];
-    Pair<T> out;
-    for (int h = 0; h < 2; ++h) {
+      res = loadVec<V>(residual, q);
+    Vec<T, V> out;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
       float v = activate(g.act, normalise(k, toFloat(in.v[h])), g.alpha);
       if (residual)
         v = v + toFloat(res.v[h]);
       out.v[h] = fromFloat<T>(v);
     }
-    reinterpret_cast<Pair<T> *>(y)[q] = out;
+    storeVec<V>(y, q, out);
   }
 }
 
-template <class T>
-__global__ void fusedBackwardPairsKernel(const T *x, const T *dy, T *dx,
-                                         FusedGeom g, int64_t c,
-                                         int64_t pairs,
-                                         const ChannelCoef *coef) {
-  const int64_t hwPairs = g.h * g.w / 2;
-  FCC_GRID_LOOP(q, pairs) {
-    const ChannelCoef &k = coef[modIndex(divIndex(q, hwPairs), c)];
-    const Pair<T> xs = reinterpret_cast<const Pair<T> *>(x)[q];
-    const Pair<T> gs = reinterpret_cast<const Pair<T> *>(dy)[q];
-    Pair<T> out;
-    for (int h = 0; h < 2; ++h) {
+template <class T, int V>
+__global__ void fusedBackwardVecKernel(const T *x, const T *dy, T *dx,
+                                       FusedGeom g, int64_t c, int64_t vectors,
+                                       const ChannelCoef *coef) {
+  const int64_t planeVectors = g.h * g.w / V;
+  FCC_GRID_LOOP(q, vectors) {
+    const ChannelCoef k = coef[modIndex(divIndex(q, planeVectors), c)];
+    const Vec<T, V> xs = loadVec<V>(x, q), gs = loadVec<V>(dy, q);
+    Vec<T, V> out;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
       const float xv = toFloat(xs.v[h]);
       const float dz = activationGrad(g.act, normalise(k, xv),
                                       toFloat(gs.v[h]), g.alpha);
       out.v[h] = fromFloat<T>(bnGradInput(k, xv, dz));
     }
-    reinterpret_cast<Pair<T> *>(dx)[q] = out;
+    storeVec<V>(dx, q, out);
   }
 }
 
@@ -753,6 +869,121 @@ __global__ void tiledFusedBackwardKernel(const T *x, const T *dy, T *dx,
                           dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
                         });
   }
+}
+
+// 2x2 tiled pooling with G neighbouring windows per thread ("a group"):
+// the group's two rows of 2G inputs are one 16-byte load each, its G
+// outputs (and gradients) one load or store. Groups are laid out like
+// windows of 2 x 2G taps over oh x ow/G (tiledWindowBase), so group o's
+// first output is o * G. Used when windowGroup allows it.
+template <class T, int G> struct WindowGroup {
+  Vec<T, 2 * G> r0, r1; // rows 2 * oh and 2 * oh + 1 of the group's taps
+  __device__ __forceinline__ WindowGroup(const T *x, int64_t base, int w)
+      : r0(loadVec<2 * G>(x + base, 0)), r1(loadVec<2 * G>(x + base + w, 0)) {}
+  // Window i's taps in row-major order.
+  __device__ __forceinline__ void taps(int i, float (&xs)[4]) const {
+    xs[0] = toFloat(r0.v[2 * i]);
+    xs[1] = toFloat(r0.v[2 * i + 1]);
+    xs[2] = toFloat(r1.v[2 * i]);
+    xs[3] = toFloat(r1.v[2 * i + 1]);
+  }
+};
+
+template <class T, int G>
+__global__ void tiledGroupForwardKernel(const T *x, const T *residual, T *y,
+                                        FusedGeom g, int c, int groups,
+                                        const ChannelCoef *coef) {
+  const int oh = int(g.oh), owg = int(g.ow) / G, w = int(g.w);
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < groups;
+       o += blockDim.x * gridDim.x) {
+    const ChannelCoef k = coef[(o / (oh * owg)) % c];
+    const WindowGroup<T, G> in(x, tiledWindowBase(o, oh, owg, 2, 2 * G), w);
+    Vec<T, G> res{};
+    if (residual)
+      res = loadVec<G>(residual, o);
+    Vec<T, G> out;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      float xs[4];
+      in.taps(i, xs);
+      float v = pooledTaps(xs, g, k);
+      if (residual)
+        v = v + toFloat(res.v[i]);
+      out.v[i] = fromFloat<T>(v);
+    }
+    storeVec<G>(y, o, out);
+  }
+}
+
+template <class T, int G>
+__global__ void tiledGroupBackwardKernel(const T *x, const T *dy, T *dx,
+                                         FusedGeom g, int c, int groups,
+                                         const ChannelCoef *coef) {
+  const int oh = int(g.oh), owg = int(g.ow) / G, w = int(g.w);
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < groups;
+       o += blockDim.x * gridDim.x) {
+    const ChannelCoef k = coef[(o / (oh * owg)) % c];
+    const int64_t base = tiledWindowBase(o, oh, owg, 2, 2 * G);
+    const WindowGroup<T, G> in(x, base, w);
+    const Vec<T, G> gy = loadVec<G>(dy, o);
+    Vec<T, 2 * G> d0, d1;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      float xs[4];
+      in.taps(i, xs);
+      windowTapGrads(xs, 0.0f + toFloat(gy.v[i]), g, k,
+                     [&](int t, float xv, float dz) {
+                       const T v = fromFloat<T>(bnGradInput(k, xv, dz));
+                       if (t < 2)
+                         d0.v[2 * i + t] = v;
+                       else
+                         d1.v[2 * i + t - 2] = v;
+                     });
+    }
+    storeVec<2 * G>(dx + base, 0, d0);
+    storeVec<2 * G>(dx + base + w, 0, d1);
+  }
+}
+
+// TiledFusedGradOp over group q of plane p (a Layout of oh * ow / G
+// groups), windows left to right.
+template <class T, int G> struct TiledGroupGradOp {
+  const T *x, *dy;
+  FusedGeom g;
+  const ChannelCoef *coef;
+  __device__ double2 operator()(int64_t ch, int64_t p, int64_t q) const {
+    const ChannelCoef k = coef[ch];
+    const int oh = int(g.oh), owg = int(g.ow) / G;
+    const int o = int(p) * oh * owg + int(q);
+    const WindowGroup<T, G> in(x, tiledWindowBase(o, oh, owg, 2, 2 * G),
+                               int(g.w));
+    const Vec<T, G> gy = loadVec<G>(dy, o);
+    double a = 0.0, b = 0.0;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      float xs[4];
+      in.taps(i, xs);
+      windowTapGrads(xs, 0.0f + toFloat(gy.v[i]), g, k,
+                     [&](int, float xv, float dz) {
+                       const double2 t = gradTerms(k, xv, dz);
+                       a += t.x;
+                       b += t.y;
+                     });
+    }
+    return make_double2(a, b);
+  }
+};
+
+// Windows per thread for tiledFused pooling: kVec16 / 2 (a group) when the
+// pool is 2x2, a row holds whole groups and the input-shaped buffers are
+// 16-byte and the output-shaped ones group aligned; else 1.
+template <class T>
+int windowGroup(const FusedGeom &g, std::initializer_list<const void *> in,
+                std::initializer_list<const void *> out) {
+  constexpr int G = kVec16<T> / 2;
+  if (envFlag("FCC_BN_SCALAR") || g.kh != 2 || g.kw != 2 || g.ow % G != 0)
+    return 1;
+  return aligned(in, 16) && aligned(out, G * sizeof(T)) ? G : 1;
 }
 
 __global__ void updateRunningKernel(float *runningMean, float *runningVar,
@@ -931,23 +1162,38 @@ extern "C" void fcc_cuda_batch_norm_backward(
   });
 }
 
-// The fused forward sweep, in pairs when it can (see Pair).
+// The fused forward sweep: with tiled pooling a window (or a group of
+// windows) per thread, without pooling a vector per thread, else the
+// per-element kernel.
 template <class T>
 void launchFusedForward(const T *x, const T *residual, T *y,
                         const FusedGeom &g, int64_t c, int64_t total,
                         const ChannelCoef *coef) {
-  if (tiledFused(g, total / (g.oh * g.ow)))
-    withWindowSize(g, [&](auto size) {
-      constexpr int K = decltype(size)::value;
-      tiledFusedForwardKernel<T, K><<<blocksFor(total), kThreads, 0, stream()>>>(
-          x, residual, y, g, int(c), int(total), coef);
-    });
-  else if (canPair<T>(g, {x, y, residual}))
-    fusedForwardPairsKernel<T><<<blocksFor(total / 2), kThreads, 0, stream()>>>(
-        x, residual, y, g, c, total / 2, coef);
-  else
+  if (tiledFused(g, total / (g.oh * g.ow))) {
+    constexpr int kG = kVec16<T> / 2;
+    if (windowGroup<T>(g, {x}, {y, residual}) == kG)
+      tiledGroupForwardKernel<T, kG>
+          <<<blocksFor(total / kG), kThreads, 0, stream()>>>(
+              x, residual, y, g, int(c), int(total / kG), coef);
+    else
+      withWindowSize(g, [&](auto size) {
+        constexpr int K = decltype(size)::value;
+        tiledFusedForwardKernel<T, K>
+            <<<blocksFor(total), kThreads, 0, stream()>>>(
+                x, residual, y, g, int(c), int(total), coef);
+      });
+  } else if (g.kh == 0) {
+    withVectorWidth<T>(
+        vectorWidth<T>(g.h * g.w, {x, y, residual}, true), [&](auto width) {
+          constexpr int V = decltype(width)::value;
+          fusedForwardVecKernel<T, V>
+              <<<blocksFor(total / V), kThreads, 0, stream()>>>(
+                  x, residual, y, g, c, total / V, coef);
+        });
+  } else {
     fusedForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
         x, residual, y, g, c, total, coef);
+  }
 }
 
 //===----------------------------------------------------------------------===//
@@ -1268,16 +1514,20 @@ extern "C" void fcc_cuda_bn_act_train_forward(const fcc_bn_act_desc *d,
   if (d->layout == FCC_LAYOUT_NHWC)
     return nhwcTrainForward(d, g, x, scale, shift, residual, y, batch_mean,
                             batch_var, dtype, fn);
-  if (!prepare(fn, d->n, d->c, d->h * d->w, l, s))
-    return;
   const int64_t hw = d->h * d->w;
   const double count = double(d->n * hw);
   const int64_t total = d->n * d->c * g.oh * g.ow;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     const T *xt = static_cast<const T *>(x);
-    if (!channelReduce(fn, l, s, ShiftedSumsOp<T>{xt, hw},
-                       ShiftedFin<T>{xt, hw, count, d->eps, scale, shift,
-                                     batch_mean, batch_var, s.coef}))
+    bool ok = false;
+    withVectorWidth<T>(vectorWidth<T>(hw, {xt}, false), [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      ok = prepare(fn, d->n, d->c, hw / V, l, s) &&
+           channelReduce(fn, l, s, ShiftedSumsOp<T, V>{xt, hw},
+                         ShiftedFin<T>{xt, hw, count, d->eps, scale, shift,
+                                       batch_mean, batch_var, s.coef});
+    });
+    if (!ok)
       return;
     launchFusedForward<T>(xt, static_cast<const T *>(residual),
                           static_cast<T *>(y), g, d->c, total, s.coef);
@@ -1331,29 +1581,46 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
   if (d->layout == FCC_LAYOUT_NHWC)
     return nhwcBackward(d, g, x, dy, scale, shift, batch_mean, batch_var, dx,
                         dscale, dshift, dtype, fn);
-  // Tiled pooling reduces window by window: a Layout of oh * ow windows
-  // per plane.
+  // The reductions run over a Layout of the items a thread takes: vectors
+  // of a plane, tiled windows or groups of them, or (per-element kernels)
+  // elements. start(items) carves the scratch for that many items per
+  // plane and computes the channel coefficients.
   const bool tiled = tiledFused(g, d->n * d->c);
-  if (!prepare(fn, d->n, d->c, tiled ? g.oh * g.ow : d->h * d->w, l, s))
-    return;
-  coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
-      scale, shift, batch_mean, batch_var, d->eps, true, d->c, s.coef);
-  if (!checkLaunch(fn))
-    return;
+  auto start = [&](int64_t items) {
+    if (!prepare(fn, d->n, d->c, items, l, s))
+      return false;
+    coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
+        scale, shift, batch_mean, batch_var, d->eps, true, d->c, s.coef);
+    return checkLaunch(fn);
+  };
   const double count = double(d->n * d->h * d->w);
-  const int64_t total = d->n * d->c * d->h * d->w;
+  const int64_t hw = d->h * d->w, total = d->n * d->c * hw;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     const T *xt = static_cast<const T *>(x);
     const T *dyt = static_cast<const T *>(dy);
-    const GradFin fin{count, scale, dscale, dshift, s.coef};
+    // After start(): s.coef is set there.
+    auto fin = [&] { return GradFin{count, scale, dscale, dshift, s.coef}; };
     T *dxt = static_cast<T *>(dx);
     if (tiled) {
+      const int64_t windows = d->n * d->c * g.oh * g.ow;
+      if (const int G = windowGroup<T>(g, {xt, dxt}, {dyt}); G > 1) {
+        constexpr int kG = kVec16<T> / 2;
+        if (!start(g.oh * g.ow / G) ||
+            !channelReduce(fn, l, s, TiledGroupGradOp<T, kG>{xt, dyt, g, s.coef},
+                           fin()))
+          return;
+        tiledGroupBackwardKernel<T, kG>
+            <<<blocksFor(windows / G), kThreads, 0, stream()>>>(
+                xt, dyt, dxt, g, int(d->c), int(windows / G), s.coef);
+        checkLaunch(fn);
+        return;
+      }
       withWindowSize(g, [&](auto size) {
         constexpr int K = decltype(size)::value;
-        if (!channelReduce(fn, l, s,
-                           TiledFusedGradOp<T, K>{xt, dyt, g, s.coef}, fin))
+        if (!start(g.oh * g.ow) ||
+            !channelReduce(fn, l, s,
+                           TiledFusedGradOp<T, K>{xt, dyt, g, s.coef}, fin()))
           return;
-        const int64_t windows = d->n * d->c * g.oh * g.ow;
         tiledFusedBackwardKernel<T, K>
             <<<blocksFor(windows), kThreads, 0, stream()>>>(
                 xt, dyt, dxt, g, int(d->c), int(windows), s.coef);
@@ -1361,15 +1628,32 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
       });
       return;
     }
-    if (!channelReduce(fn, l, s, FusedGradOp<T>{xt, dyt, g, s.coef}, fin))
-      return;
-    if (canPair<T>(g, {xt, dyt, dxt}))
-      fusedBackwardPairsKernel<T>
-          <<<blocksFor(total / 2), kThreads, 0, stream()>>>(
-              xt, dyt, dxt, g, d->c, total / 2, s.coef);
-    else
+    if (g.kh != 0) { // pooling that does not tile: per element
+      if (!start(hw) ||
+          !channelReduce(fn, l, s, FusedGradOp<T>{xt, dyt, g, s.coef}, fin()))
+        return;
       fusedBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
           xt, dyt, dxt, g, d->c, total, s.coef);
+      checkLaunch(fn);
+      return;
+    }
+    // The reduction reads x and dy (16-byte vectors or elements), the sweep
+    // also writes dx (16-byte vectors, pairs or elements).
+    bool ok = false;
+    withVectorWidth<T>(vectorWidth<T>(hw, {xt, dyt}, false), [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      ok = start(hw / V) &&
+           channelReduce(fn, l, s, FusedGradVecOp<T, V>{xt, dyt, g, s.coef},
+                         fin());
+    });
+    if (!ok)
+      return;
+    withVectorWidth<T>(vectorWidth<T>(hw, {xt, dyt, dxt}, true), [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      fusedBackwardVecKernel<T, V>
+          <<<blocksFor(total / V), kThreads, 0, stream()>>>(
+              xt, dyt, dxt, g, d->c, total / V, s.coef);
+    });
     checkLaunch(fn);
   });
 }

@@ -843,6 +843,19 @@ TEST_F(Cuda, FusedBatchNormActivation) {
       {"celu_pool2_tiled", FCC_ACT_CELU, 0.4f, 2, 2, 2, 2, false, 6, 4},
       {"celu_pool4x3_tiled", FCC_ACT_CELU, 0.7f, 4, 3, 4, 3, false, 8, 6},
       {"none_pool2x1_tiled", FCC_ACT_NONE, 1.0f, 2, 1, 2, 1, true, 4, 5},
+      // Planes of whole 16-byte vectors (8 halves, 4 floats): the sweeps
+      // and reductions without pooling take a vector per thread, and 2x2
+      // tiled pools a group of windows (4 halves, 2 floats: rows of 16 and
+      // 8 windows) per thread; 6 x 12 takes 16-byte vectors only in fp32
+      // (pairs and single windows in half precision).
+      {"relu_vec", FCC_ACT_RELU, 1.0f, 0, 0, 0, 0, false, 4, 8},
+      {"celu_vec_residual", FCC_ACT_CELU, 0.6f, 0, 0, 0, 0, true, 8, 8},
+      {"none_vec_fp32_only", FCC_ACT_NONE, 1.0f, 0, 0, 0, 0, true, 6, 6},
+      {"relu_pool2_group_residual", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, true, 4,
+       32},
+      {"celu_pool2_group", FCC_ACT_CELU, 0.4f, 2, 2, 2, 2, false, 6, 16},
+      {"relu_pool2_group_fp32_only", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, false, 2,
+       12},
   };
   std::mt19937 rng(8);
   for (int dtype : kHalfTypes)
