@@ -1200,69 +1200,91 @@ void launchFusedForward(const T *x, const T *residual, T *y,
 // NHWC: channels innermost
 //===----------------------------------------------------------------------===//
 //
-// An NHWC tensor is a matrix of rows (n, h, w) by c channels. The per-channel
-// reduction gives each block 32 neighbouring channels (a warp reads 32
-// neighbouring elements of a row) and 8 row lanes, which the block adds in a
-// fixed order; the sweeps take one element (or, with tiled pooling, one
-// window of one channel) per thread, neighbouring threads on neighbouring
-// channels. Per-element arithmetic is the NCHW kernels' (normalise,
-// activate, FirstMax, bnGradInput), so only the order of the double sums
-// differs. Pooling must tile the input (tiledFused's condition).
+// An NHWC tensor is a matrix of rows (n, h, w) by c channels. A thread takes
+// V neighbouring channels at a time (a 16-byte vector when c is a multiple
+// of it and the buffers are aligned, else V = 1): of one row, or of one
+// tiled pooling window (V = 1 for windows of other sizes than 2x2). The
+// per-channel reduction gives each block 32 neighbouring channels (32 / V
+// channel lanes) and 8 V row lanes, which the block adds in a fixed order;
+// in the sweeps neighbouring threads take neighbouring channel vectors.
+// Per-element arithmetic is the NCHW kernels' (normalise, activate,
+// FirstMax, bnGradInput), so only the order of the double sums differs.
+// Pooling must tile the input (tiledFused's condition).
 
 namespace {
 
-constexpr int kNhwcLanes = 32;                         // channels per block
-constexpr int kNhwcRowLanes = kThreads / kNhwcLanes;   // rows at a time
+constexpr int kNhwcChannels = 32; // channels per block of the reduction
 
-// Partial sums of op(ch, item) over items item = blockIdx.x * 8 + rowLane,
-// advancing by segments * 8; items are rows, or pooling windows.
-template <class Op>
+// The channel vector width of the NHWC kernels (FCC_BN_SCALAR=1: 1).
+template <class T>
+int nhwcWidth(const FusedGeom &g, int64_t c,
+              std::initializer_list<const void *> buffers) {
+  if (g.kh != 0 && !(g.kh == 2 && g.kw == 2))
+    return 1;
+  return vectorWidth<T>(c, buffers, false);
+}
+
+// Partial sums over items (rows or pooling windows) of V neighbouring
+// channels ch0 .. ch0 + V - 1: op(ch0, item, a, b) adds channel ch0 + h's
+// terms to a[h] and b[h]. Item = blockIdx.x * rowLanes + rowLane, advancing
+// by segments * rowLanes.
+template <int V, class Op>
 __global__ void __launch_bounds__(kThreads)
     nhwcPartialsKernel(Op op, int64_t items, int64_t c, int segments,
                        double2 *partials) {
-  const int t = threadIdx.x, lane = t % kNhwcLanes, rowLane = t / kNhwcLanes;
-  const int64_t ch = int64_t(blockIdx.y) * kNhwcLanes + lane;
-  double a = 0.0, b = 0.0;
-  if (ch < c)
-    for (int64_t r = int64_t(blockIdx.x) * kNhwcRowLanes + rowLane; r < items;
-         r += int64_t(segments) * kNhwcRowLanes) {
-      const double2 v = op(ch, r);
-      a += v.x;
-      b += v.y;
-    }
-  __shared__ double sa[kThreads], sb[kThreads];
-  sa[t] = a;
-  sb[t] = b;
+  constexpr int kLanes = kNhwcChannels / V, kRowLanes = kThreads / kLanes;
+  const int t = threadIdx.x, lane = t % kLanes, rowLane = t / kLanes;
+  const int64_t ch0 = int64_t(blockIdx.y) * kNhwcChannels + lane * V;
+  double a[V], b[V];
+#pragma unroll
+  for (int h = 0; h < V; ++h)
+    a[h] = b[h] = 0.0;
+  if (ch0 < c) // c is a multiple of V: the whole vector is in range
+    for (int64_t r = int64_t(blockIdx.x) * kRowLanes + rowLane; r < items;
+         r += int64_t(segments) * kRowLanes)
+      op(ch0, r, a, b);
+  __shared__ double sa[V][kThreads], sb[V][kThreads];
+#pragma unroll
+  for (int h = 0; h < V; ++h) {
+    sa[h][t] = a[h];
+    sb[h][t] = b[h];
+  }
   __syncthreads();
-  for (int half = kNhwcRowLanes / 2; half > 0; half >>= 1) {
-    if (rowLane < half) {
-      sa[t] += sa[t + half * kNhwcLanes];
-      sb[t] += sb[t + half * kNhwcLanes];
-    }
+  for (int half = kRowLanes / 2; half > 0; half >>= 1) {
+    if (rowLane < half)
+#pragma unroll
+      for (int h = 0; h < V; ++h) {
+        sa[h][t] += sa[h][t + half * kLanes];
+        sb[h][t] += sb[h][t + half * kLanes];
+      }
     __syncthreads();
   }
-  if (rowLane == 0 && ch < c)
-    partials[ch * segments + blockIdx.x] = make_double2(sa[t], sb[t]);
+  if (rowLane == 0 && ch0 < c)
+#pragma unroll
+    for (int h = 0; h < V; ++h)
+      partials[(ch0 + h) * segments + blockIdx.x] =
+          make_double2(sa[h][t], sb[h][t]);
 }
 
-// prepare() for nhwcReduce over n * perImage items per channel: a block
+// prepare() for nhwcReduce<V> over n * perImage items per channel: a block
 // covers 32 channels, so few channels need many segments to fill the GPU
 // (ResNet9's first layer: 64 channels, 2 channel blocks); aim for 1024
 // blocks, at least 8 items per thread.
+template <int V>
 bool prepareNhwc(const char *fn, const fcc_bn_act_desc *d, int64_t perImage,
                  Layout &l, Scratch &s) {
-  const int64_t channelBlocks = (d->c + kNhwcLanes - 1) / kNhwcLanes;
+  const int64_t channelBlocks = (d->c + kNhwcChannels - 1) / kNhwcChannels;
   return prepare(fn, d->n, d->c, perImage, l, s,
-                 int64_t(kNhwcRowLanes) * kMinItemsPerThread,
+                 int64_t(kThreads / (kNhwcChannels / V)) * kMinItemsPerThread,
                  std::max<int64_t>(kMaxSegments, 1024 / channelBlocks));
 }
 
-template <class Op, class Fin>
+template <int V, class Op, class Fin>
 bool nhwcReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
                 Fin fin) {
   const dim3 grid(unsigned(s.segments),
-                  unsigned((l.c + kNhwcLanes - 1) / kNhwcLanes));
-  nhwcPartialsKernel<<<grid, kThreads, 0, stream()>>>(
+                  unsigned((l.c + kNhwcChannels - 1) / kNhwcChannels));
+  nhwcPartialsKernel<V><<<grid, kThreads, 0, stream()>>>(
       op, int64_t(l.count), l.c, s.segments, s.partials);
   if (!checkLaunch(fn))
     return false;
@@ -1281,103 +1303,212 @@ __device__ __forceinline__ int64_t nhwcWindowBase(const FusedGeom &g,
   return ((n * g.h + oh * g.kh) * g.w + ow * g.kw) * c + ch;
 }
 
+// The K x K taps of a tiled window (first tap at `base`), V channels each.
+template <class T, int K, int V> struct NhwcWindowTaps {
+  Vec<T, V> tap[K * K];
+  __device__ __forceinline__ NhwcWindowTaps(const T *x, int64_t base,
+                                            const FusedGeom &g, int64_t c) {
+#pragma unroll
+    for (int t = 0; t < K * K; ++t)
+      tap[t] = loadVec<V>(x + base + ((t / K) * g.w + t % K) * c, 0);
+  }
+  // Channel h's taps in row-major order.
+  __device__ __forceinline__ void channel(int h, float (&xs)[K * K]) const {
+#pragma unroll
+    for (int t = 0; t < K * K; ++t)
+      xs[t] = toFloat(tap[t].v[h]);
+  }
+};
+
 // Sums of x - K, (x - K)^2 over rows, K = x[ch] (row 0: ShiftedSumsOp's
 // first element of the channel).
-template <class T> struct NhwcShiftedSumsOp {
+template <class T, int V> struct NhwcShiftedSumsOp {
   const T *x;
   int64_t c;
-  __device__ double2 operator()(int64_t ch, int64_t r) const {
-    const double t = double(toFloat(x[r * c + ch])) - double(toFloat(x[ch]));
-    return make_double2(t, t * t);
+  __device__ void operator()(int64_t ch0, int64_t r, double (&a)[V],
+                             double (&b)[V]) const {
+    const Vec<T, V> v = loadVec<V>(x + r * c + ch0, 0),
+                    k = loadVec<V>(x + ch0, 0);
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      const double t = double(toFloat(v.v[h])) - double(toFloat(k.v[h]));
+      a[h] += t;
+      b[h] += t * t;
+    }
   }
 };
 
-// FusedGradOp without pooling, per row.
-template <class T> struct NhwcGradOp {
+// FusedGradVecOp per row.
+template <class T, int V> struct NhwcGradOp {
   const T *x, *dy;
   FusedGeom g;
   int64_t c;
   const ChannelCoef *coef;
-  __device__ double2 operator()(int64_t ch, int64_t r) const {
-    const ChannelCoef &k = coef[ch];
-    const int64_t e = r * c + ch;
-    const float xv = toFloat(x[e]);
-    return gradTerms(
-        k, xv, activationGrad(g.act, normalise(k, xv), toFloat(dy[e]), g.alpha));
+  __device__ void operator()(int64_t ch0, int64_t r, double (&a)[V],
+                             double (&b)[V]) const {
+    const Vec<T, V> xs = loadVec<V>(x + r * c + ch0, 0),
+                    gs = loadVec<V>(dy + r * c + ch0, 0);
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      const ChannelCoef k = coef[ch0 + h];
+      const float xv = toFloat(xs.v[h]);
+      const double2 t = gradTerms(
+          k, xv,
+          activationGrad(g.act, normalise(k, xv), toFloat(gs.v[h]), g.alpha));
+      a[h] += t.x;
+      b[h] += t.y;
+    }
   }
 };
 
-// TiledFusedGradOp per window.
-template <class T, int K> struct NhwcTiledGradOp {
+// TiledFusedGradOp per window: K x K windows with V channels, other sizes
+// (K = 0) one channel.
+template <class T, int K, int V> struct NhwcTiledGradOp {
+  static_assert(K > 0 || V == 1, "windows of run-time size take one channel");
   const T *x, *dy;
   FusedGeom g;
   int64_t c;
   const ChannelCoef *coef;
-  __device__ double2 operator()(int64_t ch, int64_t win) const {
-    const ChannelCoef &k = coef[ch];
-    double a = 0.0, b = 0.0;
-    tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
-                        c, win * c + ch, [&](int64_t, float xv, float dz) {
-                          const double2 t = gradTerms(k, xv, dz);
-                          a += t.x;
-                          b += t.y;
-                        });
-    return make_double2(a, b);
+  __device__ void operator()(int64_t ch0, int64_t win, double (&a)[V],
+                             double (&b)[V]) const {
+    const int64_t base = nhwcWindowBase(g, c, win, ch0);
+    if constexpr (K > 0) {
+      const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
+      const Vec<T, V> gy = loadVec<V>(dy + win * c + ch0, 0);
+#pragma unroll
+      for (int h = 0; h < V; ++h) {
+        const ChannelCoef k = coef[ch0 + h];
+        float xs[K * K];
+        taps.channel(h, xs);
+        windowTapGrads(xs, 0.0f + toFloat(gy.v[h]), g, k,
+                       [&](int, float xv, float dz) {
+                         const double2 t = gradTerms(k, xv, dz);
+                         a[h] += t.x;
+                         b[h] += t.y;
+                       });
+      }
+    } else {
+      const ChannelCoef &k = coef[ch0];
+      tiledFusedWindow<0>(x, dy, g, k, base, g.w * c, c, win * c + ch0,
+                          [&](int64_t, float xv, float dz) {
+                            const double2 t = gradTerms(k, xv, dz);
+                            a[0] += t.x;
+                            b[0] += t.y;
+                          });
+    }
   }
 };
 
-template <class T>
+template <class T, int V>
 __global__ void nhwcForwardKernel(const T *x, const T *residual, T *y,
-                                  FusedGeom g, int64_t c, int64_t total,
+                                  FusedGeom g, int64_t c, int64_t vectors,
                                   const ChannelCoef *coef) {
-  FCC_GRID_LOOP(e, total) {
-    float v = activate(g.act, normalise(coef[modIndex(e, c)], toFloat(x[e])),
-                       g.alpha);
+  FCC_GRID_LOOP(q, vectors) {
+    const int64_t ch0 = modIndex(q * V, c);
+    const Vec<T, V> in = loadVec<V>(x, q);
+    Vec<T, V> res{};
     if (residual)
-      v = v + toFloat(residual[e]);
-    y[e] = fromFloat<T>(v);
+      res = loadVec<V>(residual, q);
+    Vec<T, V> out;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      float v = activate(g.act, normalise(coef[ch0 + h], toFloat(in.v[h])),
+                         g.alpha);
+      if (residual)
+        v = v + toFloat(res.v[h]);
+      out.v[h] = fromFloat<T>(v);
+    }
+    storeVec<V>(y, q, out);
   }
 }
 
-// One thread per output element (window, channel).
-template <class T, int K>
+// One thread per V output elements (a window's V channels).
+template <class T, int K, int V>
 __global__ void nhwcTiledForwardKernel(const T *x, const T *residual, T *y,
-                                       FusedGeom g, int64_t c, int64_t total,
+                                       FusedGeom g, int64_t c, int64_t vectors,
                                        const ChannelCoef *coef) {
-  FCC_GRID_LOOP(o, total) {
-    const int64_t win = divIndex(o, c), ch = o - win * c;
-    float v = tiledPooled<K>(x, nhwcWindowBase(g, c, win, ch), g.w * c, c, g,
-                             coef[ch]);
+  static_assert(K > 0 || V == 1, "windows of run-time size take one channel");
+  FCC_GRID_LOOP(q, vectors) {
+    const int64_t win = divIndex(q * V, c), ch0 = q * V - win * c;
+    const int64_t base = nhwcWindowBase(g, c, win, ch0);
+    Vec<T, V> res{};
     if (residual)
-      v = v + toFloat(residual[o]);
-    y[o] = fromFloat<T>(v);
+      res = loadVec<V>(residual, q);
+    Vec<T, V> out;
+    if constexpr (K > 0) {
+      const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
+#pragma unroll
+      for (int h = 0; h < V; ++h) {
+        float xs[K * K];
+        taps.channel(h, xs);
+        float v = pooledTaps(xs, g, coef[ch0 + h]);
+        if (residual)
+          v = v + toFloat(res.v[h]);
+        out.v[h] = fromFloat<T>(v);
+      }
+    } else {
+      float v = tiledPooled<0>(x, base, g.w * c, c, g, coef[ch0]);
+      if (residual)
+        v = v + toFloat(res.v[0]);
+      out.v[0] = fromFloat<T>(v);
+    }
+    storeVec<V>(y, q, out);
   }
 }
 
-template <class T>
+template <class T, int V>
 __global__ void nhwcBackwardKernel(const T *x, const T *dy, T *dx,
-                                   FusedGeom g, int64_t c, int64_t total,
+                                   FusedGeom g, int64_t c, int64_t vectors,
                                    const ChannelCoef *coef) {
-  FCC_GRID_LOOP(e, total) {
-    const ChannelCoef &k = coef[modIndex(e, c)];
-    const float xv = toFloat(x[e]);
-    const float dz = activationGrad(g.act, normalise(k, xv), toFloat(dy[e]),
-                                    g.alpha);
-    dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
+  FCC_GRID_LOOP(q, vectors) {
+    const int64_t ch0 = modIndex(q * V, c);
+    const Vec<T, V> xs = loadVec<V>(x, q), gs = loadVec<V>(dy, q);
+    Vec<T, V> out;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      const ChannelCoef k = coef[ch0 + h];
+      const float xv = toFloat(xs.v[h]);
+      const float dz = activationGrad(g.act, normalise(k, xv),
+                                      toFloat(gs.v[h]), g.alpha);
+      out.v[h] = fromFloat<T>(bnGradInput(k, xv, dz));
+    }
+    storeVec<V>(dx, q, out);
   }
 }
 
-template <class T, int K>
+template <class T, int K, int V>
 __global__ void nhwcTiledBackwardKernel(const T *x, const T *dy, T *dx,
                                         FusedGeom g, int64_t c,
-                                        int64_t total, const ChannelCoef *coef) {
-  FCC_GRID_LOOP(o, total) {
-    const int64_t win = divIndex(o, c), ch = o - win * c;
-    const ChannelCoef &k = coef[ch];
-    tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
-                        c, o, [&](int64_t e, float xv, float dz) {
-                          dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
-                        });
+                                        int64_t vectors,
+                                        const ChannelCoef *coef) {
+  static_assert(K > 0 || V == 1, "windows of run-time size take one channel");
+  FCC_GRID_LOOP(q, vectors) {
+    const int64_t win = divIndex(q * V, c), ch0 = q * V - win * c;
+    const int64_t base = nhwcWindowBase(g, c, win, ch0);
+    if constexpr (K > 0) {
+      const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
+      const Vec<T, V> gy = loadVec<V>(dy, q);
+      Vec<T, V> out[K * K];
+#pragma unroll
+      for (int h = 0; h < V; ++h) {
+        const ChannelCoef k = coef[ch0 + h];
+        float xs[K * K];
+        taps.channel(h, xs);
+        windowTapGrads(xs, 0.0f + toFloat(gy.v[h]), g, k,
+                       [&](int t, float xv, float dz) {
+                         out[t].v[h] = fromFloat<T>(bnGradInput(k, xv, dz));
+                       });
+      }
+#pragma unroll
+      for (int t = 0; t < K * K; ++t)
+        storeVec<V>(dx + base + ((t / K) * g.w + t % K) * c, 0, out[t]);
+    } else {
+      const ChannelCoef &k = coef[ch0];
+      tiledFusedWindow<0>(x, dy, g, k, base, g.w * c, c, q,
+                          [&](int64_t e, float xv, float dz) {
+                            dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
+                          });
+    }
   }
 }
 
@@ -1394,40 +1525,60 @@ bool nhwcGeom(const fcc_bn_act_desc *d, const FusedGeom &g, const char *fn) {
   return false;
 }
 
-template <class T>
+// Calls f(std::integral_constant<int, K>(), std::integral_constant<int,
+// V>()) with the window size of withWindowSize (-1 without pooling) and the
+// channel vector width v of nhwcWidth.
+template <class T, class F> void withNhwcKernel(const FusedGeom &g, int v, F f) {
+  withVectorWidth<T>(v, [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    if (g.kh == 0)
+      f(std::integral_constant<int, -1>(), width);
+    else
+      withWindowSize(g, [&](auto size) {
+        constexpr int K = decltype(size)::value;
+        if constexpr (K > 0 || V == 1)
+          f(size, width);
+      });
+  });
+}
+
+template <class T, int K, int V>
 void nhwcForward(const T *x, const T *residual, T *y, const FusedGeom &g,
                  int64_t c, int64_t total, const ChannelCoef *coef) {
-  if (g.kh == 0) {
-    nhwcForwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
-        x, residual, y, g, c, total, coef);
-    return;
-  }
-  withWindowSize(g, [&](auto size) {
-    constexpr int K = decltype(size)::value;
-    nhwcTiledForwardKernel<T, K><<<blocksFor(total), kThreads, 0, stream()>>>(
-        x, residual, y, g, c, total, coef);
-  });
+  if constexpr (K < 0)
+    nhwcForwardKernel<T, V><<<blocksFor(total / V), kThreads, 0, stream()>>>(
+        x, residual, y, g, c, total / V, coef);
+  else
+    nhwcTiledForwardKernel<T, K, V>
+        <<<blocksFor(total / V), kThreads, 0, stream()>>>(x, residual, y, g,
+                                                          c, total / V, coef);
 }
 
 void nhwcTrainForward(const fcc_bn_act_desc *d, const FusedGeom &g,
                       const void *x, const float *scale, const float *shift,
                       const void *residual, void *y, float *batchMean,
                       float *batchVar, int dtype, const char *fn) {
-  Layout l;
-  Scratch s;
-  if (!nhwcGeom(d, g, fn) || !prepareNhwc(fn, d, d->h * d->w, l, s))
+  if (!nhwcGeom(d, g, fn))
     return;
   const double count = double(d->n * d->h * d->w);
   const int64_t total = d->n * d->c * g.oh * g.ow;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     const T *xt = static_cast<const T *>(x);
-    if (!nhwcReduce(fn, l, s, NhwcShiftedSumsOp<T>{xt, d->c},
-                    ShiftedFin<T>{xt, 1, count, d->eps, scale, shift,
-                                  batchMean, batchVar, s.coef}))
-      return;
-    nhwcForward<T>(xt, static_cast<const T *>(residual), static_cast<T *>(y),
-                   g, d->c, total, s.coef);
-    checkLaunch(fn);
+    const T *rt = static_cast<const T *>(residual);
+    T *yt = static_cast<T *>(y);
+    withNhwcKernel<T>(g, nhwcWidth<T>(g, d->c, {xt, rt, yt}), [&](auto size,
+                                                                 auto width) {
+      constexpr int K = decltype(size)::value, V = decltype(width)::value;
+      Layout l;
+      Scratch s;
+      if (!prepareNhwc<V>(fn, d, d->h * d->w, l, s) ||
+          !nhwcReduce<V>(fn, l, s, NhwcShiftedSumsOp<T, V>{xt, d->c},
+                         ShiftedFin<T>{xt, 1, count, d->eps, scale, shift,
+                                       batchMean, batchVar, s.coef}))
+        return;
+      nhwcForward<T, K, V>(xt, rt, yt, g, d->c, total, s.coef);
+      checkLaunch(fn);
+    });
   });
 }
 
@@ -1437,7 +1588,7 @@ void nhwcInference(const fcc_bn_act_desc *d, const FusedGeom &g,
                    void *y, int dtype, const char *fn) {
   Layout l;
   Scratch s;
-  if (!nhwcGeom(d, g, fn) || !prepareNhwc(fn, d, d->h * d->w, l, s))
+  if (!nhwcGeom(d, g, fn) || !prepareNhwc<1>(fn, d, d->h * d->w, l, s))
     return;
   coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
       scale, shift, mean, var, d->eps, false, d->c, s.coef);
@@ -1445,8 +1596,14 @@ void nhwcInference(const fcc_bn_act_desc *d, const FusedGeom &g,
     return;
   const int64_t total = d->n * d->c * g.oh * g.ow;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    nhwcForward<T>(static_cast<const T *>(x), static_cast<const T *>(residual),
-                   static_cast<T *>(y), g, d->c, total, s.coef);
+    const T *xt = static_cast<const T *>(x);
+    const T *rt = static_cast<const T *>(residual);
+    T *yt = static_cast<T *>(y);
+    withNhwcKernel<T>(g, nhwcWidth<T>(g, d->c, {xt, rt, yt}), [&](auto size,
+                                                                 auto width) {
+      constexpr int K = decltype(size)::value, V = decltype(width)::value;
+      nhwcForward<T, K, V>(xt, rt, yt, g, d->c, total, s.coef);
+    });
   });
   checkLaunch(fn);
 }
@@ -1455,39 +1612,42 @@ void nhwcBackward(const fcc_bn_act_desc *d, const FusedGeom &g, const void *x,
                   const void *dy, const float *scale, const float *shift,
                   const float *batchMean, const float *batchVar, void *dx,
                   float *dscale, float *dshift, int dtype, const char *fn) {
-  Layout l;
-  Scratch s;
-  if (!nhwcGeom(d, g, fn) ||
-      !prepareNhwc(fn, d, g.kh ? g.oh * g.ow : d->h * d->w, l, s))
-    return;
-  coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
-      scale, shift, batchMean, batchVar, d->eps, true, d->c, s.coef);
-  if (!checkLaunch(fn))
+  if (!nhwcGeom(d, g, fn))
     return;
   const double count = double(d->n * d->h * d->w);
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     const T *xt = static_cast<const T *>(x);
     const T *dyt = static_cast<const T *>(dy);
     T *dxt = static_cast<T *>(dx);
-    const GradFin fin{count, scale, dscale, dshift, s.coef};
-    if (g.kh == 0) {
-      if (!nhwcReduce(fn, l, s, NhwcGradOp<T>{xt, dyt, g, d->c, s.coef}, fin))
+    withNhwcKernel<T>(g, nhwcWidth<T>(g, d->c, {xt, dyt, dxt}), [&](auto size,
+                                                                   auto width) {
+      constexpr int K = decltype(size)::value, V = decltype(width)::value;
+      Layout l;
+      Scratch s;
+      if (!prepareNhwc<V>(fn, d, g.kh ? g.oh * g.ow : d->h * d->w, l, s))
         return;
-      const int64_t total = d->n * d->c * d->h * d->w;
-      nhwcBackwardKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
-          xt, dyt, dxt, g, d->c, total, s.coef);
-      checkLaunch(fn);
-      return;
-    }
-    withWindowSize(g, [&](auto size) {
-      constexpr int K = decltype(size)::value;
-      if (!nhwcReduce(fn, l, s,
-                      NhwcTiledGradOp<T, K>{xt, dyt, g, d->c, s.coef}, fin))
+      coefKernel<<<blocksFor(d->c), kThreads, 0, stream()>>>(
+          scale, shift, batchMean, batchVar, d->eps, true, d->c, s.coef);
+      if (!checkLaunch(fn))
         return;
-      const int64_t total = d->n * d->c * g.oh * g.ow;
-      nhwcTiledBackwardKernel<T, K>
-          <<<blocksFor(total), kThreads, 0, stream()>>>(xt, dyt, dxt, g, d->c,
-                                                        total, s.coef);
+      const GradFin fin{count, scale, dscale, dshift, s.coef};
+      if constexpr (K < 0) {
+        if (!nhwcReduce<V>(fn, l, s,
+                           NhwcGradOp<T, V>{xt, dyt, g, d->c, s.coef}, fin))
+          return;
+        const int64_t vectors = d->n * d->c * d->h * d->w / V;
+        nhwcBackwardKernel<T, V><<<blocksFor(vectors), kThreads, 0, stream()>>>(
+            xt, dyt, dxt, g, d->c, vectors, s.coef);
+      } else {
+        if (!nhwcReduce<V>(fn, l, s,
+                           NhwcTiledGradOp<T, K, V>{xt, dyt, g, d->c, s.coef},
+                           fin))
+          return;
+        const int64_t vectors = d->n * d->c * g.oh * g.ow / V;
+        nhwcTiledBackwardKernel<T, K, V>
+            <<<blocksFor(vectors), kThreads, 0, stream()>>>(
+                xt, dyt, dxt, g, d->c, vectors, s.coef);
+      }
       checkLaunch(fn);
     });
   });

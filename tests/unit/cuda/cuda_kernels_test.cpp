@@ -874,7 +874,8 @@ TEST_F(Cuda, FusedBatchNormActivation) {
 
 // The NHWC kernels: every configuration whose pooling NHWC takes (none, or
 // windows that tile), with 37 channels (more than one block of 32 channel
-// lanes, not a multiple).
+// lanes, not a multiple: one channel per thread) and 48 (whole 16-byte
+// vectors of channels, 8 halves or 4 floats, per thread; 2x2 windows too).
 TEST_F(Cuda, FusedBatchNormActivationNhwc) {
   struct Config {
     const char *name;
@@ -893,11 +894,13 @@ TEST_F(Cuda, FusedBatchNormActivationNhwc) {
       {"relu_global", FCC_ACT_RELU, 1.0f, 4, 4, false, 4, 4},
   };
   std::mt19937 rng(18);
+  for (int64_t c : {37, 48})
   for (int dtype : kHalfTypes)
     for (const Config &cfg : configs) {
-      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
+      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype) + " c=" +
+                   std::to_string(c));
       fcc_bn_act_desc d{};
-      d.n = 3, d.c = 37, d.h = cfg.h, d.w = cfg.w;
+      d.n = 3, d.c = c, d.h = cfg.h, d.w = cfg.w;
       d.activation = cfg.act, d.alpha = cfg.alpha, d.eps = 1e-5f;
       d.pool_kh = d.pool_sh = cfg.k, d.pool_kw = d.pool_sw = cfg.kw;
       ASSERT_EQ(fcc_bn_act_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
