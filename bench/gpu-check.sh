@@ -40,7 +40,7 @@
 #            channels-last against NCHW: what the memory layout is worth to
 #            cuDNN on this GPU.
 # (k) kernels: fcc-kernel-bench: ResNet9's fused BatchNorm kernels (16-byte
-#            vectors against FCC_BN_SCALAR=1 and, pooled layers, per element,
+#            vectors against FCC_CUDA_SCALAR=1 and, pooled layers, per element,
 #            FCC_BN_GENERAL=1) and cuDNN's
 #            convolutions with NCHW against NHWC activations (cuDNN's fastest
 #            algorithm and fcc's own plans), at the training step's shapes

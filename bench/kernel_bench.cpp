@@ -9,7 +9,7 @@
 //        forward and backward (runtime/cuda/batchnorm.cu) for each of
 //        ResNet9's eight BatchNorms: NCHW with the default kernels
 //        (16-byte vectors, groups of pooling windows), with
-//        FCC_BN_SCALAR=1 (pairs, one window per thread) and, pooled layers,
+//        FCC_CUDA_SCALAR=1 (pairs, one window per thread) and, pooled layers,
 //        with FCC_BN_GENERAL=1 (per element); and NHWC. Bandwidth counts
 //        the least traffic each call
 //        needs (forward: read x, write y, read the residual; backward: read
@@ -254,16 +254,16 @@ void benchBn(const Options &o, double peakBytes) {
     const double bwdBytes = 2.0 * double(2 * in + out);
     // Variants (the same random buffers; NHWC reads them as NHWC):
     //  0 NCHW, the default kernels (16-byte vectors, groups of windows);
-    //  1 NCHW with FCC_BN_SCALAR=1 (pairs, one window per thread);
+    //  1 NCHW with FCC_CUDA_SCALAR=1 (pairs, one window per thread);
     //  2 NCHW with FCC_BN_GENERAL=1 (per element; pooled layers only);
     //  3 NHWC.
     for (int variant = 0; variant < 4; ++variant) {
       if (variant == 2 && !l.pool)
         continue;
-      unsetenv("FCC_BN_SCALAR");
+      unsetenv("FCC_CUDA_SCALAR");
       unsetenv("FCC_BN_GENERAL");
       if (variant == 1)
-        setenv("FCC_BN_SCALAR", "1", 1);
+        setenv("FCC_CUDA_SCALAR", "1", 1);
       if (variant == 2)
         setenv("FCC_BN_GENERAL", "1", 1);
       d.layout = variant == 3 ? FCC_LAYOUT_NHWC : FCC_LAYOUT_NCHW;
@@ -291,7 +291,7 @@ void benchBn(const Options &o, double peakBytes) {
       if (variant == 1 && !l.pool)
         total[2] += l.times * (f + b);
     }
-    unsetenv("FCC_BN_SCALAR");
+    unsetenv("FCC_CUDA_SCALAR");
     unsetenv("FCC_BN_GENERAL");
     for (void *p : {x, dy, res, y, dx, static_cast<void *>(scale),
                     static_cast<void *>(shift), static_cast<void *>(bm),
@@ -300,7 +300,7 @@ void benchBn(const Options &o, double peakBytes) {
       fcc_cuda_free(p);
   }
   std::printf("\nBatchNorm per training step (forward + backward, the "
-              "layers above): NCHW %.3f ms; FCC_BN_SCALAR=1 %.3f ms (scalar / "
+              "layers above): NCHW %.3f ms; FCC_CUDA_SCALAR=1 %.3f ms (scalar / "
               "vector %.2f); FCC_BN_GENERAL=1 %.3f ms (per element / scalar "
               "%.2f); NHWC %.3f ms (NCHW / NHWC %.2f)\n\n",
               total[0], total[1], total[1] / total[0], total[2],

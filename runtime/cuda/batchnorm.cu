@@ -203,37 +203,12 @@ bool channelReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
 // Vectors
 //===----------------------------------------------------------------------===//
 
-// Vectors: without pooling, the fused sweeps and reductions take V
-// neighbours of a plane per thread (one 16-byte load or store per tensor
-// where they can, else pairs, else single elements; one index division and
-// one set of channel coefficients per vector), and with 2x2 tiled pooling
-// a thread takes V/2 neighbouring windows (two 16-byte row loads). Each
-// element's arithmetic is the scalar kernels'. These kernels are
-// memory-bound: 2-byte accesses, one per thread, keep too few bytes in
-// flight to reach HBM's bandwidth (H200, call 3: the BatchNorm kernels took
-// 3.3 ms for about 0.6 ms of traffic), 16-byte ones eight times as many.
-template <class T, int V> struct alignas(V * sizeof(T)) Vec {
-  T v[V];
-};
-
-// Elements of T in 16 bytes.
-template <class T> constexpr int kVec16 = int(16 / sizeof(T));
-
-// FCC_BN_SCALAR=1 in the environment turns the 16-byte vectors off (the
-// sweeps take pairs at most, reductions single elements, tiled pooling one
-// window per thread: the kernels before them), for side-by-side
-// measurements (fcc-kernel-bench); read at each call, like FCC_BN_GENERAL.
-bool envFlag(const char *name) {
-  const char *v = std::getenv(name);
-  return v && std::strcmp(v, "1") == 0;
-}
-
-bool aligned(std::initializer_list<const void *> buffers, size_t bytes) {
-  for (const void *p : buffers)
-    if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
-      return false;
-  return true;
-}
+// Without pooling, the fused sweeps and reductions take V neighbours of a
+// plane per thread (one 16-byte load or store per tensor where they can,
+// else pairs, else single elements; one index division and one set of
+// channel coefficients per vector), and with 2x2 tiled pooling a thread
+// takes V/2 neighbouring windows (a WindowGroup). Each element's arithmetic
+// is the scalar kernels'.
 
 // The widest vector (16 bytes, then a pair if `pairs`, else one element)
 // that divides `run` (a plane: a vector must not straddle two channels) and
@@ -241,7 +216,7 @@ bool aligned(std::initializer_list<const void *> buffers, size_t bytes) {
 template <class T>
 int vectorWidth(int64_t run, std::initializer_list<const void *> buffers,
                 bool pairs) {
-  if (!envFlag("FCC_BN_SCALAR") && run % kVec16<T> == 0 &&
+  if (vectorsEnabled() && run % kVec16<T> == 0 &&
       aligned(buffers, 16))
     return kVec16<T>;
   if (pairs && run % 2 == 0 && aligned(buffers, 2 * sizeof(T)))
@@ -257,16 +232,6 @@ template <class T, class F> void withVectorWidth(int v, F f) {
     f(std::integral_constant<int, 2>());
   else
     f(std::integral_constant<int, 1>());
-}
-
-// Vector q of a tensor (element q * V).
-template <int V, class T>
-__device__ __forceinline__ Vec<T, V> loadVec(const T *p, int64_t q) {
-  return reinterpret_cast<const Vec<T, V> *>(p)[q];
-}
-template <int V, class T>
-__device__ __forceinline__ void storeVec(T *p, int64_t q, const Vec<T, V> &v) {
-  reinterpret_cast<Vec<T, V> *>(p)[q] = v;
 }
 
 //===----------------------------------------------------------------------===//
@@ -871,24 +836,8 @@ __global__ void tiledFusedBackwardKernel(const T *x, const T *dy, T *dx,
   }
 }
 
-// 2x2 tiled pooling with G neighbouring windows per thread ("a group"):
-// the group's two rows of 2G inputs are one 16-byte load each, its G
-// outputs (and gradients) one load or store. Groups are laid out like
-// windows of 2 x 2G taps over oh x ow/G (tiledWindowBase), so group o's
-// first output is o * G. Used when windowGroup allows it.
-template <class T, int G> struct WindowGroup {
-  Vec<T, 2 * G> r0, r1; // rows 2 * oh and 2 * oh + 1 of the group's taps
-  __device__ __forceinline__ WindowGroup(const T *x, int64_t base, int w)
-      : r0(loadVec<2 * G>(x + base, 0)), r1(loadVec<2 * G>(x + base + w, 0)) {}
-  // Window i's taps in row-major order.
-  __device__ __forceinline__ void taps(int i, float (&xs)[4]) const {
-    xs[0] = toFloat(r0.v[2 * i]);
-    xs[1] = toFloat(r0.v[2 * i + 1]);
-    xs[2] = toFloat(r1.v[2 * i]);
-    xs[3] = toFloat(r1.v[2 * i + 1]);
-  }
-};
-
+// 2x2 tiled pooling with G neighbouring windows per thread (WindowGroup):
+// group o's first output is o * G. Used when windowGroup allows it.
 template <class T, int G>
 __global__ void tiledGroupForwardKernel(const T *x, const T *residual, T *y,
                                         FusedGeom g, int c, int groups,
@@ -981,7 +930,7 @@ template <class T>
 int windowGroup(const FusedGeom &g, std::initializer_list<const void *> in,
                 std::initializer_list<const void *> out) {
   constexpr int G = kVec16<T> / 2;
-  if (envFlag("FCC_BN_SCALAR") || g.kh != 2 || g.kw != 2 || g.ow % G != 0)
+  if (!vectorsEnabled() || g.kh != 2 || g.kw != 2 || g.ow % G != 0)
     return 1;
   return aligned(in, 16) && aligned(out, G * sizeof(T)) ? G : 1;
 }
@@ -1215,7 +1164,7 @@ namespace {
 
 constexpr int kNhwcChannels = 32; // channels per block of the reduction
 
-// The channel vector width of the NHWC kernels (FCC_BN_SCALAR=1: 1).
+// The channel vector width of the NHWC kernels (FCC_CUDA_SCALAR=1: 1).
 template <class T>
 int nhwcWidth(const FusedGeom &g, int64_t c,
               std::initializer_list<const void *> buffers) {

@@ -21,6 +21,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
 namespace fcc::cuda {
 
 //===--- Storage types ------------------------------------------------------===//
@@ -90,6 +95,65 @@ __device__ __forceinline__ int64_t divIndex(int64_t e, int64_t d) {
              ? int64_t(uint32_t(e) / uint32_t(d))
              : e / d;
 }
+
+//===--- Vectors -------------------------------------------------------------===//
+//
+// The BatchNorm and pooling kernels are memory-bound, and 2-byte accesses,
+// one per thread, keep too few bytes in flight to reach HBM's bandwidth
+// (H200, call 3: the fused BatchNorm kernels took 3.3 ms for about 0.4 ms
+// of traffic); where the shape and alignment allow, a thread loads and
+// stores V neighbours at once (16 bytes: 8 halves or 4 floats).
+
+template <class T, int V> struct alignas(V * sizeof(T)) Vec {
+  T v[V];
+};
+
+// Elements of T in 16 bytes.
+template <class T> constexpr int kVec16 = int(16 / sizeof(T));
+
+// Vector q of a tensor (element q * V).
+template <int V, class T>
+__device__ __forceinline__ Vec<T, V> loadVec(const T *p, int64_t q) {
+  return reinterpret_cast<const Vec<T, V> *>(p)[q];
+}
+template <int V, class T>
+__device__ __forceinline__ void storeVec(T *p, int64_t q, const Vec<T, V> &v) {
+  reinterpret_cast<Vec<T, V> *>(p)[q] = v;
+}
+
+// Whether every buffer (null ones ignored) is aligned to `bytes`.
+inline bool aligned(std::initializer_list<const void *> buffers, size_t bytes) {
+  for (const void *p : buffers)
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+      return false;
+  return true;
+}
+
+// FCC_CUDA_SCALAR=1 in the environment turns the 16-byte vectors off (the
+// kernels before them: one element, pair or pooling window per thread),
+// for side-by-side measurements (fcc-kernel-bench); read at each call,
+// i.e. when a CUDA graph is captured, not when it replays.
+inline bool vectorsEnabled() {
+  const char *v = std::getenv("FCC_CUDA_SCALAR");
+  return !(v && std::strcmp(v, "1") == 0);
+}
+
+// G neighbouring 2x2 windows of a tiled pooling (stride = window) of an
+// NCHW plane: two rows of 2G taps, one vector load each. Groups are laid
+// out like windows of 2 x 2G taps over oh x ow/G, so group o starts at
+// tiledWindowBase(o, oh, ow / G, 2, 2 * G) and its first output is o * G.
+template <class T, int G> struct WindowGroup {
+  Vec<T, 2 * G> r0, r1; // the group's two rows of taps
+  __device__ __forceinline__ WindowGroup(const T *x, int64_t base, int w)
+      : r0(loadVec<2 * G>(x + base, 0)), r1(loadVec<2 * G>(x + base + w, 0)) {}
+  // Window i's taps in row-major order.
+  __device__ __forceinline__ void taps(int i, float (&xs)[4]) const {
+    xs[0] = toFloat(r0.v[2 * i]);
+    xs[1] = toFloat(r0.v[2 * i + 1]);
+    xs[2] = toFloat(r1.v[2 * i]);
+    xs[3] = toFloat(r1.v[2 * i + 1]);
+  }
+};
 
 // The first-maximum scan of max pooling (runtime/cpu/pool.cpp's
 // firstMaxIndex): feed a window's taps in row-major order; the first NaN

@@ -412,9 +412,81 @@ __global__ void maxPoolTiledBackwardKernel(int planes, int oh, int ow, int kh,
   }
 }
 
-// NHWC tiled pooling: one thread per output element (window, channel),
-// neighbouring threads on neighbouring channels; taps and their order as
-// the NCHW tiled kernels'.
+// 2x2 tiled pooling with G neighbouring windows per thread (WindowGroup:
+// two 16-byte row loads instead of four 2-byte ones per window).
+template <class T, int G>
+__device__ __forceinline__ FirstMax groupWindowMax(const WindowGroup<T, G> &in,
+                                                   int i) {
+  float xs[4];
+  in.taps(i, xs);
+  FirstMax scan;
+#pragma unroll
+  for (int t = 0; t < 4; ++t)
+    scan.take(xs[t], t);
+  return scan;
+}
+
+template <class T, int G>
+__global__ void maxPoolGroupForwardKernel(int planes, int oh, int ow,
+                                          const T *x, T *y) {
+  const int owg = ow / G, count = planes * oh * owg;
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
+       o += blockDim.x * gridDim.x) {
+    const WindowGroup<T, G> in(x, tiledWindowBase(o, oh, owg, 2, 2 * G),
+                               2 * ow);
+    Vec<T, G> out;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      const FirstMax scan = groupWindowMax(in, i);
+      out.v[i] = fromFloat<T>(scan.sawNaN() ? quietNaN() : scan.max);
+    }
+    storeVec<G>(y, o, out);
+  }
+}
+
+template <class T, int G>
+__global__ void maxPoolGroupBackwardKernel(int planes, int oh, int ow,
+                                           const T *x, const T *dy, T *dx) {
+  const int owg = ow / G, w = 2 * ow, count = planes * oh * owg;
+  for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < count;
+       o += blockDim.x * gridDim.x) {
+    const int64_t base = tiledWindowBase(o, oh, owg, 2, 2 * G);
+    const WindowGroup<T, G> in(x, base, w);
+    const Vec<T, G> gy = loadVec<G>(dy, o);
+    const T zero = fromFloat<T>(0.0f);
+    Vec<T, 2 * G> d0, d1;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      const int64_t best = groupWindowMax(in, i).index();
+      // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
+      const T g = fromFloat<T>(0.0f + toFloat(gy.v[i]));
+      d0.v[2 * i] = best == 0 ? g : zero;
+      d0.v[2 * i + 1] = best == 1 ? g : zero;
+      d1.v[2 * i] = best == 2 ? g : zero;
+      d1.v[2 * i + 1] = best == 3 ? g : zero;
+    }
+    storeVec<2 * G>(dx + base, 0, d0);
+    storeVec<2 * G>(dx + base + w, 0, d1);
+  }
+}
+
+// Windows per thread of the NCHW tiled kernels: kVec16 / 2 (a group) for
+// 2x2 windows when a row holds whole groups and the buffers are aligned
+// (input-shaped ones to 16 bytes, output-shaped ones to a group), else 1.
+template <class T>
+int poolGroup(const fcc_pool2d_desc &d, std::initializer_list<const void *> in,
+              std::initializer_list<const void *> out) {
+  constexpr int G = kVec16<T> / 2;
+  return vectorsEnabled() && d.kh == 2 && d.kw == 2 && d.ow % G == 0 &&
+                 aligned(in, 16) && aligned(out, G * sizeof(T))
+             ? G
+             : 1;
+}
+
+// NHWC tiled pooling: one thread per V output elements (a window's V
+// neighbouring channels, a 16-byte vector when the channels and buffers
+// allow, else one), neighbouring threads on neighbouring channels; taps and
+// their order as the NCHW tiled kernels'.
 __device__ __forceinline__ int64_t nhwcPoolBase(const fcc_pool2d_desc &d,
                                                 int64_t win, int64_t ch) {
   const int64_t outPlane = d.oh * d.ow;
@@ -423,37 +495,66 @@ __device__ __forceinline__ int64_t nhwcPoolBase(const fcc_pool2d_desc &d,
   return ((n * d.h + oh * d.kh) * d.w + ow * d.kw) * d.c + ch;
 }
 
-// tiledWindowMax of an NHWC window.
-template <class T>
-__device__ __forceinline__ FirstMax nhwcWindowMax(const T *x, int64_t base,
-                                                  const fcc_pool2d_desc &d) {
-  return tiledWindowMax(x + base, d.w * d.c, d.c, int(d.kh), int(d.kw));
+// tiledWindowMax of the V channels of an NHWC window.
+template <int V, class T>
+__device__ __forceinline__ void nhwcWindowMax(const T *x, int64_t base,
+                                              const fcc_pool2d_desc &d,
+                                              FirstMax (&scan)[V]) {
+  for (int64_t i = 0; i < d.kh; ++i)
+    for (int64_t j = 0; j < d.kw; ++j) {
+      const Vec<T, V> v = loadVec<V>(x + base + (i * d.w + j) * d.c, 0);
+#pragma unroll
+      for (int h = 0; h < V; ++h)
+        scan[h].take(toFloat(v.v[h]), i * d.kw + j);
+    }
 }
 
-template <class T>
+template <class T, int V>
 __global__ void maxPoolNhwcForwardKernel(fcc_pool2d_desc d, const T *x,
                                          T *y) {
-  FCC_GRID_LOOP(o, d.n * d.oh * d.ow * d.c) {
-    const int64_t win = divIndex(o, d.c);
-    const FirstMax scan = nhwcWindowMax(x, nhwcPoolBase(d, win, o - win * d.c), d);
-    y[o] = fromFloat<T>(scan.sawNaN() ? quietNaN() : scan.max);
+  FCC_GRID_LOOP(q, d.n * d.oh * d.ow * d.c / V) {
+    const int64_t win = divIndex(q * V, d.c);
+    FirstMax scan[V];
+    nhwcWindowMax(x, nhwcPoolBase(d, win, q * V - win * d.c), d, scan);
+    Vec<T, V> out;
+#pragma unroll
+    for (int h = 0; h < V; ++h)
+      out.v[h] = fromFloat<T>(scan[h].sawNaN() ? quietNaN() : scan[h].max);
+    storeVec<V>(y, q, out);
   }
 }
 
-template <class T>
+template <class T, int V>
 __global__ void maxPoolNhwcBackwardKernel(fcc_pool2d_desc d, const T *x,
                                           const T *dy, T *dx) {
-  FCC_GRID_LOOP(o, d.n * d.oh * d.ow * d.c) {
-    const int64_t win = divIndex(o, d.c);
-    const int64_t base = nhwcPoolBase(d, win, o - win * d.c);
-    const int64_t best = nhwcWindowMax(x, base, d).index();
-    // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
-    const T g = fromFloat<T>(0.0f + toFloat(dy[o]));
+  FCC_GRID_LOOP(q, d.n * d.oh * d.ow * d.c / V) {
+    const int64_t win = divIndex(q * V, d.c);
+    const int64_t base = nhwcPoolBase(d, win, q * V - win * d.c);
+    FirstMax scan[V];
+    nhwcWindowMax(x, base, d, scan);
+    const Vec<T, V> gy = loadVec<V>(dy, q);
     const T zero = fromFloat<T>(0.0f);
     for (int64_t i = 0; i < d.kh; ++i)
-      for (int64_t j = 0; j < d.kw; ++j)
-        dx[base + (i * d.w + j) * d.c] = i * d.kw + j == best ? g : zero;
+      for (int64_t j = 0; j < d.kw; ++j) {
+        Vec<T, V> out;
+#pragma unroll
+        for (int h = 0; h < V; ++h)
+          // 0 + dy as in the gathering kernel (a -0 gradient becomes +0).
+          out.v[h] = i * d.kw + j == scan[h].index()
+                         ? fromFloat<T>(0.0f + toFloat(gy.v[h]))
+                         : zero;
+        storeVec<V>(dx + base + (i * d.w + j) * d.c, 0, out);
+      }
   }
+}
+
+// Channels per thread of the NHWC kernels.
+template <class T>
+int nhwcPoolWidth(const fcc_pool2d_desc &d,
+                  std::initializer_list<const void *> buffers) {
+  return vectorsEnabled() && d.c % kVec16<T> == 0 && aligned(buffers, 16)
+             ? kVec16<T>
+             : 1;
 }
 
 template <class T>
@@ -934,19 +1035,30 @@ extern "C" void fcc_cuda_max_pool2d_forward(const fcc_pool2d_desc *desc,
   if (d.layout == FCC_LAYOUT_NHWC && !nhwcPoolOk(d, true, fn))
     return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    if (d.layout == FCC_LAYOUT_NHWC)
-      maxPoolNhwcForwardKernel<T>
-          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
-              d, static_cast<const T *>(x), static_cast<T *>(y));
-    else if (tiledPool32(d))
+    const T *xt = static_cast<const T *>(x);
+    T *yt = static_cast<T *>(y);
+    const int64_t outputs = d.n * d.c * d.oh * d.ow;
+    constexpr int kV = kVec16<T>, kG = kV / 2;
+    if (d.layout == FCC_LAYOUT_NHWC) {
+      if (nhwcPoolWidth<T>(d, {xt, yt}) == kV)
+        maxPoolNhwcForwardKernel<T, kV>
+            <<<blocksFor(outputs / kV), kThreads, 0, stream()>>>(d, xt, yt);
+      else
+        maxPoolNhwcForwardKernel<T, 1>
+            <<<blocksFor(outputs), kThreads, 0, stream()>>>(d, xt, yt);
+    } else if (tiledPool32(d) && poolGroup<T>(d, {xt}, {yt}) == kG) {
+      maxPoolGroupForwardKernel<T, kG>
+          <<<blocksFor(outputs / kG), kThreads, 0, stream()>>>(
+              int(d.n * d.c), int(d.oh), int(d.ow), xt, yt);
+    } else if (tiledPool32(d)) {
       maxPoolTiledForwardKernel<T>
-          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
-              int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw),
-              static_cast<const T *>(x), static_cast<T *>(y));
-    else
+          <<<blocksFor(outputs), kThreads, 0, stream()>>>(
+              int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw), xt,
+              yt);
+    } else {
       maxPoolForwardKernel<T>
-          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
-              d, static_cast<const T *>(x), static_cast<T *>(y));
+          <<<blocksFor(outputs), kThreads, 0, stream()>>>(d, xt, yt);
+    }
   });
   checkLaunch(fn);
 }
@@ -961,22 +1073,33 @@ extern "C" void fcc_cuda_max_pool2d_backward(const fcc_pool2d_desc *desc,
   if (d.layout == FCC_LAYOUT_NHWC && !nhwcPoolOk(d, true, fn))
     return;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    if (d.layout == FCC_LAYOUT_NHWC)
-      maxPoolNhwcBackwardKernel<T>
-          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
-              d, static_cast<const T *>(x), static_cast<const T *>(dy),
-              static_cast<T *>(dx));
-    else if (tiledPool32(d))
+    const T *xt = static_cast<const T *>(x);
+    const T *dyt = static_cast<const T *>(dy);
+    T *dxt = static_cast<T *>(dx);
+    const int64_t outputs = d.n * d.c * d.oh * d.ow;
+    constexpr int kV = kVec16<T>, kG = kV / 2;
+    if (d.layout == FCC_LAYOUT_NHWC) {
+      if (nhwcPoolWidth<T>(d, {xt, dyt, dxt}) == kV)
+        maxPoolNhwcBackwardKernel<T, kV>
+            <<<blocksFor(outputs / kV), kThreads, 0, stream()>>>(d, xt, dyt,
+                                                                 dxt);
+      else
+        maxPoolNhwcBackwardKernel<T, 1>
+            <<<blocksFor(outputs), kThreads, 0, stream()>>>(d, xt, dyt, dxt);
+    } else if (tiledPool32(d) && poolGroup<T>(d, {xt, dxt}, {dyt}) == kG) {
+      maxPoolGroupBackwardKernel<T, kG>
+          <<<blocksFor(outputs / kG), kThreads, 0, stream()>>>(
+              int(d.n * d.c), int(d.oh), int(d.ow), xt, dyt, dxt);
+    } else if (tiledPool32(d)) {
       maxPoolTiledBackwardKernel<T>
-          <<<blocksFor(d.n * d.c * d.oh * d.ow), kThreads, 0, stream()>>>(
-              int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw),
-              static_cast<const T *>(x), static_cast<const T *>(dy),
-              static_cast<T *>(dx));
-    else
+          <<<blocksFor(outputs), kThreads, 0, stream()>>>(
+              int(d.n * d.c), int(d.oh), int(d.ow), int(d.kh), int(d.kw), xt,
+              dyt, dxt);
+    } else {
       maxPoolBackwardKernel<T>
           <<<blocksFor(d.n * d.c * d.h * d.w), kThreads, 0, stream()>>>(
-              d, static_cast<const T *>(x), static_cast<const T *>(dy),
-              static_cast<T *>(dx));
+              d, xt, dyt, dxt);
+    }
   });
   checkLaunch(fn);
 }

@@ -498,9 +498,11 @@ TEST_F(Cuda, Pooling) {
     int64_t h = 9, w = 8;
   };
   // The first five take the general kernels (the 9-row input is not
-  // covered by 2x2/2 windows); the last two the tiled ones (windows that
+  // covered by 2x2/2 windows); the others the tiled ones (windows that
   // exactly cover the input, as ResNet9's 2x2/2 and global pools), which
-  // also get a NaN and a window of -inf below.
+  // also get a NaN and a window of -inf below; the "group" ones take 2x2
+  // windows in groups (rows of 16-byte vectors: 4 windows of halves, 2 of
+  // floats; 6 output columns hold whole groups of floats only).
   const Config configs[] = {
       {"2x2s2", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0},
       {"3x3s2p1", 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, 0},
@@ -509,6 +511,8 @@ TEST_F(Cuda, Pooling) {
       {"3x3s1d2", 3, 3, 1, 1, 2, 1, 2, 1, 2, 2, 1, 0},
       {"2x2s2tiled", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0, 8, 6},
       {"4x3s4x3tiled", 4, 3, 4, 3, 0, 0, 0, 0, 1, 1, 0, 0, 8, 6},
+      {"2x2s2group", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0, 4, 16},
+      {"2x2s2group_fp32_only", 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0, 0, 2, 12},
   };
   std::mt19937 rng(6);
   for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
@@ -588,11 +592,14 @@ TEST_F(Cuda, PoolingNhwc) {
   const Config configs[] = {{"2x2", 2, 2, 6, 4}, {"4x3", 4, 3, 8, 6},
                             {"global", 4, 4, 4, 4}};
   std::mt19937 rng(16);
+  // 35 channels: one per thread; 40: 16-byte vectors of channels.
+  for (int64_t c : {35, 40})
   for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16})
     for (const Config &cfg : configs) {
-      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype));
+      SCOPED_TRACE(std::string(cfg.name) + " " + typeName(dtype) + " c=" +
+                   std::to_string(c));
       fcc_pool2d_desc d{};
-      d.n = 2, d.c = 35, d.h = cfg.h, d.w = cfg.w;
+      d.n = 2, d.c = c, d.h = cfg.h, d.w = cfg.w;
       d.kh = cfg.kh, d.kw = cfg.kw, d.stride_h = cfg.kh, d.stride_w = cfg.kw;
       ASSERT_EQ(fcc_pool2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
       fcc_pool2d_desc dn = d;
