@@ -39,12 +39,12 @@
 # (h) layout: (not in the default --parts) PyTorch eager fp16, 3 epochs,
 #            channels-last against NCHW: what the memory layout is worth to
 #            cuDNN on this GPU.
-# (k) kernels: fcc-kernel-bench: ResNet9's fused BatchNorm kernels (16-byte
-#            vectors against FCC_CUDA_SCALAR=1 and, pooled layers, per element,
-#            FCC_BN_GENERAL=1) and cuDNN's
-#            convolutions with NCHW against NHWC activations (cuDNN's fastest
-#            algorithm and fcc's own plans), at the training step's shapes
-#            (kernels.log; one to two minutes).
+# (k) kernels: fcc-kernel-bench (resnet9-bot): the fused BatchNorm + CELU
+#            and the max-pool kernels (16-byte vectors against
+#            FCC_CUDA_SCALAR=1, NCHW and NHWC) and cuDNN's convolutions with
+#            NCHW against NHWC activations (cuDNN's fastest algorithm and
+#            fcc's own plans), at the training step's shapes (kernels.log;
+#            one to two minutes).
 # (e) units: cuda_kernels_test (every GPU kernel, compressor and compression
 #            op against the CPU's) and fcc-compress-bench --gpu-only (GB/s of
 #            each compressor against the device's bandwidth).
@@ -613,7 +613,7 @@ part_comm() {
 
 # -- (k) kernel benchmark ----------------------------------------------------------
 part_kernels() {
-  section "(k) fcc-kernel-bench: BatchNorm kernels, NCHW vs NHWC convolutions"
+  section "(k) fcc-kernel-bench: BatchNorm and pooling kernels, NCHW vs NHWC convolutions"
   local b=$WORK/bin/fcc-kernel-bench
   if [ "$SMOKE" = 1 ]; then
     record kernels skipped "--smoke-cpu: no GPU to measure"

@@ -5,15 +5,20 @@
 // the step's own shapes (batch --batch, fp16), so that a change to either
 // can be judged in seconds of device time, without training:
 //
-//  bn    fcc's fused BatchNorm + ReLU (+ 2x2 max pool) (+ residual) training
-//        forward and backward (runtime/cuda/batchnorm.cu) for each of
-//        ResNet9's eight BatchNorms: NCHW with the default kernels
-//        (16-byte vectors, groups of pooling windows), with
-//        FCC_CUDA_SCALAR=1 (pairs, one window per thread) and, pooled layers,
-//        with FCC_BN_GENERAL=1 (per element); and NHWC. Bandwidth counts
+//  bn    fcc's fused BatchNorm + activation (+ 2x2 max pool) (+ residual)
+//        training forward and backward (runtime/cuda/batchnorm.cu) for each
+//        of the model's eight BatchNorms (--model resnet9-bot, the default
+//        and what gpu-check trains: pools before the BatchNorms, CELU;
+//        resnet9: ReLU, pools fused after them), NCHW and NHWC, with the
+//        default kernels (16-byte vectors, groups of pooling windows), with
+//        FCC_CUDA_SCALAR=1 (pairs, one window per thread) and, pooled
+//        layers, with FCC_BN_GENERAL=1 (per element). Bandwidth counts
 //        the least traffic each call
 //        needs (forward: read x, write y, read the residual; backward: read
 //        x and dy, write dx), against the device's peak.
+//  pool  the max pools that run alone (resnet9-bot: three 2x2 and the
+//        global 4x4; resnet9: the global one), forward and backward, the
+//        same variants but per element.
 //  conv  cuDNN's fastest algorithm (cudnnFind*AlgorithmEx, then timed) for
 //        the forward, data-gradient and filter-gradient convolution of each
 //        of ResNet9's convolution shapes, with activations NCHW (cuDNN
@@ -28,11 +33,12 @@
 // part, timed by the host clock, checks the tool's own plumbing in CI
 // (tests/lit/tools/kernel-bench.test); its numbers mean nothing.
 //
-//   fcc-kernel-bench [--parts bn,conv] [--layers NAME,...] [--batch 512]
-//                    [--iters 20]
+//   fcc-kernel-bench [--model resnet9-bot|resnet9] [--parts bn,pool,conv]
+//                    [--layers NAME,...] [--batch 512] [--iters 20]
 //
-// --layers keeps the BatchNorm layers and convolutions of those names
-// (prep, layer1, layer1.res1, layer1.res2, layer1.res, layer2, layer3, ...).
+// --layers keeps the BatchNorms, pools and convolutions of those names
+// (prep, layer1, layer1.res1, layer1.res2, layer1.res, layer2, layer3, ...,
+// pool).
 //
 //===----------------------------------------------------------------------===//
 #include "fcc/runtime/cpu_kernels.h"
@@ -50,6 +56,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -57,7 +65,8 @@
 namespace {
 
 struct Options {
-  bool bn = true;
+  std::string model = "resnet9-bot";
+  bool bn = true, pool = true;
 #ifdef FCC_KERNEL_BENCH_EMULATED
   bool conv = false; // cuDNN is not emulated
 #else
@@ -74,8 +83,9 @@ struct Options {
 
 [[noreturn]] void usage(const char *why) {
   std::fprintf(stderr,
-               "fcc-kernel-bench: %s\nusage: fcc-kernel-bench [--parts "
-               "bn,conv] [--layers NAME,...] [--batch N] [--iters N]\n",
+               "fcc-kernel-bench: %s\nusage: fcc-kernel-bench [--model "
+               "resnet9-bot|resnet9] [--parts bn,pool,conv] [--layers "
+               "NAME,...] [--batch N] [--iters N]\n",
                why);
   std::exit(64);
 }
@@ -85,27 +95,35 @@ Options parse(int argc, char **argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::printf("usage: fcc-kernel-bench [--parts bn,conv] [--layers "
-                  "NAME,...] [--batch N] [--iters N]\n");
+      std::printf("usage: fcc-kernel-bench [--model resnet9-bot|resnet9] "
+                  "[--parts bn,pool,conv] [--layers NAME,...] [--batch N] "
+                  "[--iters N]\n");
       std::exit(0);
     }
     if (i + 1 >= argc)
       usage(("missing value for " + a).c_str());
     const std::string v = argv[++i];
     if (a == "--parts") {
-      o.bn = o.conv = false;
+      o.bn = o.pool = o.conv = false;
       size_t start = 0;
       while (start <= v.size()) {
         const size_t end = std::min(v.find(',', start), v.size());
         const std::string p = v.substr(start, end - start);
         if (p == "bn")
           o.bn = true;
+        else if (p == "pool")
+          o.pool = true;
         else if (p == "conv")
           o.conv = true;
         else
-          usage(("--parts: unknown part '" + p + "' (bn, conv)").c_str());
+          usage(("--parts: unknown part '" + p + "' (bn, pool, conv)").c_str());
         start = end + 1;
       }
+    } else if (a == "--model") {
+      if (v != "resnet9-bot" && v != "resnet9")
+        usage(("--model: unknown model '" + v + "' (resnet9-bot, resnet9)")
+                  .c_str());
+      o.model = v;
     } else if (a == "--layers") {
       size_t start = 0;
       while (start <= v.size()) {
@@ -208,8 +226,9 @@ struct BnLayer {
   int times; // per training step
 };
 
-// resnet9 / resnet9-bot (fcc-models) at its default width.
-const BnLayer kBnLayers[] = {
+// resnet9 (fcc-models, at its default width): conv -> BatchNorm + ReLU
+// (-> 2x2 max pool, fused) per layer, then a global 4x4 max pool.
+const BnLayer kResnet9Bn[] = {
     {"prep", 64, 32, false, false, 1},
     {"layer1", 128, 32, true, false, 1},
     {"layer1.res1", 128, 16, false, false, 1},
@@ -219,22 +238,100 @@ const BnLayer kBnLayers[] = {
     {"layer3.res1", 512, 4, false, false, 1},
     {"layer3.res2", 512, 4, false, true, 1},
 };
+// resnet9-bot (what gpu-check trains): conv -> 2x2 max pool -> BatchNorm +
+// CELU, so the BatchNorms see the pooled maps and the pools run alone.
+const BnLayer kResnet9BotBn[] = {
+    {"prep", 64, 32, false, false, 1},
+    {"layer1", 128, 16, false, false, 1},
+    {"layer1.res1", 128, 16, false, false, 1},
+    {"layer1.res2", 128, 16, false, true, 1},
+    {"layer2", 256, 8, false, false, 1},
+    {"layer3", 512, 4, false, false, 1},
+    {"layer3.res1", 512, 4, false, false, 1},
+    {"layer3.res2", 512, 4, false, true, 1},
+};
 
-void benchBn(const Options &o, double peakBytes) {
-  std::printf("## Fused BatchNorm + ReLU (+ pool) (+ residual), fp16, batch "
-              "%lld\n\n",
+struct PoolLayer {
+  const char *name;
+  int64_t c, hw, k; // input channels, height = width, window = stride
+};
+const PoolLayer kResnet9Pools[] = {{"pool", 512, 4, 4}};
+const PoolLayer kResnet9BotPools[] = {{"layer1", 128, 32, 2},
+                                      {"layer2", 256, 16, 2},
+                                      {"layer3", 512, 8, 2},
+                                      {"pool", 512, 4, 4}};
+
+struct Model {
+  const char *name;
+  const BnLayer *bn;
+  size_t bnCount;
+  int activation;
+  float alpha;
+  const PoolLayer *pools;
+  size_t poolCount;
+};
+const Model kModels[] = {
+    {"resnet9-bot", kResnet9BotBn, std::size(kResnet9BotBn), FCC_ACT_CELU,
+     0.3f, kResnet9BotPools, std::size(kResnet9BotPools)},
+    {"resnet9", kResnet9Bn, std::size(kResnet9Bn), FCC_ACT_RELU, 1.0f,
+     kResnet9Pools, std::size(kResnet9Pools)},
+};
+
+// Runs f(name) with the environment of one kernel variant: FCC_CUDA_SCALAR
+// and FCC_BN_GENERAL set to 1 or unset as asked; both unset afterwards.
+template <class F> void withEnv(bool scalar, bool general, F f) {
+  auto set = [](const char *name, bool on) {
+    if (on)
+      setenv(name, "1", 1);
+    else
+      unsetenv(name);
+  };
+  set("FCC_CUDA_SCALAR", scalar);
+  set("FCC_BN_GENERAL", general);
+  f();
+  set("FCC_CUDA_SCALAR", false);
+  set("FCC_BN_GENERAL", false);
+}
+
+void freeAll(std::initializer_list<void *> buffers) {
+  for (void *p : buffers)
+    fcc_cuda_free(p);
+}
+
+void benchBn(const Options &o, const Model &m, double peakBytes) {
+  std::printf("## %s: fused BatchNorm + %s (+ pool) (+ residual), fp16, "
+              "batch %lld\n\n",
+              m.name, m.activation == FCC_ACT_CELU ? "CELU" : "ReLU",
               static_cast<long long>(o.batch));
   std::printf("| layer | C x H x W | pool | kernels | forward ms | GB/s | of "
               "peak | backward ms | GB/s | of peak |\n");
   std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
   std::mt19937 rng(1);
-  double total[4] = {0.0, 0.0, 0.0, 0.0}; // per variant, see below
-  for (const BnLayer &l : kBnLayers) {
+  // Variants (the same random buffers; NHWC reads them as NHWC): the
+  // default kernels (16-byte vectors, groups of pooling windows), the same
+  // with FCC_CUDA_SCALAR=1 (pairs, one window per thread), and for pooled
+  // layers FCC_BN_GENERAL=1 (per element); NCHW and NHWC.
+  struct Variant {
+    const char *name;
+    int layout;
+    bool scalar, general;
+  };
+  static const Variant kVariants[] = {
+      {"NCHW", FCC_LAYOUT_NCHW, false, false},
+      {"NCHW scalar", FCC_LAYOUT_NCHW, true, false},
+      {"NCHW per element", FCC_LAYOUT_NCHW, true, true},
+      {"NHWC", FCC_LAYOUT_NHWC, false, false},
+      {"NHWC scalar", FCC_LAYOUT_NHWC, true, false},
+  };
+  constexpr size_t kCount = std::size(kVariants);
+  double total[kCount] = {};
+  for (size_t li = 0; li < m.bnCount; ++li) {
+    const BnLayer &l = m.bn[li];
     if (!o.wants(l.name))
       continue;
     fcc_bn_act_desc d{};
     d.n = o.batch, d.c = l.c, d.h = l.hw, d.w = l.hw;
-    d.activation = FCC_ACT_RELU, d.alpha = 1.0f, d.eps = 1e-5f;
+    d.activation = m.activation, d.alpha = m.alpha, d.eps = 1e-5f;
     if (l.pool)
       d.pool_kh = d.pool_kw = d.pool_sh = d.pool_sw = 2;
     if (fcc_bn_act_desc_finalize(&d) != 0)
@@ -252,59 +349,107 @@ void benchBn(const Options &o, double peakBytes) {
     float *dsh = randomFloat(l.c, 0.0f, 0.0f, rng);
     const double fwdBytes = 2.0 * double(in + out + (res ? out : 0));
     const double bwdBytes = 2.0 * double(2 * in + out);
-    // Variants (the same random buffers; NHWC reads them as NHWC):
-    //  0 NCHW, the default kernels (16-byte vectors, groups of windows);
-    //  1 NCHW with FCC_CUDA_SCALAR=1 (pairs, one window per thread);
-    //  2 NCHW with FCC_BN_GENERAL=1 (per element; pooled layers only);
-    //  3 NHWC.
-    for (int variant = 0; variant < 4; ++variant) {
-      if (variant == 2 && !l.pool)
-        continue;
-      unsetenv("FCC_CUDA_SCALAR");
-      unsetenv("FCC_BN_GENERAL");
-      if (variant == 1)
-        setenv("FCC_CUDA_SCALAR", "1", 1);
-      if (variant == 2)
-        setenv("FCC_BN_GENERAL", "1", 1);
-      d.layout = variant == 3 ? FCC_LAYOUT_NHWC : FCC_LAYOUT_NCHW;
-      const double f = timeMs(o.iters, [&] {
-        fcc_cuda_bn_act_train_forward(&d, x, scale, shift, res, y, bm, bv,
-                                      FCC_DTYPE_F16);
-      });
-      const double b = timeMs(o.iters, [&] {
-        fcc_cuda_bn_act_backward(&d, x, dy, scale, shift, bm, bv, dx, ds, dsh,
-                                 FCC_DTYPE_F16);
+    for (size_t vi = 0; vi < kCount; ++vi) {
+      const Variant &v = kVariants[vi];
+      if (v.general && !l.pool)
+        continue; // no per-element kernels without pooling
+      d.layout = v.layout;
+      double f = 0.0, b = 0.0;
+      withEnv(v.scalar, v.general, [&] {
+        f = timeMs(o.iters, [&] {
+          fcc_cuda_bn_act_train_forward(&d, x, scale, shift, res, y, bm, bv,
+                                        FCC_DTYPE_F16);
+        });
+        b = timeMs(o.iters, [&] {
+          fcc_cuda_bn_act_backward(&d, x, dy, scale, shift, bm, bv, dx, ds,
+                                   dsh, FCC_DTYPE_F16);
+        });
       });
       const double fr = fwdBytes / (f * 1e-3), br = bwdBytes / (b * 1e-3);
-      static const char *const kinds[] = {"NCHW", "NCHW scalar",
-                                          "NCHW per element", "NHWC"};
       std::printf("| %s | %lldx%lldx%lld | %s | %s | %.3f | %.0f | %.0f%% | "
                   "%.3f | %.0f | %.0f%% |\n",
                   l.name, static_cast<long long>(l.c),
                   static_cast<long long>(l.hw), static_cast<long long>(l.hw),
-                  l.pool ? "2x2" : "-", kinds[variant], f, fr * 1e-9,
+                  l.pool ? "2x2" : "-", v.name, f, fr * 1e-9,
                   100.0 * fr / peakBytes, b, br * 1e-9,
                   100.0 * br / peakBytes);
-      total[variant] += l.times * (f + b);
-      // Unpooled layers have no per-element variant: their scalar kernels
-      // count in its total.
-      if (variant == 1 && !l.pool)
-        total[2] += l.times * (f + b);
+      total[vi] += l.times * (f + b);
     }
-    unsetenv("FCC_CUDA_SCALAR");
-    unsetenv("FCC_BN_GENERAL");
-    for (void *p : {x, dy, res, y, dx, static_cast<void *>(scale),
-                    static_cast<void *>(shift), static_cast<void *>(bm),
-                    static_cast<void *>(bv), static_cast<void *>(ds),
-                    static_cast<void *>(dsh)})
-      fcc_cuda_free(p);
+    freeAll({x, dy, res, y, dx, scale, shift, bm, bv, ds, dsh});
   }
   std::printf("\nBatchNorm per training step (forward + backward, the "
-              "layers above): NCHW %.3f ms; FCC_CUDA_SCALAR=1 %.3f ms (scalar / "
-              "vector %.2f); FCC_BN_GENERAL=1 %.3f ms (per element / scalar "
-              "%.2f); NHWC %.3f ms (NCHW / NHWC %.2f)\n\n",
-              total[0], total[1], total[1] / total[0], total[2],
-              total[2] / total[1], total[3], total[0] / total[3]);
+              "layers above): NCHW %.3f ms, FCC_CUDA_SCALAR=1 %.3f ms "
+              "(scalar / vector %.2f); NHWC %.3f ms, FCC_CUDA_SCALAR=1 %.3f "
+              "ms (scalar / vector %.2f); NCHW / NHWC %.2f\n\n",
+              total[0], total[1], total[1] / total[0], total[3], total[4],
+              total[4] / total[3], total[0] / total[3]);
+}
+
+// The max pools that run alone (not fused into a BatchNorm), forward and
+// backward, NCHW and NHWC, with and without 16-byte vectors.
+void benchPool(const Options &o, const Model &m, double peakBytes) {
+  std::printf("## %s: max pooling, fp16, batch %lld\n\n", m.name,
+              static_cast<long long>(o.batch));
+  std::printf("| layer | C x H x W | window | kernels | forward ms | GB/s | "
+              "of peak | backward ms | GB/s | of peak |\n");
+  std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
+  std::mt19937 rng(2);
+  struct Variant {
+    const char *name;
+    int layout;
+    bool scalar;
+  };
+  static const Variant kVariants[] = {{"NCHW", FCC_LAYOUT_NCHW, false},
+                                      {"NCHW scalar", FCC_LAYOUT_NCHW, true},
+                                      {"NHWC", FCC_LAYOUT_NHWC, false},
+                                      {"NHWC scalar", FCC_LAYOUT_NHWC, true}};
+  constexpr size_t kCount = std::size(kVariants);
+  double total[kCount] = {};
+  for (size_t li = 0; li < m.poolCount; ++li) {
+    const PoolLayer &l = m.pools[li];
+    if (!o.wants(l.name))
+      continue;
+    fcc_pool2d_desc d{};
+    d.n = o.batch, d.c = l.c, d.h = l.hw, d.w = l.hw;
+    d.kh = d.kw = d.stride_h = d.stride_w = l.k;
+    if (fcc_pool2d_desc_finalize(&d) != 0)
+      fail(std::string("pool descriptor: ") + fcc_cpu_last_error());
+    const int64_t in = d.n * d.c * d.h * d.w, out = d.n * d.c * d.oh * d.ow;
+    void *x = randomHalf(in, -2.0f, 2.0f, rng);
+    void *dy = randomHalf(out, -1.0f, 1.0f, rng);
+    void *y = fcc_cuda_malloc(2 * out), *dx = fcc_cuda_malloc(2 * in);
+    const double fwdBytes = 2.0 * double(in + out);
+    const double bwdBytes = 2.0 * double(2 * in + out);
+    for (size_t vi = 0; vi < kCount; ++vi) {
+      const Variant &v = kVariants[vi];
+      d.layout = v.layout;
+      double f = 0.0, b = 0.0;
+      withEnv(v.scalar, false, [&] {
+        f = timeMs(o.iters, [&] {
+          fcc_cuda_max_pool2d_forward(&d, x, y, FCC_DTYPE_F16);
+        });
+        b = timeMs(o.iters, [&] {
+          fcc_cuda_max_pool2d_backward(&d, x, dy, dx, FCC_DTYPE_F16);
+        });
+      });
+      const double fr = fwdBytes / (f * 1e-3), br = bwdBytes / (b * 1e-3);
+      std::printf("| %s | %lldx%lldx%lld | %lldx%lld | %s | %.3f | %.0f | "
+                  "%.0f%% | %.3f | %.0f | %.0f%% |\n",
+                  l.name, static_cast<long long>(l.c),
+                  static_cast<long long>(l.hw), static_cast<long long>(l.hw),
+                  static_cast<long long>(l.k), static_cast<long long>(l.k),
+                  v.name, f, fr * 1e-9, 100.0 * fr / peakBytes, b, br * 1e-9,
+                  100.0 * br / peakBytes);
+      total[vi] += f + b;
+    }
+    freeAll({x, dy, y, dx});
+  }
+  std::printf("\nMax pooling per training step (forward + backward, the "
+              "layers above): NCHW %.3f ms, FCC_CUDA_SCALAR=1 %.3f ms "
+              "(scalar / vector %.2f); NHWC %.3f ms, FCC_CUDA_SCALAR=1 %.3f "
+              "ms (scalar / vector %.2f)\n\n",
+              total[0], total[1], total[1] / total[0], total[2], total[3],
+              total[3] / total[2]);
 }
 
 #ifndef FCC_KERNEL_BENCH_EMULATED
@@ -588,15 +733,26 @@ void benchConv(const Options &o) {
 #endif // FCC_KERNEL_BENCH_EMULATED
 
 // Every --layers name must name a BatchNorm layer or a convolution.
+const Model &modelOf(const Options &o) {
+  for (const Model &m : kModels)
+    if (o.model == m.name)
+      return m;
+  usage(("--model: unknown model '" + o.model + "'").c_str());
+}
+
+// --layers names a BatchNorm, pool or convolution of the model.
 void checkLayers(const Options &o) {
+  const Model &m = modelOf(o);
   std::string known;
   auto add = [&](const char *name) {
     if ((" " + known + ",").find(std::string(" ") + name + ",") ==
         std::string::npos)
       known += (known.empty() ? "" : ", ") + std::string(name);
   };
-  for (const BnLayer &l : kBnLayers)
-    add(l.name);
+  for (size_t i = 0; i < m.bnCount; ++i)
+    add(m.bn[i].name);
+  for (size_t i = 0; i < m.poolCount; ++i)
+    add(m.pools[i].name);
 #ifndef FCC_KERNEL_BENCH_EMULATED
   for (const ConvShape &c : kConvs)
     add(c.name);
@@ -620,13 +776,15 @@ int main(int argc, char **argv) {
     fail(std::string("fcc_cuda_init: ") + fcc_cuda_last_error());
 #ifdef FCC_KERNEL_BENCH_EMULATED
   if (o.conv)
-    usage("--parts conv: cuDNN is not emulated (use --parts bn)");
+    usage("--parts conv: cuDNN is not emulated (use --parts bn,pool)");
   const double peak = 1e9; // placeholder: emulated times mean nothing
   std::printf("GPU: %s (timings of the emulation mean nothing); %d timed "
               "calls each\n\n",
               fcc_cuda_device_description(), o.iters);
   if (o.bn)
-    benchBn(o, peak);
+    benchBn(o, modelOf(o), peak);
+  if (o.pool)
+    benchPool(o, modelOf(o), peak);
 #else
   int device = 0, clockKHz = 0, busBits = 0;
   cudaGetDevice(&device);
@@ -638,7 +796,9 @@ int main(int argc, char **argv) {
               fcc_cuda_device_description(), cudnnGetVersion(), peak * 1e-9,
               o.iters);
   if (o.bn)
-    benchBn(o, peak);
+    benchBn(o, modelOf(o), peak);
+  if (o.pool)
+    benchPool(o, modelOf(o), peak);
   if (o.conv)
     benchConv(o);
 #endif
