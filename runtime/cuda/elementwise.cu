@@ -231,6 +231,26 @@ __global__ void binaryKernel(int op, const T *a, const T *b, T *y,
   }
 }
 
+// binaryKernel for operands of y's shape (one dimension of stride 1 after
+// simplification, e.g. a residual's gradient sum): V elements per thread.
+template <class T, int V>
+__global__ void binarySameShapeKernel(int op, const T *a, const T *b, T *y,
+                                      int64_t vectors) {
+  FCC_GRID_LOOP(q, vectors) {
+    const Vec<T, V> u = loadVec<V>(a, q), v = loadVec<V>(b, q);
+    Vec<T, V> r;
+#pragma unroll
+    for (int h = 0; h < V; ++h) {
+      const float x = toFloat(u.v[h]), z = toFloat(v.v[h]);
+      r.v[h] = fromFloat<T>(op == FCC_BINARY_ADD   ? x + z
+                            : op == FCC_BINARY_SUB ? x - z
+                            : op == FCC_BINARY_MUL ? x * z
+                                                   : x / z);
+    }
+    storeVec<V>(y, q, r);
+  }
+}
+
 // reduce_sum_to: the kept dimensions (y's, in order) and the reduced ones,
 // each with its x stride.
 struct ReduceDims {
@@ -940,10 +960,20 @@ extern "C" int fcc_cuda_binary(int op, const void *a, const int64_t *a_shape,
   if (total == 0)
     return FCC_OK;
   clearTransientErrors();
+  const bool sameShape =
+      dims.rank == 1 && dims.strideA[0] == 1 && dims.strideB[0] == 1;
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
-    binaryKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
-        op, static_cast<const T *>(a), static_cast<const T *>(b),
-        static_cast<T *>(y), dims, total);
+    constexpr int kV = kVec16<T>;
+    const T *at = static_cast<const T *>(a), *bt = static_cast<const T *>(b);
+    T *yt = static_cast<T *>(y);
+    if (sameShape && vectorsEnabled() && total % kV == 0 &&
+        aligned({at, bt, yt}, 16))
+      binarySameShapeKernel<T, kV>
+          <<<blocksFor(total / kV), kThreads, 0, stream()>>>(op, at, bt, yt,
+                                                             total / kV);
+    else
+      binaryKernel<T><<<blocksFor(total), kThreads, 0, stream()>>>(
+          op, at, bt, yt, dims, total);
   });
   return checkLaunch(fn) ? FCC_OK : FCC_ERR_BACKEND;
 }
