@@ -20,10 +20,16 @@
 //    alive (no normalised, activated or arg-max tensors).
 //
 // Numerics follow the unfused kernels (batch_norm.cpp, elementwise.cpp,
-// pool.cpp): normalisation in double rounded to float, activations in float,
+// pool.cpp): per-channel coefficients in double, activations in float,
 // first-maximum routing with NaN propagation, reductions in double, one
 // channel per OpenMP iteration (so results do not depend on the thread
-// count). Deliberate differences: the batch statistics are one pass of sums
+// count). Deliberate differences: the per-element normalisation and input
+// gradient are computed in float, with the coefficients rounded to float
+// (z = (x - mean) * mul + shift, xhat = (x - mean) * invStd, dx = k *
+// ((dz - mean(dz)) - xhat * mean(dz * xhat)), as cuDNN and PyTorch; twice
+// the SIMD width on the CPU, no fp64 conversions on the GPU, whose fused
+// kernels (runtime/cuda/batchnorm.cu) use the same formulas, so the two
+// targets agree bit for bit); the batch statistics are one pass of sums
 // shifted by the channel's first element (exact in double for any realistic
 // data, instead of two passes); reductions run in four interleaved double
 // accumulators (vectorisable; a different but fixed order); and the forward
@@ -67,9 +73,11 @@ template <int Act> inline float activationGrad(float z, float g, float alpha) {
     return g;
 }
 
-// z = (x - mean) * mul + shift, as batch_norm.cpp's normalizePlanes.
+// z = (x - mean) * mul + shift in float (see the file comment); mul is
+// computed in double and rounded.
 struct Affine {
-  double mean, mul, shift;
+  float mean, mul, shift;
+  float operator()(float x) const { return (x - mean) * mul + shift; }
 };
 
 // The descriptor's fields as locals (the loops below store floats, which
@@ -88,10 +96,10 @@ template <int Act>
 void normalizePlane(const Geometry &g, const Affine &bn,
                     const float *__restrict x, float *__restrict z,
                     float *__restrict a) {
-  const double m = bn.mean, mul = bn.mul, b = bn.shift;
+  const Affine f = bn; // a local copy: the stores cannot alias it
   const float alpha = g.alpha;
   for (int64_t j = 0; j < g.hw; ++j) {
-    const float v = float((double(x[j]) - m) * mul + b);
+    const float v = f(x[j]);
     if (z)
       z[j] = v;
     if (a)
@@ -175,10 +183,10 @@ void forwardPlane(const Geometry &g, const Affine &bn, const float *x,
         y[j] = v;
     }
   } else if constexpr (!Pool) {
-    const double m = bn.mean, mul = bn.mul, b = bn.shift;
+    const Affine f = bn;
     const float alpha = g.alpha;
     for (int64_t j = 0; j < g.hw; ++j) {
-      const float v = activate<Act>(float((double(x[j]) - m) * mul + b), alpha);
+      const float v = activate<Act>(f(x[j]), alpha);
       if constexpr (Res)
         y[j] = v + residual[j]; // y may alias residual: same element
       else
@@ -251,8 +259,7 @@ void trainForward(const fcc_bn_act_desc *d, const float *x, const float *scale,
       batchMean[ch] = mean;
       batchVar[ch] = var;
       const double invStd = 1.0 / std::sqrt(double(var) + double(d->eps));
-      const Affine bn = {double(mean), double(scale[ch]) * invStd,
-                         double(shift[ch])};
+      const Affine bn = {mean, float(double(scale[ch]) * invStd), shift[ch]};
       for (int64_t i = 0; i < n; ++i) {
         const int64_t p = i * c + ch;
         forwardPlane<Act, Pool, Res>(
@@ -276,10 +283,10 @@ void inference(const fcc_bn_act_desc *d, const float *x, const float *scale,
     for (int64_t p = 0; p < d->n * c; ++p) {
       const int64_t ch = p % c;
       // As fcc_cpu_batch_norm_inference.
-      const Affine bn = {double(mean[ch]),
-                         double(scale[ch]) /
-                             std::sqrt(double(var[ch]) + double(d->eps)),
-                         double(shift[ch])};
+      const Affine bn = {
+          mean[ch],
+          float(double(scale[ch]) / std::sqrt(double(var[ch]) + double(d->eps))),
+          shift[ch]};
       forwardPlane<Act, Pool, Res>(g, bn, x + p * hw,
                                    Res ? residual + p * outPlane : nullptr,
                                    y + p * outPlane, s);
@@ -303,10 +310,11 @@ void backward(const fcc_bn_act_desc *d, const float *x, const float *dy,
     Scratch s(g, Pool);
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < c; ++ch) {
-      const double mean = batchMean[ch];
+      const float mean = batchMean[ch];
       const double invStd =
           1.0 / std::sqrt(double(batchVar[ch]) + double(d->eps));
-      const Affine bn = {mean, double(scale[ch]) * invStd, double(shift[ch])};
+      const float invStdF = float(invStd);
+      const Affine bn = {mean, float(double(scale[ch]) * invStd), shift[ch]};
       Sums4 sums; // dz, dz * xhat
       // Sweep 1: dz into dx, and the reductions.
       for (int64_t i = 0; i < n; ++i) {
@@ -345,22 +353,22 @@ void backward(const fcc_bn_act_desc *d, const float *x, const float *dy,
           for (int64_t j = 0; j < hw; ++j)
             dz[j] = activationGrad<Act>(dz[j], grad[j], alpha);
         } else {
-          const double m = bn.mean, mul = bn.mul, b = bn.shift;
+          const Affine f = bn;
           for (int64_t j = 0; j < hw; ++j)
-            dz[j] = activationGrad<Act>(
-                float((double(src[j]) - m) * mul + b), grad[j], alpha);
+            dz[j] = activationGrad<Act>(f(src[j]), grad[j], alpha);
         }
         int64_t j = 0;
+        // xhat in float; its product with dz is exact in double.
         for (; j + 4 <= hw; j += 4)
           for (int l = 0; l < 4; ++l) {
             const double v = dz[j + l];
             sums.a[l] += v;
-            sums.b[l] += v * (double(src[j + l]) - mean) * invStd;
+            sums.b[l] += v * double((src[j + l] - mean) * invStdF);
           }
         for (; j < hw; ++j) {
           const double v = dz[j];
           sums.a[0] += v;
-          sums.b[0] += v * (double(src[j]) - mean) * invStd;
+          sums.b[0] += v * double((src[j] - mean) * invStdF);
         }
       }
       const double sumDz = sums.sumA(), sumDzXhat = sums.sumB();
@@ -368,16 +376,17 @@ void backward(const fcc_bn_act_desc *d, const float *x, const float *dy,
         dshift[ch] = float(sumDz);
       if (dscale)
         dscale[ch] = float(sumDzXhat);
-      // Sweep 2: dz -> dx in place.
-      const double k = double(scale[ch]) * invStd;
-      const double meanDz = sumDz / count, meanDzXhat = sumDzXhat / count;
+      // Sweep 2: dz -> dx in place, in float.
+      const float k = float(double(scale[ch]) * invStd);
+      const float meanDz = float(sumDz / count),
+                  meanDzXhat = float(sumDzXhat / count);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t p = i * c + ch;
         const float *__restrict src = x + p * hw;
         float *__restrict dst = dx + p * hw;
         for (int64_t j = 0; j < hw; ++j) {
-          const double xhat = (double(src[j]) - mean) * invStd;
-          dst[j] = float(k * (double(dst[j]) - meanDz - xhat * meanDzXhat));
+          const float xhat = (src[j] - mean) * invStdF;
+          dst[j] = k * ((dst[j] - meanDz) - xhat * meanDzXhat);
         }
       }
     }

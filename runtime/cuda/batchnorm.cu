@@ -25,11 +25,19 @@
 //    first element, and normalisation with the statistics rounded to float
 //    (what the backward gets, so its recomputed activations and pooling
 //    arg-maxes are bit-identical to the forward's);
-//  - normalisation z = float((double(x) - mean) * mul + shift) with mul =
-//    scale / sqrt(var + eps) (inference) or scale * (1 / sqrt(var + eps))
-//    (training), activations in float;
-//  - backward: dshift = sum dz, dscale = sum dz * xhat in double,
-//    dx = float(scale * invStd * (dz - dshift / M - xhat * dscale / M)).
+//  - per-channel coefficients in double: mul = scale / sqrt(var + eps)
+//    (inference) or scale * (1 / sqrt(var + eps)) (training), invStd =
+//    1 / sqrt(var + eps), k = scale * invStd, mean(dz), mean(dz * xhat);
+//  - unfused: z = float((double(x) - mean) * mul + shift) and
+//    dx = float(k * (dz - mean(dz) - xhat * mean(dz * xhat))), xhat in
+//    double;
+//  - fused: the same formulas in float, with the coefficients rounded to
+//    float (as cuDNN and PyTorch; in double, the conversions to and from
+//    fp64 ran at a quarter of the fp32 rate): z = (x - mean) * mul + shift,
+//    xhat = (x - mean) * invStd, dx = k * ((dz - mean(dz)) - xhat *
+//    mean(dz * xhat));
+//  - backward sums dshift = sum dz, dscale = sum dz * xhat in double;
+//    activations in float.
 // Only the order in which the double sums are added differs from the CPU.
 //
 // The fused backward computes dz (the gradient before the activation, with
@@ -66,7 +74,9 @@ struct Layout {
   uint64_t count = 0; // n * hw elements per channel (< 2^32)
 };
 
-// What the kernels of one call pass from launch to launch per channel.
+// What the kernels of one call pass from launch to launch per channel:
+// computed in double; the unfused kernels use them so, the fused ones
+// rounded to float (f, set by roundCoef).
 struct ChannelCoef {
   double mean;      // subtracted by the normalisation
   double mul;       // scale / std, in the form of the kernel (see above)
@@ -75,7 +85,22 @@ struct ChannelCoef {
   double k;         // backward: scale * invStd
   double meanG;     // backward: sum dz / M
   double meanGXhat; // backward: sum dz * xhat / M
+  struct {
+    float mean, mul, shift, invStd, k, meanG, meanGXhat;
+  } f;
 };
+
+// Sets the float coefficients from the double ones (the fields a launch
+// has not set yet are rounded too, and set again when they are).
+__device__ __forceinline__ void roundCoef(ChannelCoef &c) {
+  c.f.mean = float(c.mean);
+  c.f.mul = float(c.mul);
+  c.f.shift = float(c.shift);
+  c.f.invStd = float(c.invStd);
+  c.f.k = float(c.k);
+  c.f.meanG = float(c.meanG);
+  c.f.meanGXhat = float(c.meanGXhat);
+}
 
 struct Scratch {
   ChannelCoef *coef = nullptr;
@@ -241,8 +266,19 @@ template <class T, class F> void withVectorWidth(int v, F f) {
 // Element functions
 //===----------------------------------------------------------------------===//
 
-__device__ __forceinline__ float normalise(const ChannelCoef &k, float x) {
+// The unfused kernels' normalisation: in double, rounded to float.
+__device__ __forceinline__ float normaliseUnfused(const ChannelCoef &k,
+                                                  float x) {
   return float((double(x) - k.mean) * k.mul + k.shift);
+}
+
+// The fused kernels' (fused.cpp's): in float, coefficients rounded to float.
+__device__ __forceinline__ float normalise(const ChannelCoef &k, float x) {
+  return (x - k.f.mean) * k.f.mul + k.f.shift;
+}
+
+__device__ __forceinline__ float xhatOf(const ChannelCoef &k, float x) {
+  return (x - k.f.mean) * k.f.invStd;
 }
 
 // As fused.cpp's activate / activationGrad.
@@ -330,12 +366,18 @@ __device__ float fusedDz(const T *x, const T *dy, const FusedGeom &g,
   return activationGrad(g.act, z, grad, g.alpha);
 }
 
-// dx of one element from its x and its gradient dz before the BatchNorm:
-// float(k * (dz - mean(dz) - xhat * mean(dz * xhat))).
-__device__ __forceinline__ float bnGradInput(const ChannelCoef &k, float x,
-                                             float dz) {
+// dx of one element from its x and its gradient dz before the BatchNorm,
+// k * (dz - mean(dz) - xhat * mean(dz * xhat)): in double (unfused) ...
+__device__ __forceinline__ float bnGradInputUnfused(const ChannelCoef &k,
+                                                    float x, float dz) {
   const double xhat = (double(x) - k.mean) * k.invStd;
   return float(k.k * (double(dz) - k.meanG - xhat * k.meanGXhat));
+}
+
+// ... and in float (fused).
+__device__ __forceinline__ float bnGradInput(const ChannelCoef &k, float x,
+                                             float dz) {
+  return k.f.k * ((dz - k.f.meanG) - xhatOf(k, x) * k.f.meanGXhat);
 }
 
 // The taps of one pooling window, loaded (row-major): the window's pooled
@@ -483,11 +525,19 @@ bool tiledFused(const FusedGeom &g, int64_t planes) {
 // Reduction operands and finishers
 //===----------------------------------------------------------------------===//
 
-// One element's terms of the backward's sums: (dz, dz * xhat) in double.
+// One element's terms of the backward's sums, (dz, dz * xhat), added in
+// double: xhat in double (unfused) ...
+__device__ __forceinline__ double2 gradTermsUnfused(const ChannelCoef &k,
+                                                    float x, float dz) {
+  const double v = double(dz);
+  return make_double2(v, v * (double(x) - k.mean) * k.invStd);
+}
+
+// ... or in float (fused; the product of two floats is exact in double).
 __device__ __forceinline__ double2 gradTerms(const ChannelCoef &k, float x,
                                              float dz) {
   const double v = double(dz);
-  return make_double2(v, v * (double(x) - k.mean) * k.invStd);
+  return make_double2(v, v * double(xhatOf(k, x)));
 }
 
 template <class T> struct SumOp {
@@ -532,7 +582,8 @@ template <class T> struct BnGradOp {
   int64_t hw;
   const ChannelCoef *coef;
   __device__ double2 operator()(int64_t ch, int64_t p, int64_t j) const {
-    return gradTerms(coef[ch], toFloat(x[p * hw + j]), toFloat(dy[p * hw + j]));
+    return gradTermsUnfused(coef[ch], toFloat(x[p * hw + j]),
+                            toFloat(dy[p * hw + j]));
   }
 };
 
@@ -644,6 +695,7 @@ template <class T> struct ShiftedFin {
     c.invStd = 1.0 / sqrt(double(var) + double(eps));
     c.mul = double(scale[ch]) * c.invStd;
     c.shift = double(shift[ch]);
+    roundCoef(c);
     coef[ch] = c;
   }
 };
@@ -662,6 +714,7 @@ struct GradFin {
     k.k = double(scale[ch]) * k.invStd;
     k.meanG = sumG / count;
     k.meanGXhat = sumGXhat / count;
+    roundCoef(k);
   }
 };
 
@@ -690,6 +743,7 @@ __global__ void coefKernel(const float *scale, const float *shift,
     k.invStd = 1.0 / root;
     k.mul = training ? double(scale[ch]) * k.invStd : double(scale[ch]) / root;
     k.shift = shift ? double(shift[ch]) : 0.0;
+    roundCoef(k);
     coef[ch] = k;
   }
 }
@@ -699,7 +753,7 @@ __global__ void normaliseKernel(const T *x, T *y, int64_t c, int64_t hw,
                                 int64_t total, const ChannelCoef *coef) {
   FCC_GRID_LOOP(e, total) {
     const int64_t ch = modIndex(divIndex(e, hw), c);
-    y[e] = fromFloat<T>(normalise(coef[ch], toFloat(x[e])));
+    y[e] = fromFloat<T>(normaliseUnfused(coef[ch], toFloat(x[e])));
   }
 }
 
@@ -709,7 +763,7 @@ __global__ void bnBackwardKernel(const T *x, const T *dy, T *dx, int64_t c,
                                  const ChannelCoef *coef) {
   FCC_GRID_LOOP(e, total) {
     const ChannelCoef &k = coef[modIndex(divIndex(e, hw), c)];
-    dx[e] = fromFloat<T>(bnGradInput(k, toFloat(x[e]), toFloat(dy[e])));
+    dx[e] = fromFloat<T>(bnGradInputUnfused(k, toFloat(x[e]), toFloat(dy[e])));
   }
 }
 

@@ -230,8 +230,9 @@ TEST_P(BnAct, InferenceMatchesUnfused) {
                            k.mean.data(), k.var.data(),
                            k.residual.empty() ? nullptr : k.residual.data(),
                            got.data());
-  // Same arithmetic: bit-identical.
-  EXPECT_EQ(0, std::memcmp(got.data(), ref.data(), ref.size() * sizeof(float)));
+  // The unfused kernels normalise in double, the fused ones in float with
+  // float coefficients (fused.cpp): a few float roundings apart.
+  EXPECT_TRUE(closeToScale(got, ref, 1e-6));
 }
 
 TEST_P(BnAct, BackwardMatchesUnfused) {
