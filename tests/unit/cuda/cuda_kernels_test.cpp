@@ -223,14 +223,19 @@ TEST_F(Cuda, CastRoundsLikeTheCpu) {
   for (float x : randomFloats(rng, 4000, -1e-4f, 1e-4f))
     v.push_back(x);
   const int64_t n = int64_t(v.size());
-  for (int to : {FCC_DTYPE_F16, FCC_DTYPE_BF16}) {
-    auto x = upload(v);
-    Buffer half(n * 2), back(n * 4);
-    fcc_cuda_cast(x->get(), FCC_DTYPE_F32, half.get(), to, n);
-    fcc_cuda_cast(half.get(), to, back.get(), FCC_DTYPE_F32, n);
-    EXPECT_TRUE(near(download(back.get(), n), rounded(v, to), 0.0))
-        << typeName(to);
-  }
+  ASSERT_NE(n % 4, 0);
+  // n elements one per thread; n rounded down to a multiple of 4, four
+  // per thread (16-byte vectors of floats).
+  for (int64_t count : {n, n / 4 * 4})
+    for (int to : {FCC_DTYPE_F16, FCC_DTYPE_BF16}) {
+      const Floats w(v.begin(), v.begin() + count);
+      auto x = upload(w);
+      Buffer half(count * 2), back(count * 4);
+      fcc_cuda_cast(x->get(), FCC_DTYPE_F32, half.get(), to, count);
+      fcc_cuda_cast(half.get(), to, back.get(), FCC_DTYPE_F32, count);
+      EXPECT_TRUE(near(download(back.get(), count), rounded(w, to), 0.0))
+          << typeName(to) << " " << count;
+    }
   // Half to half: through fp32, rounding once more.
   auto x = upload(v);
   Buffer f16(n * 2), bf16(n * 2);
@@ -885,7 +890,7 @@ TEST_F(Cuda, FusedBatchNormActivation) {
 // The NHWC kernels: every configuration whose pooling NHWC takes (none, or
 // windows that tile), with 37 channels (more than one block of 32 channel
 // lanes, not a multiple: one channel per thread) and 48 (whole 16-byte
-// vectors of channels, 8 halves or 4 floats, per thread; 2x2 windows too).
+// vectors of channels, 8 halves or 4 floats, per thread without pooling).
 TEST_F(Cuda, FusedBatchNormActivationNhwc) {
   struct Config {
     const char *name;
