@@ -180,9 +180,6 @@ __global__ void __launch_bounds__(kThreads)
   uint64_t e = uint64_t(blockIdx.x) * kThreads + threadIdx.x;
   uint32_t i = uint32_t(e) / l.hw32, j = uint32_t(e) - i * l.hw32;
   double a = 0.0, b = 0.0;
-  // Unrolled so that several iterations' loads are in flight at once (the
-  // sums still add in iteration order).
-#pragma unroll 4
   for (; e < l.count; e += stride) { // l.count < 2^32 by prepare()
     const double2 v = op(ch, int64_t(i) * l.c + ch, int64_t(j));
     a += v.x;
@@ -252,12 +249,14 @@ int vectorWidth(int64_t run, std::initializer_list<const void *> buffers,
   return 1;
 }
 
-// Calls f(std::integral_constant<int, V>()) for a width of vectorWidth.
-template <class T, class F> void withVectorWidth(int v, F f) {
+// Calls f(std::integral_constant<int, V>()) for a width of vectorWidth
+// (Pairs: as vectorWidth's `pairs`; without, no kernels for pairs are
+// instantiated).
+template <class T, bool Pairs, class F> void withVectorWidth(int v, F f) {
   if (v == kVec16<T>)
     f(std::integral_constant<int, kVec16<T>>());
-  else if (v == 2)
-    f(std::integral_constant<int, 2>());
+  else if (Pairs && v == 2)
+    f(std::integral_constant<int, Pairs ? 2 : 1>());
   else
     f(std::integral_constant<int, 1>());
 }
@@ -1189,7 +1188,7 @@ void launchFusedForward(const T *x, const T *residual, T *y,
                 x, residual, y, g, int(c), int(total), coef);
       });
   } else if (g.kh == 0) {
-    withVectorWidth<T>(
+    withVectorWidth<T, true>(
         vectorWidth<T>(g.h * g.w, {x, y, residual}, true), [&](auto width) {
           constexpr int V = decltype(width)::value;
           fusedForwardVecKernel<T, V>
@@ -1207,9 +1206,10 @@ void launchFusedForward(const T *x, const T *residual, T *y,
 //===----------------------------------------------------------------------===//
 //
 // An NHWC tensor is a matrix of rows (n, h, w) by c channels. A thread takes
-// V neighbouring channels at a time (a 16-byte vector when c is a multiple
-// of it and the buffers are aligned, else V = 1): of one row, or of one
-// tiled pooling window (V = 1 for windows of other sizes than 2x2). The
+// V neighbouring channels of one row at a time (a 16-byte vector when c is
+// a multiple of it and the buffers are aligned, else V = 1), or one channel
+// of one tiled pooling window (nhwcWidth; the window kernels are written
+// for V channels but instantiated for one). The
 // per-channel reduction gives each block 32 neighbouring channels (32 / V
 // channel lanes) and 8 V row lanes, which the block adds in a fixed order;
 // in the sweeps neighbouring threads take neighbouring channel vectors.
@@ -1222,10 +1222,14 @@ namespace {
 constexpr int kNhwcChannels = 32; // channels per block of the reduction
 
 // The channel vector width of the NHWC kernels (FCC_CUDA_SCALAR=1: 1).
+// Pooling windows take one channel per thread: with 16-byte vectors the
+// window kernels (taps x channels x activation, all unrolled) doubled the
+// runtime's code size, and no trained model needs them (resnet9-bot pools
+// before its BatchNorms; resnet9 pools in them but runs NCHW by default).
 template <class T>
 int nhwcWidth(const FusedGeom &g, int64_t c,
               std::initializer_list<const void *> buffers) {
-  if (g.kh != 0 && !(g.kh == 2 && g.kw == 2))
+  if (g.kh != 0)
     return 1;
   return vectorWidth<T>(c, buffers, false);
 }
@@ -1246,7 +1250,6 @@ __global__ void __launch_bounds__(kThreads)
   for (int h = 0; h < V; ++h)
     a[h] = b[h] = 0.0;
   if (ch0 < c) // c is a multiple of V: the whole vector is in range
-#pragma unroll 4
     for (int64_t r = int64_t(blockIdx.x) * kRowLanes + rowLane; r < items;
          r += int64_t(segments) * kRowLanes)
       op(ch0, r, a, b);
@@ -1536,14 +1539,14 @@ bool nhwcGeom(const fcc_bn_act_desc *d, const FusedGeom &g, const char *fn) {
 // V>()) with the window size of withWindowSize (-1 without pooling) and the
 // channel vector width v of nhwcWidth.
 template <class T, class F> void withNhwcKernel(const FusedGeom &g, int v, F f) {
-  withVectorWidth<T>(v, [&](auto width) {
+  withVectorWidth<T, false>(v, [&](auto width) {
     constexpr int V = decltype(width)::value;
     if (g.kh == 0)
       f(std::integral_constant<int, -1>(), width);
     else
       withWindowSize(g, [&](auto size) {
         constexpr int K = decltype(size)::value;
-        if constexpr (K > 0 || V == 1)
+        if constexpr (V == 1)
           f(size, width);
       });
   });
@@ -1687,7 +1690,7 @@ extern "C" void fcc_cuda_bn_act_train_forward(const fcc_bn_act_desc *d,
   FCC_CUDA_DISPATCH(dtype, fn, [&] {
     const T *xt = static_cast<const T *>(x);
     bool ok = false;
-    withVectorWidth<T>(vectorWidth<T>(hw, {xt}, false), [&](auto width) {
+    withVectorWidth<T, false>(vectorWidth<T>(hw, {xt}, false), [&](auto width) {
       constexpr int V = decltype(width)::value;
       ok = prepare(fn, d->n, d->c, hw / V, l, s) &&
            channelReduce(fn, l, s, ShiftedSumsOp<T, V>{xt, hw},
@@ -1807,7 +1810,7 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
     // The reduction reads x and dy (16-byte vectors or elements), the sweep
     // also writes dx (16-byte vectors, pairs or elements).
     bool ok = false;
-    withVectorWidth<T>(vectorWidth<T>(hw, {xt, dyt}, false), [&](auto width) {
+    withVectorWidth<T, false>(vectorWidth<T>(hw, {xt, dyt}, false), [&](auto width) {
       constexpr int V = decltype(width)::value;
       ok = start(hw / V) &&
            channelReduce(fn, l, s, FusedGradVecOp<T, V>{xt, dyt, g, s.coef},
@@ -1815,7 +1818,7 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
     });
     if (!ok)
       return;
-    withVectorWidth<T>(vectorWidth<T>(hw, {xt, dyt, dxt}, true), [&](auto width) {
+    withVectorWidth<T, true>(vectorWidth<T>(hw, {xt, dyt, dxt}, true), [&](auto width) {
       constexpr int V = decltype(width)::value;
       fusedBackwardVecKernel<T, V>
           <<<blocksFor(total / V), kThreads, 0, stream()>>>(
