@@ -277,7 +277,15 @@ const Model kModels[] = {
      kResnet9Pools, std::size(kResnet9Pools)},
 };
 
-// Runs f(name) with the environment of one kernel variant: FCC_CUDA_SCALAR
+// One kernel variant of a table row: activations' layout, and the
+// environment (FCC_CUDA_SCALAR=1, FCC_BN_GENERAL=1) its kernels run under.
+struct KernelVariant {
+  const char *name;
+  int layout;
+  bool scalar, general;
+};
+
+// Runs f() with the environment of one kernel variant: FCC_CUDA_SCALAR
 // and FCC_BN_GENERAL set to 1 or unset as asked; both unset afterwards.
 template <class F> void withEnv(bool scalar, bool general, F f) {
   auto set = [](const char *name, bool on) {
@@ -311,12 +319,7 @@ void benchBn(const Options &o, const Model &m, double peakBytes) {
   // default kernels (16-byte vectors, groups of pooling windows), the same
   // with FCC_CUDA_SCALAR=1 (pairs, one window per thread), and for pooled
   // layers FCC_BN_GENERAL=1 (per element); NCHW and NHWC.
-  struct Variant {
-    const char *name;
-    int layout;
-    bool scalar, general;
-  };
-  static const Variant kVariants[] = {
+  static const KernelVariant kVariants[] = {
       {"NCHW", FCC_LAYOUT_NCHW, false, false},
       {"NCHW scalar", FCC_LAYOUT_NCHW, true, false},
       {"NCHW per element", FCC_LAYOUT_NCHW, true, true},
@@ -350,7 +353,7 @@ void benchBn(const Options &o, const Model &m, double peakBytes) {
     const double fwdBytes = 2.0 * double(in + out + (res ? out : 0));
     const double bwdBytes = 2.0 * double(2 * in + out);
     for (size_t vi = 0; vi < kCount; ++vi) {
-      const Variant &v = kVariants[vi];
+      const KernelVariant &v = kVariants[vi];
       if (v.general && !l.pool)
         continue; // no per-element kernels without pooling
       d.layout = v.layout;
@@ -394,15 +397,11 @@ void benchPool(const Options &o, const Model &m, double peakBytes) {
               "of peak | backward ms | GB/s | of peak |\n");
   std::printf("|---|---|---|---|---:|---:|---:|---:|---:|---:|\n");
   std::mt19937 rng(2);
-  struct Variant {
-    const char *name;
-    int layout;
-    bool scalar;
-  };
-  static const Variant kVariants[] = {{"NCHW", FCC_LAYOUT_NCHW, false},
-                                      {"NCHW scalar", FCC_LAYOUT_NCHW, true},
-                                      {"NHWC", FCC_LAYOUT_NHWC, false},
-                                      {"NHWC scalar", FCC_LAYOUT_NHWC, true}};
+  static const KernelVariant kVariants[] = {
+      {"NCHW", FCC_LAYOUT_NCHW, false, false},
+      {"NCHW scalar", FCC_LAYOUT_NCHW, true, false},
+      {"NHWC", FCC_LAYOUT_NHWC, false, false},
+      {"NHWC scalar", FCC_LAYOUT_NHWC, true, false}};
   constexpr size_t kCount = std::size(kVariants);
   double total[kCount] = {};
   for (size_t li = 0; li < m.poolCount; ++li) {
@@ -421,10 +420,10 @@ void benchPool(const Options &o, const Model &m, double peakBytes) {
     const double fwdBytes = 2.0 * double(in + out);
     const double bwdBytes = 2.0 * double(2 * in + out);
     for (size_t vi = 0; vi < kCount; ++vi) {
-      const Variant &v = kVariants[vi];
+      const KernelVariant &v = kVariants[vi];
       d.layout = v.layout;
       double f = 0.0, b = 0.0;
-      withEnv(v.scalar, false, [&] {
+      withEnv(v.scalar, v.general, [&] {
         f = timeMs(o.iters, [&] {
           fcc_cuda_max_pool2d_forward(&d, x, y, FCC_DTYPE_F16);
         });

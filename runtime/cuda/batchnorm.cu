@@ -801,6 +801,25 @@ __global__ void fusedForwardKernel(const T *x, const T *residual, T *y,
   }
 }
 
+// The forward kernels' last step for output vector q: y = value(h) (+ the
+// residual, read before y is written: it may be y).
+template <int V, class T, class F>
+__device__ __forceinline__ void storeForward(T *y, const T *residual,
+                                             int64_t q, F value) {
+  Vec<T, V> res{};
+  if (residual)
+    res = loadVec<V>(residual, q);
+  Vec<T, V> out;
+#pragma unroll
+  for (int h = 0; h < V; ++h) {
+    float v = value(h);
+    if (residual)
+      v = v + toFloat(res.v[h]);
+    out.v[h] = fromFloat<T>(v);
+  }
+  storeVec<V>(y, q, out);
+}
+
 template <class T, int V>
 __global__ void fusedForwardVecKernel(const T *x, const T *residual, T *y,
                                       FusedGeom g, int64_t c, int64_t vectors,
@@ -809,18 +828,9 @@ __global__ void fusedForwardVecKernel(const T *x, const T *residual, T *y,
   FCC_GRID_LOOP(q, vectors) {
     const ChannelCoef k = coef[modIndex(divIndex(q, planeVectors), c)];
     const Vec<T, V> in = loadVec<V>(x, q);
-    Vec<T, V> res{};
-    if (residual)
-      res = loadVec<V>(residual, q);
-    Vec<T, V> out;
-#pragma unroll
-    for (int h = 0; h < V; ++h) {
-      float v = activate(g.act, normalise(k, toFloat(in.v[h])), g.alpha);
-      if (residual)
-        v = v + toFloat(res.v[h]);
-      out.v[h] = fromFloat<T>(v);
-    }
-    storeVec<V>(y, q, out);
+    storeForward<V>(y, residual, q, [&](int h) {
+      return activate(g.act, normalise(k, toFloat(in.v[h])), g.alpha);
+    });
   }
 }
 
@@ -903,20 +913,11 @@ __global__ void tiledGroupForwardKernel(const T *x, const T *residual, T *y,
        o += blockDim.x * gridDim.x) {
     const ChannelCoef k = coef[(o / (oh * owg)) % c];
     const WindowGroup<T, G> in(x, tiledWindowBase(o, oh, owg, 2, 2 * G), w);
-    Vec<T, G> res{};
-    if (residual)
-      res = loadVec<G>(residual, o);
-    Vec<T, G> out;
-#pragma unroll
-    for (int i = 0; i < G; ++i) {
+    storeForward<G>(y, residual, o, [&](int i) {
       float xs[4];
       in.taps(i, xs);
-      float v = pooledTaps(xs, g, k);
-      if (residual)
-        v = v + toFloat(res.v[i]);
-      out.v[i] = fromFloat<T>(v);
-    }
-    storeVec<G>(y, o, out);
+      return pooledTaps(xs, g, k);
+    });
   }
 }
 
@@ -1416,19 +1417,10 @@ __global__ void nhwcForwardKernel(const T *x, const T *residual, T *y,
   FCC_GRID_LOOP(q, vectors) {
     const int64_t ch0 = modIndex(q * V, c);
     const Vec<T, V> in = loadVec<V>(x, q);
-    Vec<T, V> res{};
-    if (residual)
-      res = loadVec<V>(residual, q);
-    Vec<T, V> out;
-#pragma unroll
-    for (int h = 0; h < V; ++h) {
-      float v = activate(g.act, normalise(coef[ch0 + h], toFloat(in.v[h])),
-                         g.alpha);
-      if (residual)
-        v = v + toFloat(res.v[h]);
-      out.v[h] = fromFloat<T>(v);
-    }
-    storeVec<V>(y, q, out);
+    storeForward<V>(y, residual, q, [&](int h) {
+      return activate(g.act, normalise(coef[ch0 + h], toFloat(in.v[h])),
+                      g.alpha);
+    });
   }
 }
 
@@ -1441,28 +1433,18 @@ __global__ void nhwcTiledForwardKernel(const T *x, const T *residual, T *y,
   FCC_GRID_LOOP(q, vectors) {
     const int64_t win = divIndex(q * V, c), ch0 = q * V - win * c;
     const int64_t base = nhwcWindowBase(g, c, win, ch0);
-    Vec<T, V> res{};
-    if (residual)
-      res = loadVec<V>(residual, q);
-    Vec<T, V> out;
     if constexpr (K > 0) {
       const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
-#pragma unroll
-      for (int h = 0; h < V; ++h) {
+      storeForward<V>(y, residual, q, [&](int h) {
         float xs[K * K];
         taps.channel(h, xs);
-        float v = pooledTaps(xs, g, coef[ch0 + h]);
-        if (residual)
-          v = v + toFloat(res.v[h]);
-        out.v[h] = fromFloat<T>(v);
-      }
+        return pooledTaps(xs, g, coef[ch0 + h]);
+      });
     } else {
-      float v = tiledPooled<0>(x, base, g.w * c, c, g, coef[ch0]);
-      if (residual)
-        v = v + toFloat(res.v[0]);
-      out.v[0] = fromFloat<T>(v);
+      storeForward<1>(y, residual, q, [&](int) {
+        return tiledPooled<0>(x, base, g.w * c, c, g, coef[ch0]);
+      });
     }
-    storeVec<V>(y, q, out);
   }
 }
 
