@@ -235,20 +235,6 @@ bool channelReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
 // takes V/2 neighbouring windows (a WindowGroup). Each element's arithmetic
 // is the scalar kernels'.
 
-// The widest vector (16 bytes, then a pair if `pairs`, else one element)
-// that divides `run` (a plane: a vector must not straddle two channels) and
-// to which every buffer (null ones ignored) is aligned.
-template <class T>
-int vectorWidth(int64_t run, std::initializer_list<const void *> buffers,
-                bool pairs) {
-  if (vectorsEnabled() && run % kVec16<T> == 0 &&
-      aligned(buffers, 16))
-    return kVec16<T>;
-  if (pairs && run % 2 == 0 && aligned(buffers, 2 * sizeof(T)))
-    return 2;
-  return 1;
-}
-
 // Calls f(std::integral_constant<int, V>()) for a width of vectorWidth
 // (Pairs: as vectorWidth's `pairs`; without, no kernels for pairs are
 // instantiated).
@@ -514,10 +500,7 @@ bool poolTiles(const FusedGeom &g) {
 // (fcc-kernel-bench); it is read at each call, i.e. when a CUDA graph is
 // captured, not when it replays.
 bool tiledFused(const FusedGeom &g, int64_t planes) {
-  const char *general = std::getenv("FCC_BN_GENERAL");
-  if (general && std::strcmp(general, "1") == 0)
-    return false;
-  return poolTiles(g) && planes * g.h * g.w < (int64_t(1) << 31);
+  return !envFlag("FCC_BN_GENERAL") && poolTiles(g) && planes * g.h * g.w < (int64_t(1) << 31);
 }
 
 //===----------------------------------------------------------------------===//
@@ -903,7 +886,7 @@ __global__ void tiledFusedBackwardKernel(const T *x, const T *dy, T *dx,
 }
 
 // 2x2 tiled pooling with G neighbouring windows per thread (WindowGroup):
-// group o's first output is o * G. Used when windowGroup allows it.
+// group o's first output is o * G. Used when windowGroupFor allows it.
 template <class T, int G>
 __global__ void tiledGroupForwardKernel(const T *x, const T *residual, T *y,
                                         FusedGeom g, int c, int groups,
@@ -980,17 +963,6 @@ template <class T, int G> struct TiledGroupGradOp {
   }
 };
 
-// Windows per thread for tiledFused pooling: kVec16 / 2 (a group) when the
-// pool is 2x2, a row holds whole groups and the input-shaped buffers are
-// 16-byte and the output-shaped ones group aligned; else 1.
-template <class T>
-int windowGroup(const FusedGeom &g, std::initializer_list<const void *> in,
-                std::initializer_list<const void *> out) {
-  constexpr int G = kVec16<T> / 2;
-  if (!vectorsEnabled() || g.kh != 2 || g.kw != 2 || g.ow % G != 0)
-    return 1;
-  return aligned(in, 16) && aligned(out, G * sizeof(T)) ? G : 1;
-}
 
 __global__ void updateRunningKernel(float *runningMean, float *runningVar,
                                     const float *batchMean,
@@ -1177,7 +1149,7 @@ void launchFusedForward(const T *x, const T *residual, T *y,
                         const ChannelCoef *coef) {
   if (tiledFused(g, total / (g.oh * g.ow))) {
     constexpr int kG = kVec16<T> / 2;
-    if (windowGroup<T>(g, {x}, {y, residual}) == kG)
+    if (windowGroupFor<T>(g.kh, g.kw, g.ow, {x}, {y, residual}) == kG)
       tiledGroupForwardKernel<T, kG>
           <<<blocksFor(total / kG), kThreads, 0, stream()>>>(
               x, residual, y, g, int(c), int(total / kG), coef);
@@ -1209,8 +1181,7 @@ void launchFusedForward(const T *x, const T *residual, T *y,
 // An NHWC tensor is a matrix of rows (n, h, w) by c channels. A thread takes
 // V neighbouring channels of one row at a time (a 16-byte vector when c is
 // a multiple of it and the buffers are aligned, else V = 1), or one channel
-// of one tiled pooling window (nhwcWidth; the window kernels are written
-// for V channels but instantiated for one). The
+// of one tiled pooling window (withNhwcKernel). The
 // per-channel reduction gives each block 32 neighbouring channels (32 / V
 // channel lanes) and 8 V row lanes, which the block adds in a fixed order;
 // in the sweeps neighbouring threads take neighbouring channel vectors.
@@ -1221,19 +1192,6 @@ void launchFusedForward(const T *x, const T *residual, T *y,
 namespace {
 
 constexpr int kNhwcChannels = 32; // channels per block of the reduction
-
-// The channel vector width of the NHWC kernels (FCC_CUDA_SCALAR=1: 1).
-// Pooling windows take one channel per thread: with 16-byte vectors the
-// window kernels (taps x channels x activation, all unrolled) doubled the
-// runtime's code size, and no trained model needs them (resnet9-bot pools
-// before its BatchNorms; resnet9 pools in them but runs NCHW by default).
-template <class T>
-int nhwcWidth(const FusedGeom &g, int64_t c,
-              std::initializer_list<const void *> buffers) {
-  if (g.kh != 0)
-    return 1;
-  return vectorWidth<T>(c, buffers, false);
-}
 
 // Partial sums over items (rows or pooling windows) of V neighbouring
 // channels ch0 .. ch0 + V - 1: op(ch0, item, a, b) adds channel ch0 + h's
@@ -1314,23 +1272,6 @@ __device__ __forceinline__ int64_t nhwcWindowBase(const FusedGeom &g,
   return ((n * g.h + oh * g.kh) * g.w + ow * g.kw) * c + ch;
 }
 
-// The K x K taps of a tiled window (first tap at `base`), V channels each.
-template <class T, int K, int V> struct NhwcWindowTaps {
-  Vec<T, V> tap[K * K];
-  __device__ __forceinline__ NhwcWindowTaps(const T *x, int64_t base,
-                                            const FusedGeom &g, int64_t c) {
-#pragma unroll
-    for (int t = 0; t < K * K; ++t)
-      tap[t] = loadVec<V>(x + base + ((t / K) * g.w + t % K) * c, 0);
-  }
-  // Channel h's taps in row-major order.
-  __device__ __forceinline__ void channel(int h, float (&xs)[K * K]) const {
-#pragma unroll
-    for (int t = 0; t < K * K; ++t)
-      xs[t] = toFloat(tap[t].v[h]);
-  }
-};
-
 // Sums of x - K, (x - K)^2 over rows, K = x[ch] (row 0: ShiftedSumsOp's
 // first element of the channel).
 template <class T, int V> struct NhwcShiftedSumsOp {
@@ -1372,41 +1313,21 @@ template <class T, int V> struct NhwcGradOp {
   }
 };
 
-// TiledFusedGradOp per window: K x K windows with V channels, other sizes
-// (K = 0) one channel.
-template <class T, int K, int V> struct NhwcTiledGradOp {
-  static_assert(K > 0 || V == 1, "windows of run-time size take one channel");
+// TiledFusedGradOp per window, one channel (NhwcReduce with V = 1).
+template <class T, int K> struct NhwcTiledGradOp {
   const T *x, *dy;
   FusedGeom g;
   int64_t c;
   const ChannelCoef *coef;
-  __device__ void operator()(int64_t ch0, int64_t win, double (&a)[V],
-                             double (&b)[V]) const {
-    const int64_t base = nhwcWindowBase(g, c, win, ch0);
-    if constexpr (K > 0) {
-      const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
-      const Vec<T, V> gy = loadVec<V>(dy + win * c + ch0, 0);
-#pragma unroll
-      for (int h = 0; h < V; ++h) {
-        const ChannelCoef k = coef[ch0 + h];
-        float xs[K * K];
-        taps.channel(h, xs);
-        windowTapGrads(xs, 0.0f + toFloat(gy.v[h]), g, k,
-                       [&](int, float xv, float dz) {
-                         const double2 t = gradTerms(k, xv, dz);
-                         a[h] += t.x;
-                         b[h] += t.y;
-                       });
-      }
-    } else {
-      const ChannelCoef &k = coef[ch0];
-      tiledFusedWindow<0>(x, dy, g, k, base, g.w * c, c, win * c + ch0,
-                          [&](int64_t, float xv, float dz) {
-                            const double2 t = gradTerms(k, xv, dz);
-                            a[0] += t.x;
-                            b[0] += t.y;
-                          });
-    }
+  __device__ void operator()(int64_t ch, int64_t win, double (&a)[1],
+                             double (&b)[1]) const {
+    const ChannelCoef &k = coef[ch];
+    tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
+                        c, win * c + ch, [&](int64_t, float xv, float dz) {
+                          const double2 t = gradTerms(k, xv, dz);
+                          a[0] += t.x;
+                          b[0] += t.y;
+                        });
   }
 };
 
@@ -1424,27 +1345,17 @@ __global__ void nhwcForwardKernel(const T *x, const T *residual, T *y,
   }
 }
 
-// One thread per V output elements (a window's V channels).
-template <class T, int K, int V>
+// One thread per output element (window, channel).
+template <class T, int K>
 __global__ void nhwcTiledForwardKernel(const T *x, const T *residual, T *y,
-                                       FusedGeom g, int64_t c, int64_t vectors,
+                                       FusedGeom g, int64_t c, int64_t total,
                                        const ChannelCoef *coef) {
-  static_assert(K > 0 || V == 1, "windows of run-time size take one channel");
-  FCC_GRID_LOOP(q, vectors) {
-    const int64_t win = divIndex(q * V, c), ch0 = q * V - win * c;
-    const int64_t base = nhwcWindowBase(g, c, win, ch0);
-    if constexpr (K > 0) {
-      const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
-      storeForward<V>(y, residual, q, [&](int h) {
-        float xs[K * K];
-        taps.channel(h, xs);
-        return pooledTaps(xs, g, coef[ch0 + h]);
-      });
-    } else {
-      storeForward<1>(y, residual, q, [&](int) {
-        return tiledPooled<0>(x, base, g.w * c, c, g, coef[ch0]);
-      });
-    }
+  FCC_GRID_LOOP(o, total) {
+    const int64_t win = divIndex(o, c), ch = o - win * c;
+    storeForward<1>(y, residual, o, [&](int) {
+      return tiledPooled<K>(x, nhwcWindowBase(g, c, win, ch), g.w * c, c, g,
+                            coef[ch]);
+    });
   }
 }
 
@@ -1468,39 +1379,17 @@ __global__ void nhwcBackwardKernel(const T *x, const T *dy, T *dx,
   }
 }
 
-template <class T, int K, int V>
+template <class T, int K>
 __global__ void nhwcTiledBackwardKernel(const T *x, const T *dy, T *dx,
                                         FusedGeom g, int64_t c,
-                                        int64_t vectors,
-                                        const ChannelCoef *coef) {
-  static_assert(K > 0 || V == 1, "windows of run-time size take one channel");
-  FCC_GRID_LOOP(q, vectors) {
-    const int64_t win = divIndex(q * V, c), ch0 = q * V - win * c;
-    const int64_t base = nhwcWindowBase(g, c, win, ch0);
-    if constexpr (K > 0) {
-      const NhwcWindowTaps<T, K, V> taps(x, base, g, c);
-      const Vec<T, V> gy = loadVec<V>(dy, q);
-      Vec<T, V> out[K * K];
-#pragma unroll
-      for (int h = 0; h < V; ++h) {
-        const ChannelCoef k = coef[ch0 + h];
-        float xs[K * K];
-        taps.channel(h, xs);
-        windowTapGrads(xs, 0.0f + toFloat(gy.v[h]), g, k,
-                       [&](int t, float xv, float dz) {
-                         out[t].v[h] = fromFloat<T>(bnGradInput(k, xv, dz));
-                       });
-      }
-#pragma unroll
-      for (int t = 0; t < K * K; ++t)
-        storeVec<V>(dx + base + ((t / K) * g.w + t % K) * c, 0, out[t]);
-    } else {
-      const ChannelCoef &k = coef[ch0];
-      tiledFusedWindow<0>(x, dy, g, k, base, g.w * c, c, q,
-                          [&](int64_t e, float xv, float dz) {
-                            dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
-                          });
-    }
+                                        int64_t total, const ChannelCoef *coef) {
+  FCC_GRID_LOOP(o, total) {
+    const int64_t win = divIndex(o, c), ch = o - win * c;
+    const ChannelCoef &k = coef[ch];
+    tiledFusedWindow<K>(x, dy, g, k, nhwcWindowBase(g, c, win, ch), g.w * c,
+                        c, o, [&](int64_t e, float xv, float dz) {
+                          dx[e] = fromFloat<T>(bnGradInput(k, xv, dz));
+                        });
   }
 }
 
@@ -1518,20 +1407,20 @@ bool nhwcGeom(const fcc_bn_act_desc *d, const FusedGeom &g, const char *fn) {
 }
 
 // Calls f(std::integral_constant<int, K>(), std::integral_constant<int,
-// V>()) with the window size of withWindowSize (-1 without pooling) and the
-// channel vector width v of nhwcWidth.
+// V>()): without pooling K = -1 and V the channel vector width v
+// (vectorWidth over the channels); with pooling the window size of
+// withWindowSize and one channel per thread (V = 1: with channel vectors
+// the window kernels, taps x channels x activation all unrolled, doubled
+// the runtime's code size, and no trained model needs them: resnet9-bot
+// pools before its BatchNorms, resnet9 runs NCHW by default).
 template <class T, class F> void withNhwcKernel(const FusedGeom &g, int v, F f) {
-  withVectorWidth<T, false>(v, [&](auto width) {
-    constexpr int V = decltype(width)::value;
-    if (g.kh == 0)
-      f(std::integral_constant<int, -1>(), width);
-    else
-      withWindowSize(g, [&](auto size) {
-        constexpr int K = decltype(size)::value;
-        if constexpr (V == 1)
-          f(size, width);
-      });
-  });
+  if (g.kh == 0)
+    withVectorWidth<T, false>(
+        v, [&](auto width) { f(std::integral_constant<int, -1>(), width); });
+  else
+    withWindowSize(g, [&](auto size) {
+      f(size, std::integral_constant<int, 1>());
+    });
 }
 
 template <class T, int K, int V>
@@ -1541,9 +1430,9 @@ void nhwcForward(const T *x, const T *residual, T *y, const FusedGeom &g,
     nhwcForwardKernel<T, V><<<blocksFor(total / V), kThreads, 0, stream()>>>(
         x, residual, y, g, c, total / V, coef);
   else
-    nhwcTiledForwardKernel<T, K, V>
-        <<<blocksFor(total / V), kThreads, 0, stream()>>>(x, residual, y, g,
-                                                          c, total / V, coef);
+    nhwcTiledForwardKernel<T, K>
+        <<<blocksFor(total), kThreads, 0, stream()>>>(x, residual, y, g, c,
+                                                      total, coef);
 }
 
 void nhwcTrainForward(const fcc_bn_act_desc *d, const FusedGeom &g,
@@ -1558,7 +1447,7 @@ void nhwcTrainForward(const fcc_bn_act_desc *d, const FusedGeom &g,
     const T *xt = static_cast<const T *>(x);
     const T *rt = static_cast<const T *>(residual);
     T *yt = static_cast<T *>(y);
-    withNhwcKernel<T>(g, nhwcWidth<T>(g, d->c, {xt, rt, yt}), [&](auto size,
+    withNhwcKernel<T>(g, vectorWidth<T>(d->c, {xt, rt, yt}, false), [&](auto size,
                                                                  auto width) {
       constexpr int K = decltype(size)::value, V = decltype(width)::value;
       Layout l;
@@ -1591,7 +1480,7 @@ void nhwcInference(const fcc_bn_act_desc *d, const FusedGeom &g,
     const T *xt = static_cast<const T *>(x);
     const T *rt = static_cast<const T *>(residual);
     T *yt = static_cast<T *>(y);
-    withNhwcKernel<T>(g, nhwcWidth<T>(g, d->c, {xt, rt, yt}), [&](auto size,
+    withNhwcKernel<T>(g, vectorWidth<T>(d->c, {xt, rt, yt}, false), [&](auto size,
                                                                  auto width) {
       constexpr int K = decltype(size)::value, V = decltype(width)::value;
       nhwcForward<T, K, V>(xt, rt, yt, g, d->c, total, s.coef);
@@ -1611,7 +1500,7 @@ void nhwcBackward(const fcc_bn_act_desc *d, const FusedGeom &g, const void *x,
     const T *xt = static_cast<const T *>(x);
     const T *dyt = static_cast<const T *>(dy);
     T *dxt = static_cast<T *>(dx);
-    withNhwcKernel<T>(g, nhwcWidth<T>(g, d->c, {xt, dyt, dxt}), [&](auto size,
+    withNhwcKernel<T>(g, vectorWidth<T>(d->c, {xt, dyt, dxt}, false), [&](auto size,
                                                                    auto width) {
       constexpr int K = decltype(size)::value, V = decltype(width)::value;
       Layout l;
@@ -1632,13 +1521,13 @@ void nhwcBackward(const fcc_bn_act_desc *d, const FusedGeom &g, const void *x,
             xt, dyt, dxt, g, d->c, vectors, s.coef);
       } else {
         if (!nhwcReduce<V>(fn, l, s,
-                           NhwcTiledGradOp<T, K, V>{xt, dyt, g, d->c, s.coef},
+                           NhwcTiledGradOp<T, K>{xt, dyt, g, d->c, s.coef},
                            fin))
           return;
-        const int64_t vectors = d->n * d->c * g.oh * g.ow / V;
-        nhwcTiledBackwardKernel<T, K, V>
-            <<<blocksFor(vectors), kThreads, 0, stream()>>>(
-                xt, dyt, dxt, g, d->c, vectors, s.coef);
+        const int64_t windows = d->n * d->c * g.oh * g.ow;
+        nhwcTiledBackwardKernel<T, K>
+            <<<blocksFor(windows), kThreads, 0, stream()>>>(
+                xt, dyt, dxt, g, d->c, windows, s.coef);
       }
       checkLaunch(fn);
     });
@@ -1755,7 +1644,7 @@ extern "C" void fcc_cuda_bn_act_backward(const fcc_bn_act_desc *d,
     T *dxt = static_cast<T *>(dx);
     if (tiled) {
       const int64_t windows = d->n * d->c * g.oh * g.ow;
-      if (const int G = windowGroup<T>(g, {xt, dxt}, {dyt}); G > 1) {
+      if (const int G = windowGroupFor<T>(g.kh, g.kw, g.ow, {xt, dxt}, {dyt}); G > 1) {
         constexpr int kG = kVec16<T> / 2;
         if (!start(g.oh * g.ow / G) ||
             !channelReduce(fn, l, s, TiledGroupGradOp<T, kG>{xt, dyt, g, s.coef},

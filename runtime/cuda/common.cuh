@@ -129,13 +129,30 @@ inline bool aligned(std::initializer_list<const void *> buffers, size_t bytes) {
   return true;
 }
 
-// FCC_CUDA_SCALAR=1 in the environment turns the 16-byte vectors off (the
-// kernels before them: one element, pair or pooling window per thread),
-// for side-by-side measurements (fcc-kernel-bench); read at each call,
-// i.e. when a CUDA graph is captured, not when it replays.
-inline bool vectorsEnabled() {
-  const char *v = std::getenv("FCC_CUDA_SCALAR");
-  return !(v && std::strcmp(v, "1") == 0);
+// Whether the environment variable `name` is "1": the kernels' switches
+// for side-by-side measurements (fcc-kernel-bench), read at each call, i.e.
+// when a CUDA graph is captured, not when it replays.
+inline bool envFlag(const char *name) {
+  const char *v = std::getenv(name);
+  return v && std::strcmp(v, "1") == 0;
+}
+
+// FCC_CUDA_SCALAR=1 turns the 16-byte vectors off (the kernels before
+// them: one element, pair or pooling window per thread).
+inline bool vectorsEnabled() { return !envFlag("FCC_CUDA_SCALAR"); }
+
+// The widest vector (16 bytes, then a pair if `pairs`, else one element)
+// that divides `run` (the elements that share a vector's per-vector state:
+// a plane, a row of channels, a whole tensor) and to which every buffer
+// (null ones ignored) is aligned.
+template <class T>
+int vectorWidth(int64_t run, std::initializer_list<const void *> buffers,
+                bool pairs) {
+  if (vectorsEnabled() && run % kVec16<T> == 0 && aligned(buffers, 16))
+    return kVec16<T>;
+  if (pairs && run % 2 == 0 && aligned(buffers, 2 * sizeof(T)))
+    return 2;
+  return 1;
 }
 
 // G neighbouring 2x2 windows of a tiled pooling (stride = window) of an
@@ -154,6 +171,21 @@ template <class T, int G> struct WindowGroup {
     xs[3] = toFloat(r1.v[2 * i + 1]);
   }
 };
+
+// Windows per thread of a tiled pooling: kVec16 / 2 (a WindowGroup) for
+// 2x2 windows when a row of ow outputs holds whole groups and the buffers
+// are aligned (input-shaped ones to 16 bytes, output-shaped ones to a
+// group), else 1.
+template <class T>
+int windowGroupFor(int64_t kh, int64_t kw, int64_t ow,
+                   std::initializer_list<const void *> in,
+                   std::initializer_list<const void *> out) {
+  constexpr int G = kVec16<T> / 2;
+  return vectorsEnabled() && kh == 2 && kw == 2 && ow % G == 0 &&
+                 aligned(in, 16) && aligned(out, G * sizeof(T))
+             ? G
+             : 1;
+}
 
 // The first-maximum scan of max pooling (runtime/cpu/pool.cpp's
 // firstMaxIndex): feed a window's taps in row-major order; the first NaN

@@ -504,18 +504,6 @@ __global__ void maxPoolGroupBackwardKernel(int planes, int oh, int ow,
   }
 }
 
-// Windows per thread of the NCHW tiled kernels: kVec16 / 2 (a group) for
-// 2x2 windows when a row holds whole groups and the buffers are aligned
-// (input-shaped ones to 16 bytes, output-shaped ones to a group), else 1.
-template <class T>
-int poolGroup(const fcc_pool2d_desc &d, std::initializer_list<const void *> in,
-              std::initializer_list<const void *> out) {
-  constexpr int G = kVec16<T> / 2;
-  return vectorsEnabled() && d.kh == 2 && d.kw == 2 && d.ow % G == 0 &&
-                 aligned(in, 16) && aligned(out, G * sizeof(T))
-             ? G
-             : 1;
-}
 
 // NHWC tiled pooling: one thread per V output elements (a window's V
 // neighbouring channels, a 16-byte vector when the channels and buffers
@@ -582,14 +570,6 @@ __global__ void maxPoolNhwcBackwardKernel(fcc_pool2d_desc d, const T *x,
   }
 }
 
-// Channels per thread of the NHWC kernels.
-template <class T>
-int nhwcPoolWidth(const fcc_pool2d_desc &d,
-                  std::initializer_list<const void *> buffers) {
-  return vectorsEnabled() && d.c % kVec16<T> == 0 && aligned(buffers, 16)
-             ? kVec16<T>
-             : 1;
-}
 
 template <class T>
 __global__ void maxPoolForwardKernel(fcc_pool2d_desc d, const T *x, T *y) {
@@ -987,8 +967,7 @@ extern "C" int fcc_cuda_binary(int op, const void *a, const int64_t *a_shape,
     constexpr int kV = kVec16<T>;
     const T *at = static_cast<const T *>(a), *bt = static_cast<const T *>(b);
     T *yt = static_cast<T *>(y);
-    if (sameShape && vectorsEnabled() && total % kV == 0 &&
-        aligned({at, bt, yt}, 16))
+    if (sameShape && vectorWidth<T>(total, {at, bt, yt}, false) == kV)
       binarySameShapeKernel<T, kV>
           <<<blocksFor(total / kV), kThreads, 0, stream()>>>(op, at, bt, yt,
                                                              total / kV);
@@ -1091,13 +1070,13 @@ extern "C" void fcc_cuda_max_pool2d_forward(const fcc_pool2d_desc *desc,
     const int64_t outputs = d.n * d.c * d.oh * d.ow;
     constexpr int kV = kVec16<T>, kG = kV / 2;
     if (d.layout == FCC_LAYOUT_NHWC) {
-      if (nhwcPoolWidth<T>(d, {xt, yt}) == kV)
+      if (vectorWidth<T>(d.c, {xt, yt}, false) == kV)
         maxPoolNhwcForwardKernel<T, kV>
             <<<blocksFor(outputs / kV), kThreads, 0, stream()>>>(d, xt, yt);
       else
         maxPoolNhwcForwardKernel<T, 1>
             <<<blocksFor(outputs), kThreads, 0, stream()>>>(d, xt, yt);
-    } else if (tiledPool32(d) && poolGroup<T>(d, {xt}, {yt}) == kG) {
+    } else if (tiledPool32(d) && windowGroupFor<T>(d.kh, d.kw, d.ow, {xt}, {yt}) == kG) {
       maxPoolGroupForwardKernel<T, kG>
           <<<blocksFor(outputs / kG), kThreads, 0, stream()>>>(
               int(d.n * d.c), int(d.oh), int(d.ow), xt, yt);
@@ -1130,14 +1109,14 @@ extern "C" void fcc_cuda_max_pool2d_backward(const fcc_pool2d_desc *desc,
     const int64_t outputs = d.n * d.c * d.oh * d.ow;
     constexpr int kV = kVec16<T>, kG = kV / 2;
     if (d.layout == FCC_LAYOUT_NHWC) {
-      if (nhwcPoolWidth<T>(d, {xt, dyt, dxt}) == kV)
+      if (vectorWidth<T>(d.c, {xt, dyt, dxt}, false) == kV)
         maxPoolNhwcBackwardKernel<T, kV>
             <<<blocksFor(outputs / kV), kThreads, 0, stream()>>>(d, xt, dyt,
                                                                  dxt);
       else
         maxPoolNhwcBackwardKernel<T, 1>
             <<<blocksFor(outputs), kThreads, 0, stream()>>>(d, xt, dyt, dxt);
-    } else if (tiledPool32(d) && poolGroup<T>(d, {xt, dxt}, {dyt}) == kG) {
+    } else if (tiledPool32(d) && windowGroupFor<T>(d.kh, d.kw, d.ow, {xt, dxt}, {dyt}) == kG) {
       maxPoolGroupBackwardKernel<T, kG>
           <<<blocksFor(outputs / kG), kThreads, 0, stream()>>>(
               int(d.n * d.c), int(d.oh), int(d.ow), xt, dyt, dxt);
