@@ -1,11 +1,21 @@
 //===- context.cpp - Device, stream, handles, memory, graphs, errors ------===//
 //
-// The process-wide state of the CUDA runtime: the selected device, the one
-// non-blocking stream every call enqueues on, the cuDNN, cuBLAS and cuBLASLt
-// handles (the first two bound to it; cuBLASLt takes the stream per call),
-// the device buffers the context owns (kernel scratch, cuBLAS(Lt) and cuDNN
-// workspaces), graph capture, the error model of internal.h and
+// The process-wide state of the CUDA runtime: the selected device, the
+// non-blocking main stream every call enqueues on, the cuDNN, cuBLAS and
+// cuBLASLt handles (the first two bound to it; cuBLASLt takes the stream per
+// call), the device buffers the context owns (kernel scratch, cuBLAS(Lt) and
+// cuDNN workspaces), graph capture, the error model of internal.h and
 // the timing cache of cuDNN algorithm choices.
+//
+// The side stream (fcc_cuda_side_begin/end/join, cuda_kernels.h): a second
+// non-blocking stream with a cuDNN handle, a cuDNN workspace and a kernel
+// scratch of its own, so that the convolutions queued on it (the weight
+// gradients that fcc-overlap-weight-grads schedules there) share no buffer
+// with the main stream's work. A fork is an event recorded on the main
+// stream that the side stream waits for; a join an event recorded on the
+// side stream that the main stream waits for. Inside a graph capture the
+// same calls make the side stream join the capture and leave it again, so
+// the captured graph has the two branches.
 //
 // Everything that a captured CUDA graph may refer to (scratch, workspaces)
 // is allocated once and never moved while the context lives, so a graph
@@ -63,9 +73,26 @@ struct Context {
   std::string description;
   std::string deviceKey;
   int multiprocessors = 1;
+  // The side stream and what it owns (see the file comment).
+  cudaStream_t sideStream = nullptr;
+  cudnnHandle_t sideCudnn = nullptr;
+  void *sideScratch = nullptr;
+  void *sideWorkspace = nullptr;
+  size_t sideWorkspaceBytes = 0;
+  cudaEvent_t forkEvent = nullptr, joinEvent = nullptr;
+  bool sidePending = false; // side work the main stream has not joined
+  bool serial = false;      // FCC_CUDA_SERIAL=1: no side stream
 };
 
 Context ctx;
+// Between side_begin and side_end on this thread: the calls of this thread
+// go to the side stream (another thread's, say a data loader's, do not).
+thread_local bool onSide = false;
+
+bool envFlag(const char *name) {
+  const char *v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
 
 // Errors: the latest message and the sticky flag. A mutex because a
 // trainer's data-loading thread may call the copy functions.
@@ -124,6 +151,8 @@ void loadCacheLocked() {
 }
 
 void releaseContext() {
+  if (ctx.sideStream)
+    cudaStreamSynchronize(ctx.sideStream);
   if (ctx.stream)
     cudaStreamSynchronize(ctx.stream);
   // gemm.cpp's cuBLASLt plans, before the handle they were made for.
@@ -134,17 +163,26 @@ void releaseContext() {
     cublasDestroy(ctx.cublas);
   if (ctx.cudnn)
     cudnnDestroy(ctx.cudnn);
+  if (ctx.sideCudnn)
+    cudnnDestroy(ctx.sideCudnn);
   for (void *p : ctx.retiredWorkspaces)
     cudaFree(p);
-  if (ctx.workspace)
-    cudaFree(ctx.workspace);
+  for (void *p : {ctx.workspace, ctx.sideWorkspace, ctx.sideScratch})
+    if (p)
+      cudaFree(p);
   if (ctx.cublasWorkspace)
     cudaFree(ctx.cublasWorkspace);
   if (ctx.scratch)
     cudaFree(ctx.scratch);
+  for (cudaEvent_t e : {ctx.forkEvent, ctx.joinEvent})
+    if (e)
+      cudaEventDestroy(e);
+  if (ctx.sideStream)
+    cudaStreamDestroy(ctx.sideStream);
   if (ctx.stream)
     cudaStreamDestroy(ctx.stream);
   ctx = Context();
+  onSide = false;
 }
 
 std::string describeDevice(int device) {
@@ -229,9 +267,9 @@ bool ready(const char *fn) {
   return false;
 }
 
-cudaStream_t stream() { return ctx.stream; }
+cudaStream_t stream() { return onSide ? ctx.sideStream : ctx.stream; }
 int multiprocessors() { return ctx.multiprocessors; }
-cudnnHandle_t cudnnHandle() { return ctx.cudnn; }
+cudnnHandle_t cudnnHandle() { return onSide ? ctx.sideCudnn : ctx.cudnn; }
 cublasHandle_t cublasHandle() { return ctx.cublas; }
 cublasLtHandle_t cublasLtHandle() { return ctx.cublasLt; }
 void *cublasWorkspace() { return ctx.cublasWorkspace; }
@@ -246,13 +284,14 @@ void *scratch(size_t bytes, const char *fn) {
                          fn, bytes, kScratchBytes));
     return nullptr;
   }
-  return ctx.scratch;
+  return onSide ? ctx.sideScratch : ctx.scratch;
 }
 
 size_t scratchCapacity() { return kScratchBytes; }
 
-int reserveWorkspace(size_t bytes, const char *fn) {
-  if (bytes <= ctx.workspaceBytes)
+namespace {
+int growWorkspace(void *&buffer, size_t &size, size_t bytes, const char *fn) {
+  if (bytes <= size)
     return FCC_OK;
   if (capturing())
     return setError(FCC_ERR_INVALID,
@@ -264,15 +303,25 @@ int reserveWorkspace(size_t bytes, const char *fn) {
                          format("allocating a %zu-byte cuDNN workspace", bytes)
                              .c_str()))
     return rc;
-  if (ctx.workspace)
-    ctx.retiredWorkspaces.push_back(ctx.workspace);
-  ctx.workspace = p;
-  ctx.workspaceBytes = bytes;
+  if (buffer)
+    ctx.retiredWorkspaces.push_back(buffer);
+  buffer = p;
+  size = bytes;
   return FCC_OK;
 }
+} // namespace
 
-void *workspace() { return ctx.workspace; }
-size_t workspaceSize() { return ctx.workspaceBytes; }
+int reserveWorkspace(size_t bytes, size_t sideBytes, const char *fn) {
+  if (int rc = growWorkspace(ctx.workspace, ctx.workspaceBytes, bytes, fn))
+    return rc;
+  return growWorkspace(ctx.sideWorkspace, ctx.sideWorkspaceBytes, sideBytes,
+                       fn);
+}
+
+void *workspace() { return onSide ? ctx.sideWorkspace : ctx.workspace; }
+size_t workspaceSize() {
+  return onSide ? ctx.sideWorkspaceBytes : ctx.workspaceBytes;
+}
 
 bool capturing() {
   if (!ctx.stream)
@@ -358,6 +407,49 @@ using namespace fcc::cuda;
 
 //===--- Device, stream ---------------------------------------------------------===//
 
+namespace {
+
+// The side stream, its cuDNN handle, scratch and events (fcc_cuda_init).
+int createSideStream(const char *fn) {
+  ctx.serial = envFlag("FCC_CUDA_SERIAL");
+  if (int rc = cudaCheck(cudaStreamCreateWithFlags(&ctx.sideStream,
+                                                   cudaStreamNonBlocking),
+                         fn, "creating the side stream"))
+    return rc;
+  for (cudaEvent_t *e : {&ctx.forkEvent, &ctx.joinEvent})
+    if (int rc = cudaCheck(cudaEventCreateWithFlags(e, cudaEventDisableTiming),
+                           fn, "cudaEventCreateWithFlags"))
+      return rc;
+  if (int rc = cudaCheck(cudaMalloc(&ctx.sideScratch, kScratchBytes), fn,
+                         "allocating the side stream's kernel scratch"))
+    return rc;
+  cudnnStatus_t ds = cudnnCreate(&ctx.sideCudnn);
+  if (ds != CUDNN_STATUS_SUCCESS) {
+    ctx.sideCudnn = nullptr;
+    return setError(FCC_ERR_BACKEND, format("%s: cudnnCreate (side stream): %s",
+                                            fn, cudnnGetErrorString(ds)));
+  }
+  ds = cudnnSetStream(ctx.sideCudnn, ctx.sideStream);
+  if (ds != CUDNN_STATUS_SUCCESS)
+    return setError(FCC_ERR_BACKEND,
+                    format("%s: cudnnSetStream (side stream): %s", fn,
+                           cudnnGetErrorString(ds)));
+  return FCC_OK;
+}
+
+// The main stream waits for the side stream's work queued so far.
+bool joinSide(const char *fn) {
+  if (!ctx.sidePending)
+    return true;
+  ctx.sidePending = false;
+  return cudaCheckAsync(cudaEventRecord(ctx.joinEvent, ctx.sideStream), fn,
+                        "cudaEventRecord (side stream)") &&
+         cudaCheckAsync(cudaStreamWaitEvent(ctx.stream, ctx.joinEvent, 0), fn,
+                        "cudaStreamWaitEvent (joining the side stream)");
+}
+
+} // namespace
+
 extern "C" int fcc_cuda_device_count(void) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
@@ -432,6 +524,8 @@ extern "C" int fcc_cuda_init(int device) {
     return fail(setError(FCC_ERR_BACKEND,
                          format("%s: cudnnSetStream: %s", fn,
                                 cudnnGetErrorString(ds))));
+  if (int rc = createSideStream(fn))
+    return fail(rc);
 
   cublasStatus_t bs = cublasCreate(&ctx.cublas);
   if (bs != CUBLAS_STATUS_SUCCESS) {
@@ -507,6 +601,7 @@ extern "C" int fcc_cuda_synchronize(void) {
   if (!ctx.initialised)
     return setError(FCC_ERR_INVALID,
                     format("%s: the CUDA runtime is not initialised", fn));
+  joinSide(fn);
   cudaCheckAsync(cudaStreamSynchronize(ctx.stream), fn,
                  "a queued kernel or copy failed");
   // Errors of launches that no API call has reported yet.
@@ -572,6 +667,8 @@ extern "C" int fcc_cuda_copy_to_host(void *dst, const void *src,
     return setError(FCC_ERR_INVALID, format("%s: not initialised", fn));
   if (bytes < 0)
     return setError(FCC_ERR_INVALID, format("%s: negative size", fn));
+  if (!joinSide(fn))
+    return FCC_ERR_BACKEND;
   if (bytes > 0)
     if (!cudaCheckAsync(cudaMemcpyAsync(dst, src, size_t(bytes),
                                         cudaMemcpyDeviceToHost, ctx.stream),
@@ -664,6 +761,9 @@ extern "C" int fcc_cuda_graph_end(void **graph_exec) {
   if (!graph_exec)
     return setError(FCC_ERR_INVALID, format("%s: null result pointer", fn));
   *graph_exec = nullptr;
+  // Every stream that joined the capture must have rejoined the main one.
+  onSide = false;
+  joinSide(fn);
   cudaGraph_t graph = nullptr;
   if (int rc = cudaCheck(cudaStreamEndCapture(ctx.stream, &graph), fn,
                          "cudaStreamEndCapture (was something in the "
@@ -691,6 +791,51 @@ extern "C" int fcc_cuda_graph_launch(void *graph_exec) {
 extern "C" void fcc_cuda_graph_destroy(void *graph_exec) {
   if (graph_exec)
     cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph_exec));
+}
+
+//===--- The side stream ----------------------------------------------------===//
+
+extern "C" void fcc_cuda_side_begin(void) {
+  const char *fn = "fcc_cuda_side_begin";
+  if (!ready(fn) || ctx.serial)
+    return;
+  if (onSide) {
+    setAsyncError(format("%s: already on the side stream (side_begin twice "
+                         "without side_end)",
+                         fn));
+    return;
+  }
+  // Fork: the side stream waits for everything queued on the main stream.
+  if (!cudaCheckAsync(cudaEventRecord(ctx.forkEvent, ctx.stream), fn,
+                      "cudaEventRecord (main stream)") ||
+      !cudaCheckAsync(cudaStreamWaitEvent(ctx.sideStream, ctx.forkEvent, 0),
+                      fn, "cudaStreamWaitEvent (forking the side stream)"))
+    return;
+  onSide = true;
+  ctx.sidePending = true;
+}
+
+extern "C" void fcc_cuda_side_end(void) {
+  if (ctx.serial)
+    return;
+  if (!onSide) {
+    setAsyncError("fcc_cuda_side_end: not on the side stream (side_end "
+                  "without side_begin)");
+    return;
+  }
+  onSide = false;
+}
+
+extern "C" void fcc_cuda_side_join(void) {
+  const char *fn = "fcc_cuda_side_join";
+  if (!ready(fn) || ctx.serial)
+    return;
+  if (onSide) {
+    setAsyncError(format("%s: called on the side stream (before side_end)",
+                         fn));
+    return;
+  }
+  joinSide(fn);
 }
 
 extern "C" void fcc_cuda_set_timing_cache(const char *path) {

@@ -42,16 +42,18 @@
 //
 // Layout: activations NCHW or NHWC (desc.layout). Filters are KCRS in fcc's
 // buffers either way; an NHWC plan gives cuDNN KRSC filters (its
-// tensor-core kernels want every operand channels-last) from a buffer of its
-// own: the forward and data-gradient calls first transpose w into it, the
-// filter gradient is computed into it and transposed back into dw
+// tensor-core kernels want every operand channels-last) from buffers of its
+// own: the forward and data-gradient calls first transpose w into one, the
+// filter gradient is computed into another and transposed back into dw
 // (fcc_cuda_transpose_layout; ResNet9's filters are 6.6 M values, a few
 // microseconds). The bias add and bias gradient read NHWC as n * h * w
 // planes of one element.
 //
 // The plans take all their workspace from the context's shared cuDNN
-// workspace, which is grown when a plan is created (never at run time), so
-// execution is capturable into a CUDA graph.
+// workspace of the stream they run on (the side stream has its own, sized
+// for the filter gradients that fcc-overlap-weight-grads puts there), which
+// is grown when a plan is created (never at run time), so execution is
+// capturable into a CUDA graph.
 //
 //===----------------------------------------------------------------------===//
 #include "handles.h"
@@ -92,7 +94,11 @@ struct fcc_cuda_conv2d_plan {
   cudnnConvolutionBwdDataAlgo_t bwdDataAlgo{};
   cudnnConvolutionBwdFilterAlgo_t bwdFilterAlgo{};
   size_t workspace[3] = {0, 0, 0};
-  void *krsc = nullptr; // NHWC plans: the filter (or its gradient) as KRSC
+  // NHWC plans: the filter as KRSC (forward, data gradient) and the filter
+  // gradient as KRSC, in separate buffers: the weight gradient may run on
+  // the side stream while the main stream runs a data gradient of the same
+  // plan (two layers of one shape).
+  void *krsc = nullptr, *krscGrad = nullptr;
 
   bool nhwc() const { return desc.layout == FCC_LAYOUT_NHWC; }
   int64_t filterCount() const {
@@ -107,8 +113,9 @@ struct fcc_cuda_conv2d_plan {
   int64_t outputPlaneSize() const { return nhwc() ? 1 : desc.oh * desc.ow; }
 
   ~fcc_cuda_conv2d_plan() {
-    if (krsc)
-      cudaFree(krsc);
+    for (void *b : {krsc, krscGrad})
+      if (b)
+        cudaFree(b);
     if (x)
       cudnnDestroyTensorDescriptor(x);
     if (y)
@@ -609,11 +616,12 @@ extern "C" fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *d
   }
   if (createDescriptors(*plan, padH, padW, fn) != FCC_OK)
     return nullptr;
-  if (plan->nhwc() &&
-      cudaCheck(cudaMalloc(&plan->krsc,
-                           size_t(plan->filterCount() * dtypeSize(dtype))),
-                fn, "allocating the KRSC filter"))
-    return nullptr;
+  if (plan->nhwc())
+    for (void **b : {&plan->krsc, &plan->krscGrad})
+      if (cudaCheck(cudaMalloc(b, size_t(plan->filterCount() *
+                                         dtypeSize(dtype))),
+                    fn, "allocating a KRSC filter"))
+        return nullptr;
 
   SearchBuffers buffers;
   size_t most = 0;
@@ -631,7 +639,8 @@ extern "C" fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *d
   // cuDNN's search may leave failed attempts (allocations of algorithms
   // that did not fit) in the runtime's error state.
   clearTransientErrors();
-  if (reserveWorkspace(most, fn) != FCC_OK)
+  // The side stream runs weight gradients only (fcc-overlap-weight-grads).
+  if (reserveWorkspace(most, plan->workspace[kBackwardFilter], fn) != FCC_OK)
     return nullptr;
   return plan.release();
 }
@@ -684,12 +693,12 @@ extern "C" int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *p,
                               cudnnHandle(), &one, p->x, x, p->y, dy,
                               p->conv[kBackwardFilter], p->bwdFilterAlgo,
                               workspace(), workspaceSize(), &zero, p->w,
-                              p->nhwc() ? p->krsc : dw),
+                              p->nhwc() ? p->krscGrad : dw),
                           fn, "cudnnConvolutionBackwardFilter"))
     return rc;
   const fcc_conv2d_desc &d = p->desc;
   if (p->nhwc())
-    fcc_cuda_transpose_layout(p->krsc, d.k, d.c / d.groups, d.r * d.s,
+    fcc_cuda_transpose_layout(p->krscGrad, d.k, d.c / d.groups, d.r * d.s,
                               FCC_LAYOUT_NCHW, dw, p->dtype);
   if (dbias && !channelSum(dy, p->outputPlanes(), d.k, p->outputPlaneSize(),
                            dbias, p->dtype, fn))

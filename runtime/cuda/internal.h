@@ -62,24 +62,27 @@ bool initialised();
 // initialised (and transient errors cleared, see clearTransientErrors),
 // else a sticky error naming `fn`.
 bool ready(const char *fn);
-// The stream everything is enqueued on.
+// The stream everything is enqueued on: the main stream, or between
+// fcc_cuda_side_begin and fcc_cuda_side_end the side stream.
 cudaStream_t stream();
 // Number of multiprocessors of the current device (launch sizing).
 int multiprocessors();
 
 // Fixed-size device scratch owned by the context (allocated by
-// fcc_cuda_init and never moved, so captured graphs stay valid). Kernels of
-// one API call use it between their launches; calls are stream-ordered, so
-// consecutive calls never overlap. Returns nullptr and records a sticky
+// fcc_cuda_init and never moved, so captured graphs stay valid), one per
+// stream. Kernels of one API call use it between their launches; calls are
+// ordered on their stream, so consecutive calls never overlap. Returns nullptr and records a sticky
 // error naming `fn` if `bytes` exceeds the capacity.
 void *scratch(size_t bytes, const char *fn);
 size_t scratchCapacity();
 
-// The cuDNN workspace shared by all convolution plans. reserveWorkspace
-// grows it to at least `bytes` (called when a plan is created, never
-// during capture); the buffer it replaces stays allocated until shutdown,
-// because a graph captured earlier may still refer to it.
-int reserveWorkspace(size_t bytes, const char *fn);
+// The cuDNN workspace shared by all convolution plans, one per stream.
+// reserveWorkspace grows the main stream's to at least `bytes` and the side
+// stream's to at least `sideBytes` (called when a plan is created, never
+// during capture); a buffer it replaces stays allocated until shutdown,
+// because a graph captured earlier may still refer to it. workspace() is
+// that of stream().
+int reserveWorkspace(size_t bytes, size_t sideBytes, const char *fn);
 void *workspace();
 size_t workspaceSize();
 

@@ -1118,6 +1118,104 @@ TEST_F(Cuda, Convolution) {
             std::string::npos);
 }
 
+// The side stream (fcc-overlap-weight-grads): a weight gradient queued on
+// it, captured into a graph with a data gradient and a weight gradient (with
+// bias gradient: kernel scratch) of the same plan on the main stream, gives
+// exactly what the same calls give one after another on the main stream.
+// On a GPU the two streams run concurrently, so a buffer they shared (the
+// plan's KRSC filter, the cuDNN workspace, the scratch) would show as a
+// difference; in the emulation the side work runs at the join.
+TEST_F(Cuda, SideStreamWeightGradientsInAGraph) {
+  for (int layout : {FCC_LAYOUT_NCHW, FCC_LAYOUT_NHWC})
+    for (int dtype : {FCC_DTYPE_F32, FCC_DTYPE_F16}) {
+      SCOPED_TRACE(std::string(layout == FCC_LAYOUT_NHWC ? "NHWC " : "NCHW ") +
+                   typeName(dtype));
+      fcc_conv2d_desc d = convDesc(8, 16, 12, 12, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+      ASSERT_EQ(fcc_conv2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+      d.layout = layout;
+      const int64_t xn = d.n * d.c * d.h * d.w, wn = d.k * d.c * d.r * d.s,
+                    yn = d.n * d.k * d.oh * d.ow;
+      std::mt19937 rng(77);
+      auto random = [&](int64_t n) {
+        return upload(rounded(randomFloats(rng, size_t(n)), dtype), dtype);
+      };
+      auto x1 = random(xn), dy1 = random(yn), x2 = random(xn),
+           dy2 = random(yn), w2 = random(wn);
+      fcc_cuda_conv2d_plan *plan = fcc_cuda_conv2d_create(&d, dtype);
+      ASSERT_NE(plan, nullptr) << fcc_cuda_last_error();
+      const int64_t es = elementSize(dtype);
+      // One after another on the main stream: the reference.
+      Buffer dw1(wn * es), db1(d.k * es), dx2(xn * es), dw2(wn * es),
+          db2(d.k * es);
+      auto serial = [&] {
+        EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x1->get(), dy1->get(),
+                                                  dw1.get(), db1.get()),
+                  0)
+            << fcc_cuda_last_error();
+        EXPECT_EQ(fcc_cuda_conv2d_backward_data(plan, dy2->get(), w2->get(),
+                                                dx2.get()),
+                  0)
+            << fcc_cuda_last_error();
+        EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x2->get(), dy2->get(),
+                                                  dw2.get(), db2.get()),
+                  0)
+            << fcc_cuda_last_error();
+      };
+      serial();
+      const Floats want[] = {download(dw1.get(), wn, dtype),
+                             download(db1.get(), d.k, dtype),
+                             download(dx2.get(), xn, dtype),
+                             download(dw2.get(), wn, dtype),
+                             download(db2.get(), d.k, dtype)};
+      // The first weight gradient on the side stream, in a graph.
+      Buffer o1(wn * es), ob1(d.k * es), ox2(xn * es), o2(wn * es),
+          ob2(d.k * es);
+      ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
+      fcc_cuda_side_begin();
+      EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x1->get(), dy1->get(),
+                                                o1.get(), ob1.get()),
+                0)
+          << fcc_cuda_last_error();
+      fcc_cuda_side_end();
+      EXPECT_EQ(fcc_cuda_conv2d_backward_data(plan, dy2->get(), w2->get(),
+                                              ox2.get()),
+                0)
+          << fcc_cuda_last_error();
+      EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x2->get(), dy2->get(),
+                                                o2.get(), ob2.get()),
+                0)
+          << fcc_cuda_last_error();
+      fcc_cuda_side_join();
+      void *graph = nullptr;
+      ASSERT_EQ(fcc_cuda_graph_end(&graph), 0) << fcc_cuda_last_error();
+      for (int replay = 0; replay < 3; ++replay) {
+        SCOPED_TRACE("replay " + std::to_string(replay));
+        ASSERT_EQ(fcc_cuda_zero(o1.get(), wn * es), 0);
+        ASSERT_EQ(fcc_cuda_zero(ob1.get(), d.k * es), 0);
+        ASSERT_EQ(fcc_cuda_graph_launch(graph), 0) << fcc_cuda_last_error();
+        ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+        const Floats got[] = {download(o1.get(), wn, dtype),
+                              download(ob1.get(), d.k, dtype),
+                              download(ox2.get(), xn, dtype),
+                              download(o2.get(), wn, dtype),
+                              download(ob2.get(), d.k, dtype)};
+        const char *names[] = {"dw1 (side)", "dbias1 (side)", "dx2", "dw2",
+                               "dbias2"};
+        for (int i = 0; i < 5; ++i)
+          EXPECT_EQ(got[i], want[i]) << names[i];
+      }
+      fcc_cuda_graph_destroy(graph);
+      fcc_cuda_conv2d_destroy(plan);
+    }
+  // Misuse is reported, not ignored.
+  fcc_cuda_side_end();
+  EXPECT_NE(fcc_cuda_synchronize(), 0);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("side"), std::string::npos)
+      << fcc_cuda_last_error();
+  fcc_cuda_shutdown();
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+}
+
 TEST_F(Cuda, TimingCacheIsWrittenAndReused) {
   char path[] = "/tmp/fcc-cuda-timing-XXXXXX";
   const int fd = mkstemp(path);

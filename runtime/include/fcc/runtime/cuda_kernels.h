@@ -76,6 +76,20 @@ int fcc_cuda_graph_end(void **graph_exec);
 int fcc_cuda_graph_launch(void *graph_exec);
 void fcc_cuda_graph_destroy(void *graph_exec);
 
+/* The side stream (fcc-overlap-weight-grads). Between side_begin and
+ * side_end every call is queued on a second stream, which first waits for
+ * the work queued on the main stream so far; side_join makes the main
+ * stream wait for everything queued on the side stream. Both streams join
+ * the capture of a graph (graph_end and synchronize join the side stream
+ * first). The side stream has its own cuDNN handle, cuDNN workspace and
+ * kernel scratch; use it for convolutions (and the kernels they launch)
+ * only. FCC_CUDA_SERIAL=1 (read at fcc_cuda_init) queues everything on the
+ * main stream, for A/B measurements. Errors are sticky (reported by
+ * fcc_cuda_synchronize). */
+void fcc_cuda_side_begin(void);
+void fcc_cuda_side_end(void);
+void fcc_cuda_side_join(void);
+
 /* cuDNN algorithm choices (measured once per shape, like TensorRT tactics)
  * are kept in this file, keyed by GPU and shapes: read at the first plan,
  * written by fcc_cuda_shutdown. NULL or "" disables the cache. */

@@ -11,6 +11,13 @@
 // launches. Convolutions and GEMMs run on the CPU kernels (emu_dnn.cpp);
 // NCCL runs over MPI (emu_nccl.cpp).
 //
+// The side stream (fcc_cuda_side_*): work queued on it is held back and
+// runs (or is recorded into the graph being captured) at the next
+// fcc_cuda_side_join, the latest moment the real side stream may run it.
+// A memory plan that let the main stream reuse a side op's buffers before
+// the join, or read its results early, computes different values here than
+// the CPU target does (tests/lit/e2e/cuda-emulated.test compares them).
+//
 //===----------------------------------------------------------------------===//
 #include "emu.h"
 
@@ -84,6 +91,8 @@ std::barrier<> *blockBarrier = nullptr; // of the block running now
 bool capturingNow = false;
 using Graph = std::vector<std::function<void()>>;
 Graph *graph = nullptr;
+bool onSide = false;
+Graph sideQueue; // side-stream work not yet joined
 
 void run(dim3 grid, dim3 block, const std::function<void()> &body,
          bool sync) {
@@ -115,6 +124,10 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body,
 }
 
 void launch(dim3 grid, dim3 block, std::function<void()> body, bool sync) {
+  if (onSide) {
+    sideQueue.push_back([=] { run(grid, block, body, sync); });
+    return;
+  }
   if (capturingNow) {
     graph->push_back([=] { run(grid, block, body, sync); });
     return;
@@ -127,10 +140,20 @@ void launch(dim3 grid, dim3 block, std::function<void()> body, bool sync) {
   std::abort();
 }
 
+// The main stream waits for the side stream: its held-back work runs now.
+void joinSide() {
+  Graph work;
+  work.swap(sideQueue);
+  for (auto &w : work)
+    fcc_emu_enqueue(std::move(w));
+}
+
 } // namespace
 
 void fcc_emu_enqueue(std::function<void()> work) {
-  if (capturingNow)
+  if (onSide)
+    sideQueue.push_back(std::move(work));
+  else if (capturingNow)
     graph->push_back(std::move(work));
   else
     work();
@@ -229,7 +252,7 @@ void *scratch(size_t bytes, const char *fn) {
   return scratchBuffer;
 }
 size_t scratchCapacity() { return kScratchBytes; }
-int reserveWorkspace(size_t, const char *) { return FCC_OK; }
+int reserveWorkspace(size_t, size_t, const char *) { return FCC_OK; }
 void *workspace() { return nullptr; }
 size_t workspaceSize() { return 0; }
 bool capturing() { return capturingNow; }
@@ -272,7 +295,10 @@ const char *fcc_cuda_device_description(void) {
   return "CUDA emulation (sm_00, 1 SMs, 0.0 GiB)";
 }
 void *fcc_cuda_stream(void) { return reinterpret_cast<void *>(1); }
-int fcc_cuda_synchronize(void) { return sticky ? FCC_ERR_BACKEND : FCC_OK; }
+int fcc_cuda_synchronize(void) {
+  joinSide();
+  return sticky ? FCC_ERR_BACKEND : FCC_OK;
+}
 void *fcc_cuda_malloc(int64_t bytes) {
   return std::calloc(size_t(bytes > 0 ? bytes : 256), 1);
 }
@@ -282,6 +308,7 @@ int fcc_cuda_copy_to_device(void *dst, const void *src, int64_t bytes) {
   return FCC_OK;
 }
 int fcc_cuda_copy_to_host(void *dst, const void *src, int64_t bytes) {
+  joinSide();
   std::memcpy(dst, src, size_t(bytes));
   return sticky ? FCC_ERR_BACKEND : FCC_OK;
 }
@@ -307,6 +334,8 @@ int fcc_cuda_graph_begin(void) {
   return FCC_OK;
 }
 int fcc_cuda_graph_end(void **exec) {
+  onSide = false;
+  joinSide();
   capturingNow = false;
   *exec = graph;
   graph = nullptr;
@@ -319,5 +348,25 @@ int fcc_cuda_graph_launch(void *exec) {
 }
 void fcc_cuda_graph_destroy(void *exec) { delete static_cast<Graph *>(exec); }
 void fcc_cuda_set_timing_cache(const char *) {}
+// FCC_CUDA_SERIAL=1: everything on the main stream, as on a GPU.
+static bool serialStreams() {
+  const char *v = std::getenv("FCC_CUDA_SERIAL");
+  return v && *v && std::string(v) != "0";
+}
+void fcc_cuda_side_begin(void) {
+  if (onSide)
+    setAsyncError("fcc_cuda_side_begin: already on the side stream");
+  onSide = !serialStreams();
+}
+void fcc_cuda_side_end(void) {
+  if (!onSide && !serialStreams())
+    setAsyncError("fcc_cuda_side_end: not on the side stream");
+  onSide = false;
+}
+void fcc_cuda_side_join(void) {
+  if (onSide)
+    setAsyncError("fcc_cuda_side_join: called on the side stream");
+  joinSide();
+}
 
 } // extern "C"
