@@ -130,7 +130,7 @@ private:
     for (StringRef fixed :
          {"fcc_cuda_conv2d_", "fcc_cuda_batch_norm_update_running",
           "fcc_cuda_sgd_", "fcc_cuda_ema_", "fcc_cuda_cast",
-          "fcc_cuda_finite", "fcc_cuda_metric"})
+          "fcc_cuda_finite", "fcc_cuda_metric", "fcc_cuda_side_"})
       if (callee.starts_with(fixed))
         return false;
     return true;
@@ -959,6 +959,14 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<CompressOp, DecompressOp, CompressResidualOp, AllReduceOp,
             AllGatherOp, ConcatFlatOp, SplitFlatOp>(
           [&](Operation *c) { return emitCommOp(c, where); })
+      .Case<StreamJoinOp>([&](StreamJoinOp) {
+        // In program order on the CPU: nothing to wait for.
+        if (cuda) {
+          comment("wait for the side stream");
+          call("fcc_cuda_side_join", {});
+        }
+        return success();
+      })
       .Default([&](Operation *other) {
         return other->emitOpError("has no code generation for target ")
                << (cuda ? "cuda" : "cpu");
@@ -1132,8 +1140,16 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
   b.setInsertionPointToStart(entry);
   // Constants first so their globals exist before use.
   for (Operation &o : f.getBody().front().without_terminator()) {
+    // fcc-overlap-weight-grads: queued on the side stream (GPU); the CPU
+    // runs everything in program order.
+    const bool side = cuda && o.hasAttr(FccDialect::kSideStreamAttrName);
+    loc = o.getLoc();
+    if (side)
+      call("fcc_cuda_side_begin", {});
     if (failed(emitOp(&o)))
       return failure();
+    if (side)
+      call("fcc_cuda_side_end", {});
     roundHalfResults(&o);
   }
   b.create<emitc::ReturnOp>(f.getLoc(), Value());
@@ -1207,7 +1223,8 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
     if (isa<ReluOp, CeluOp, ReluGradOp, CeluGradOp, CastOp, DropoutOp,
             DropoutMaskOp, FoldBnOp, SgdUpdateOp, EmaUpdateOp, GradsFiniteOp,
             CompressOp, DecompressOp, CompressResidualOp, AllReduceOp,
-            AllGatherOp, ConcatFlatOp, SplitFlatOp, func::ReturnOp>(o))
+            AllGatherOp, ConcatFlatOp, SplitFlatOp, StreamJoinOp,
+            func::ReturnOp>(o))
       return WalkResult::advance();
     if (isa<AddOp, MulOp>(o)) {
       for (Value v : o->getOperands())

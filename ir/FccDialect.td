@@ -44,6 +44,9 @@ def Fcc_Dialect : Dialect {
     static constexpr llvm::StringLiteral kUpdatesAttrName = "fcc.updates";
     static constexpr llvm::StringLiteral kMetricAttrName = "fcc.metric";
     static constexpr llvm::StringLiteral kGradOfAttrName = "fcc.grad_of";
+    // Scheduling (fcc-overlap-weight-grads): the op runs on the side stream.
+    static constexpr llvm::StringLiteral kSideStreamAttrName =
+        "fcc.side_stream";
   private:
     void registerAttributes();
   public:

@@ -251,4 +251,24 @@ def Fcc_EmaUpdateOp : Fcc_Op<"ema_update", [Pure,
   let assemblyFormat = "$ema `,` $value `,` $decay attr-dict `:` type($ema)";
 }
 
+//===----------------------------------------------------------------------===//
+// Scheduling (CUDA target)
+//===----------------------------------------------------------------------===//
+
+def Fcc_StreamJoinOp : Fcc_Op<"stream_join"> {
+  let summary = "Waits for the work queued on the side stream";
+  let description = [{
+    Inserted by fcc-overlap-weight-grads. Ops marked `fcc.side_stream` run
+    on a second CUDA stream, concurrently with the ops that follow them,
+    until the next fcc.stream_join: there the main stream waits for
+    everything queued on the side stream. The operands are the tensors the
+    side ops read and write; listing them keeps them alive (in the memory
+    plan) until the wait, so that no op of the main stream reuses their
+    bytes while the side stream may still be using them. No results; not
+    pure (it orders the program), so it is never removed or moved.
+  }];
+  let arguments = (ins Variadic<AnyRankedTensor>:$keep_alive);
+  let assemblyFormat = "($keep_alive^ `:` type($keep_alive))? attr-dict";
+}
+
 #endif // FCC_TRAINING_OPS_TD

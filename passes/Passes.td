@@ -144,4 +144,18 @@ def InsertCollectives : Pass<"fcc-insert-collectives", "mlir::ModuleOp"> {
   let dependentDialects = ["::fcc::FccDialect"];
 }
 
+def OverlapWeightGrads : Pass<"fcc-overlap-weight-grads", "mlir::ModuleOp"> {
+  let summary = "Run convolution weight gradients on a second CUDA stream";
+  let description = [{
+    Moves each fcc.conv2d_grad_weight right after the producer of its last
+    operand, marks it `fcc.side_stream` (generated CUDA code queues it on a
+    second stream) and inserts an fcc.stream_join (the main stream waits for
+    the side stream) before the next side-stream op, the gradient's first
+    user or the terminator, whichever comes first. The join's operands keep
+    the side op's tensors alive in the memory plan until then. CUDA target
+    only; runs before fcc-plan-memory. See passes/OverlapWeightGrads.cpp.
+  }];
+  let dependentDialects = ["::fcc::FccDialect"];
+}
+
 #endif // FCC_PASSES_TD

@@ -50,6 +50,9 @@ void fcc::buildPipeline(OpPassManager &pm, const PipelineOptions &o) {
   pm.addPass(createCSEPass());
   if (o.stage == Stage::Training)
     return;
+  // Stream scheduling changes live ranges: before the memory plan.
+  if (o.sideStream)
+    pm.addPass(createOverlapWeightGrads());
   PlanMemoryOptions plan;
   plan.inPlace = o.inPlace;
   plan.halfBytes = o.halfBytes;

@@ -37,6 +37,9 @@ struct PipelineOptions {
   int64_t minCompressBytes = 0;
   bool collectives = false;
   int64_t bucketBytes = 262144;
+  // CUDA target: weight gradients on a second stream
+  // (fcc-overlap-weight-grads).
+  bool sideStream = false;
 };
 
 void buildPipeline(mlir::OpPassManager &pm, const PipelineOptions &options);

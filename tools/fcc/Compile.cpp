@@ -280,6 +280,8 @@ int fcc::runCompile(const CompileOptions &options) {
   // Trainers average gradients over their ranks: MPI on the CPU, NCCL on
   // GPUs (one rank: plain copies).
   pipeline.collectives = true;
+  // GPUs: convolution weight gradients on a second stream.
+  pipeline.sideStream = o.target == "cuda";
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");
