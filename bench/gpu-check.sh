@@ -13,6 +13,8 @@
 #            (torch_reference.py --dump-step --init-from): the CUDA
 #            trainer may be at most 2x less accurate than the CPU trainer
 #            (fp32: or 5e-3 from float64, what cuDNN's fp32 algorithms give).
+#            Each fp16 step runs once more with FCC_CUDA_SERIAL=1 (no side
+#            stream): the parameters after it must be bit-identical.
 # (b) train: bot10 for --epochs (10) epochs on the carried data with the CUDA
 #            trainer(s) (fp16 and fp32), then the PyTorch reference in eager
 #            mode (fp16 and fp32) and with torch.compile (fp16), same data.
@@ -67,7 +69,8 @@
 # Flags: --epochs N (10)  --runs N (1, fcc)  --torch-runs N (as --runs)
 #   --seed N (0)  --parts step,train,table,profile,kernels,units,comm (the default;
 #   also exact, layout)  --keep-going
-#   --fcc-precisions fp16,fp16-nhwc,fp32 (fp16-nhwc: --layout nhwc)
+#   --fcc-precisions fp16,fp16-nhwc,fp32 (fp16-nhwc: --layout nhwc; P-serial:
+#   the trainer of P with FCC_CUDA_SERIAL=1, no side stream)
 #   --no-compile  --no-torch-fp32
 #   --compile-mode MODE  --train-copies K (5: the carried 10000 training
 #   images repeated 5 times, 50000-image epochs as in the goals; accuracy is
@@ -496,6 +499,21 @@ part_step() {
       continue
     fi
     FCC_RAN=1
+    # The side stream must not change a bit: the same step with every
+    # weight gradient on the main stream (FCC_CUDA_SERIAL=1).
+    rm -rf "$WORK/step/cuda-$p-serial"
+    if [ "$base" = fp16 ] && trainer_run "dump-cuda-$p-serial" 120 env FCC_CUDA_SERIAL=1 \
+        "$gpu" "${step_flags[@]}" "${extra[@]}" --dump-step "$WORK/step/cuda-$p-serial"; then
+      local f differ=()
+      for f in "$WORK/step/cuda-$p"/*.after.f32; do
+        cmp -s "$f" "$WORK/step/cuda-$p-serial/$(basename "$f")" || differ+=("$(basename "$f")")
+      done
+      if [ ${#differ[@]} -eq 0 ]; then
+        record "step-$p-streams" ok "side stream and FCC_CUDA_SERIAL=1 give bit-identical parameters"
+      else
+        record "step-$p-streams" FAIL "side stream vs FCC_CUDA_SERIAL=1: ${#differ[@]} parameter(s) differ (${differ[*]:0:4}): a race between the streams?"
+      fi
+    fi
     if [ "$p" = "$base" ] || [ ! -f "$WORK/step/cpu-$base/manifest.json" ]; then
       rm -rf "$WORK/step/cpu-$base"
       if ! trainer_run "dump-cpu-$base" 300 "$cpu" "${step_flags[@]}" "${extra[@]}" \
@@ -660,18 +678,22 @@ part_train_fcc() {
   section "(b) fcc: bot10, $EPOCHS epochs, $RUNS run(s), on $data"
   local common=(--data "$data" --epochs "$EPOCHS" --runs "$RUNS" --seed "$SEED" "${LIMITS[@]}")
   for p in ${FCC_PRECISIONS//,/ }; do
-    local exe=${TRAINER[r9bot-cuda-$p]:-}
+    # P-serial: the trainer of P with FCC_CUDA_SERIAL=1 (weight gradients on
+    # the main stream: what the side stream is worth)
+    local base=${p%-serial} env=()
+    [ "$base" != "$p" ] && env=(env FCC_CUDA_SERIAL=1)
+    local exe=${TRAINER[r9bot-cuda-$base]:-}
     local name=fcc-cuda-$p
     [ "$SMOKE" = 1 ] && name=fcc-cpu-$p-smoke
     if [ -z "$exe" ]; then
-      record "train-$name" skipped "no CUDA trainer for $p in the bundle"
+      record "train-$name" skipped "no CUDA trainer for $base in the bundle"
       continue
     fi
     rm -f "$WORK/train/$name.jsonl"
-    if trainer_run "$name" 180 "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
+    if trainer_run "$name" 180 "${env[@]}" "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
       record "train-$name" ok ""
       FCC_RAN=1
-      SYSTEMS+=("$name|${p%-nhwc}|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
+      SYSTEMS+=("$name|${base%-nhwc}|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
     else
       record "train-$name" FAIL "exit status $?"
     fi
