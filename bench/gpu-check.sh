@@ -78,7 +78,8 @@
 #   start later are skipped)  --gpu-dir DIR  --work DIR  --results DIR
 #   --strict (skipped parts count as failures)
 #   --smoke-cpu (no GPU: the CPU trainers stand in for the CUDA ones and PyTorch
-#   runs on the CPU, on a few images: tests this script's plumbing only)
+#   runs on the CPU, on a few images, 1 epoch unless --epochs: tests this
+#   script's plumbing only)
 # Exit status: 0 every part that ran passed, 1 a part failed, 2 no GPU.
 set -uo pipefail
 
@@ -110,7 +111,7 @@ PY=${PYTHON:-python3}
 usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
-    --epochs) EPOCHS=$2; shift 2 ;;
+    --epochs) EPOCHS=$2; EPOCHS_SET=1; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --torch-runs) TORCH_RUNS=$2; shift 2 ;;
     --keep-going) KEEP_GOING=1; shift ;;
@@ -333,6 +334,8 @@ EOF
   if [ "$SMOKE" = 1 ]; then
     LIMITS=(--train-limit 1024 --test-limit 256)
     TORCH_DEV=(--device cpu)
+    # full-width trainers on a CPU: one epoch unless asked otherwise
+    [ -z "${EPOCHS_SET:-}" ] && EPOCHS=1
   fi
   mkdir -p "$WORK/step" "$WORK/train"
 
