@@ -234,6 +234,9 @@ private:
     int64_t count;
   };
   std::vector<EmaItem> emaItems;
+  /// Tensors of the loss-scaling finite checks (GPU: one launch per check,
+  /// each a slice of one table).
+  std::vector<std::pair<std::string, int64_t>> finiteItems;
   /// The target's runtime entry point: fcc_cpu_NAME or fcc_cuda_NAME.
   std::string rt(StringRef name) const {
     return (cuda ? "fcc_cuda_" : "fcc_cpu_") + name.str();
@@ -931,8 +934,24 @@ LogicalResult Emitter::emitOp(Operation *o) {
         std::string value = cuda ? flag : flag + "[0]";
         scalarExprs[g.getFinite()] = value;
         call("fcc_finite_begin", {op(flag)});
-        for (Value v : g.getGrads())
-          call("fcc_finite_and", {op(flag), op(pointer(v)), num(countOf(v))});
+        if (cuda && !g.getGrads().empty()) {
+          // Every gradient in one launch, from a table that
+          // fill_sgd_items fills.
+          const size_t first = finiteItems.size();
+          int64_t most = 0;
+          for (Value v : g.getGrads()) {
+            finiteItems.push_back({pointer(v), countOf(v)});
+            most = std::max(most, countOf(v));
+          }
+          std::string at = " + " + std::to_string(first);
+          call("fcc_cuda_finite_and_multi",
+               {op(flag), op("FINITE_PTRS" + at), op("FINITE_COUNTS" + at),
+                num(int64_t(g.getGrads().size())), num(most)});
+        } else {
+          for (Value v : g.getGrads())
+            call("fcc_finite_and",
+                 {op(flag), op(pointer(v)), num(countOf(v))});
+        }
         if (!g.getSkipped().use_empty())
           call("fcc_metric_skipped", {op("METRICS"), op(value)});
         lossScaling = true;
@@ -1326,7 +1345,11 @@ FailureOr<GeneratedProgram> Emitter::run() {
                        "static fcc_cuda_sgd_item *SGD_ITEMS;\n"
                        "static float **EMA_DST;\n"
                        "static const float **EMA_SRC;\n"
-                       "static int64_t *EMA_COUNTS;"
+                       "static int64_t *EMA_COUNTS;\n"
+                       "// Loss scaling's finite checks (filled by the "
+                       "wrapper).\n"
+                       "[[maybe_unused]] static const float **FINITE_PTRS;\n"
+                       "[[maybe_unused]] static int64_t *FINITE_COUNTS;"
                      : "static float LS, DECAY;"));
   // Anchor: globals (descriptors, shapes, constants) are inserted before it.
   anchor = b.create<emitc::VerbatimOp>(loc, "// -- step functions --");
@@ -1437,7 +1460,12 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
      << std::max<size_t>(emaItems.size(), 1) << " * sizeof(float *));\n"
      << "  EMA_COUNTS = (int64_t *)fcc_cuda_malloc("
      << std::max<size_t>(emaItems.size(), 1) << " * sizeof(int64_t));\n"
-     << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS) {\n"
+     << "  FINITE_PTRS = (const float **)fcc_cuda_malloc("
+     << std::max<size_t>(finiteItems.size(), 1) << " * sizeof(float *));\n"
+     << "  FINITE_COUNTS = (int64_t *)fcc_cuda_malloc("
+     << std::max<size_t>(finiteItems.size(), 1) << " * sizeof(int64_t));\n"
+     << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS || "
+        "!FINITE_PTRS ||\n      !FINITE_COUNTS) {\n"
      << fail("allocating the update tables") << "  }\n";
   for (auto [k, name] : llvm::enumerate(planNames))
     os << "  " << name << " = fcc_cuda_conv2d_create(&" << name << "_desc, "
@@ -1477,7 +1505,8 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
        << " = NULL;\n";
   os << "  fcc_cuda_free(A); fcc_cuda_free(DLS); fcc_cuda_free(SGD_ITEMS);\n"
         "  fcc_cuda_free(EMA_DST); fcc_cuda_free((void *)EMA_SRC);\n"
-        "  fcc_cuda_free(EMA_COUNTS);\n  A = NULL;\n}\n\n";
+        "  fcc_cuda_free(EMA_COUNTS); fcc_cuda_free((void *)FINITE_PTRS);\n"
+        "  fcc_cuda_free(FINITE_COUNTS);\n  A = NULL;\n}\n\n";
   // The SGD table refers to the parameter, gradient and buffer pointers of
   // the current call; it is rebuilt (and the graph recaptured) when they
   // change.
@@ -1490,6 +1519,19 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
          << fmtFloat(it.lrMult) << ", " << fmtFloat(it.wdMult) << "};\n";
     os << "  fcc_check(fcc_cuda_copy_to_device(SGD_ITEMS, items, "
           "sizeof items), \"SGD table\");\n";
+  }
+  if (!finiteItems.empty()) {
+    os << "  static const float *ptrs[" << finiteItems.size() << "];\n"
+       << "  static const int64_t counts[" << finiteItems.size() << "] = {";
+    for (auto [k, it] : llvm::enumerate(finiteItems))
+      os << (k ? ", " : "") << it.second;
+    os << "};\n";
+    for (auto [k, it] : llvm::enumerate(finiteItems))
+      os << "  ptrs[" << k << "] = " << it.first << ";\n";
+    os << "  fcc_check(fcc_cuda_copy_to_device((void *)FINITE_PTRS, ptrs, "
+          "sizeof ptrs), \"finite-check table\");\n"
+          "  fcc_check(fcc_cuda_copy_to_device(FINITE_COUNTS, counts, "
+          "sizeof counts), \"finite-check table\");\n";
   }
   os << "}\n\n";
   os << "static void train_step(float *const *params, float *const *momentum,\n"

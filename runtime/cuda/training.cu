@@ -190,6 +190,19 @@ __global__ void finiteAndKernel(float *finite, const float *grad,
   }
 }
 
+// One tensor per blockIdx.y (fcc_cuda_finite_and_multi).
+__global__ void finiteAndMultiKernel(float *finite, const float *const *grads,
+                                     const int64_t *counts) {
+  if (*finite == 0.0f)
+    return;
+  const float *grad = grads[blockIdx.y];
+  const int64_t count = counts[blockIdx.y];
+  FCC_GRID_LOOP(i, count) {
+    if (!isfinite(grad[i]))
+      *finite = 0.0f;
+  }
+}
+
 __global__ void metricSkippedKernel(float *metrics, const float *finite) {
   metrics[FCC_METRIC_SKIPPED] += 1.0f - *finite;
 }
@@ -385,6 +398,23 @@ extern "C" void fcc_cuda_finite_and(float *finite, const float *grad,
     return;
   finiteAndKernel<<<blocksFor(count), kThreads, 0, stream()>>>(finite, grad,
                                                                count);
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_finite_and_multi(float *finite,
+                                          const float *const *grads,
+                                          const int64_t *counts, int num,
+                                          int64_t max_count) {
+  const char *fn = "fcc_cuda_finite_and_multi";
+  if (num <= 0 || max_count <= 0 || !ready(fn))
+    return;
+  if (num > kMaxGridY) {
+    setAsyncError(
+        format("%s: %d tensors; at most %d per call", fn, num, kMaxGridY));
+    return;
+  }
+  const dim3 grid(blocksFor(max_count), unsigned(num));
+  finiteAndMultiKernel<<<grid, kThreads, 0, stream()>>>(finite, grads, counts);
   checkLaunch(fn);
 }
 

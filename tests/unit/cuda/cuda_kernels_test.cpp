@@ -1602,6 +1602,30 @@ TEST_F(Cuda, FiniteChecksAndSkippedMetric) {
     EXPECT_EQ(download(finite.get(), 1)[0], 0.0f);
   }
   EXPECT_EQ(download(metrics.get(), 3)[FCC_METRIC_SKIPPED], 2.0f);
+  // All tensors in one launch: clean ones, then each bad one at every
+  // position of the table.
+  auto multi = [&](std::vector<const Buffer *> tensors) {
+    std::vector<const float *> ptrs;
+    std::vector<int64_t> counts;
+    for (const Buffer *t : tensors) {
+      ptrs.push_back(t->f());
+      counts.push_back(t == dNan.get() ? 10 : 300);
+    }
+    auto dPtrs = uploadBytes(ptrs.data(), int64_t(ptrs.size() * sizeof(void *)));
+    auto dCounts = uploadBytes(counts.data(), int64_t(counts.size() * 8));
+    fcc_cuda_finite_begin(finite.f());
+    fcc_cuda_finite_and_multi(finite.f(),
+                              static_cast<const float *const *>(dPtrs->get()),
+                              static_cast<const int64_t *>(dCounts->get()),
+                              int(tensors.size()), 300);
+    return download(finite.get(), 1)[0];
+  };
+  EXPECT_EQ(multi({dClean.get(), dClean.get()}), 1.0f);
+  for (const Buffer *bad : {dOverflow.get(), dNan.get()}) {
+    EXPECT_EQ(multi({bad, dClean.get(), dClean.get()}), 0.0f);
+    EXPECT_EQ(multi({dClean.get(), bad, dClean.get()}), 0.0f);
+    EXPECT_EQ(multi({dClean.get(), dClean.get(), bad}), 0.0f);
+  }
 }
 
 // The trainer's dynamic loss scale on the device, step by step, against a

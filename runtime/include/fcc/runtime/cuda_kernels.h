@@ -264,6 +264,11 @@ void fcc_cuda_ema_update_multi(float *const *emas, const float *const *values,
 /* *finite = 1; then 0 if any element of grad is not finite. */
 void fcc_cuda_finite_begin(float *finite);
 void fcc_cuda_finite_and(float *finite, const float *grad, int64_t count);
+/* fcc_cuda_finite_and for `num` tensors in one launch: grads and counts are
+ * device arrays; max_count the largest count. */
+void fcc_cuda_finite_and_multi(float *finite, const float *const *grads,
+                               const int64_t *counts, int num,
+                               int64_t max_count);
 void fcc_cuda_metric_skipped(float *metrics, const float *finite);
 
 /* The trainer's dynamic loss scale, kept in device memory so that adjusting
