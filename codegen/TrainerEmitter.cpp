@@ -237,6 +237,11 @@ private:
   /// Tensors of the loss-scaling finite checks (GPU: one launch per check,
   /// each a slice of one table).
   std::vector<std::pair<std::string, int64_t>> finiteItems;
+  /// Casts of the train step batched into fcc_cuda_cast_multi launches (GPU):
+  /// {x, y, count} of each, one table for all batches.
+  std::vector<std::array<std::string, 3>> castItems;
+  /// The consecutive casts from `first` on that one launch can do.
+  SmallVector<CastOp> castBatch(Operation *first);
   /// The target's runtime entry point: fcc_cpu_NAME or fcc_cuda_NAME.
   std::string rt(StringRef name) const {
     return (cuda ? "fcc_cuda_" : "fcc_cpu_") + name.str();
@@ -1158,11 +1163,45 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
   Block *entry = fn.addEntryBlock();
   b.setInsertionPointToStart(entry);
   // Constants first so their globals exist before use.
+  int batched = 0; // ops already emitted as part of a batch
   for (Operation &o : f.getBody().front().without_terminator()) {
+    if (batched > 0) {
+      --batched;
+      continue;
+    }
+    loc = o.getLoc();
+    // GPU train step: consecutive casts (the master weights to half at the
+    // start of the step) in one launch, from a table that fill_sgd_items
+    // fills (the pointers may be parameters, which it refreshes).
+    if (cuda && bodyName == "train_step_body") {
+      SmallVector<CastOp> batch = castBatch(&o);
+      if (batch.size() > 1) {
+        const size_t first = castItems.size();
+        int64_t most = 0;
+        std::string names;
+        for (CastOp c : batch) {
+          castItems.push_back({pointer(c.getInput()), pointer(c.getOutput()),
+                               std::to_string(countOf(c.getOutput()))});
+          most = std::max(most, countOf(c.getOutput()));
+          if (auto nl = dyn_cast<NameLoc>(c.getLoc()))
+            names += (names.empty() ? "" : ", ") + nl.getName().str();
+        }
+        Type et = cast<ShapedType>(batch[0].getOutput().getType())
+                      .getElementType();
+        comment(std::to_string(batch.size()) + " casts to " + typeName(et) +
+                " in one launch" + (names.empty() ? "" : " (" + names + ")"));
+        call("fcc_cuda_cast_multi",
+             {op("CAST_ITEMS + " + std::to_string(first)),
+              num(int64_t(batch.size())),
+              op(dtypeOf(batch[0].getInput().getType())),
+              op(dtypeOf(batch[0].getOutput().getType())), num(most)});
+        batched = int(batch.size()) - 1;
+        continue;
+      }
+    }
     // fcc-overlap-weight-grads: queued on the side stream (GPU); the CPU
     // runs everything in program order.
     const bool side = cuda && o.hasAttr(FccDialect::kSideStreamAttrName);
-    loc = o.getLoc();
     if (side)
       call("fcc_cuda_side_begin", {});
     if (failed(emitOp(&o)))
@@ -1173,6 +1212,50 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
   }
   b.create<emitc::ReturnOp>(f.getLoc(), Value());
   return success();
+}
+
+/// Arena bytes [begin, end) of a value (of its view root), if it is in the
+/// arena.
+static std::optional<std::pair<int64_t, int64_t>> arenaRange(Value v) {
+  Value root = viewRoot(v);
+  if (classifyValue(root) != ValueKind::Arena)
+    return std::nullopt;
+  const int64_t at = arenaOffset(root);
+  return std::pair{at, at + tensorBytes(root)};
+}
+
+SmallVector<CastOp> Emitter::castBatch(Operation *first) {
+  SmallVector<CastOp> batch;
+  auto head = dyn_cast<CastOp>(first);
+  if (!head || head.getInput().getType() == head.getOutput().getType() ||
+      first->hasAttr(FccDialect::kSideStreamAttrName))
+    return batch;
+  auto types = [](CastOp c) {
+    return std::pair{cast<ShapedType>(c.getInput().getType()).getElementType(),
+                     cast<ShapedType>(c.getOutput().getType()).getElementType()};
+  };
+  for (Operation *o = first; o; o = o->getNextNode()) {
+    auto c = dyn_cast<CastOp>(o);
+    if (!c || types(c) != types(head) ||
+        o->hasAttr(FccDialect::kSideStreamAttrName))
+      break;
+    // In one launch every cast reads while others write: a result may not
+    // lie over the input of an earlier cast of the batch (whose bytes the
+    // plan may hand on once that cast has read them), nor be its input.
+    auto out = arenaRange(c.getOutput());
+    bool clash = false;
+    for (CastOp earlier : batch) {
+      if (earlier.getOutput() == c.getInput())
+        clash = true;
+      auto in = arenaRange(earlier.getInput());
+      if (out && in && out->first < in->second && in->first < out->second)
+        clash = true;
+    }
+    if (clash)
+      break;
+    batch.push_back(c);
+  }
+  return batch;
 }
 
 /// Whether a pooling window tiles an NCHW input: stride = window, no
@@ -1349,7 +1432,11 @@ FailureOr<GeneratedProgram> Emitter::run() {
                        "// Loss scaling's finite checks (filled by the "
                        "wrapper).\n"
                        "[[maybe_unused]] static const float **FINITE_PTRS;\n"
-                       "[[maybe_unused]] static int64_t *FINITE_COUNTS;"
+                       "[[maybe_unused]] static int64_t *FINITE_COUNTS;\n"
+                       "// Batched casts of the train step (filled by the "
+                       "wrapper).\n"
+                       "[[maybe_unused]] static fcc_cuda_cast_item "
+                       "*CAST_ITEMS;"
                      : "static float LS, DECAY;"));
   // Anchor: globals (descriptors, shapes, constants) are inserted before it.
   anchor = b.create<emitc::VerbatimOp>(loc, "// -- step functions --");
@@ -1464,8 +1551,11 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
      << std::max<size_t>(finiteItems.size(), 1) << " * sizeof(float *));\n"
      << "  FINITE_COUNTS = (int64_t *)fcc_cuda_malloc("
      << std::max<size_t>(finiteItems.size(), 1) << " * sizeof(int64_t));\n"
+     << "  CAST_ITEMS = (fcc_cuda_cast_item *)fcc_cuda_malloc("
+     << std::max<size_t>(castItems.size(), 1)
+     << " * sizeof(fcc_cuda_cast_item));\n"
      << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS || "
-        "!FINITE_PTRS ||\n      !FINITE_COUNTS) {\n"
+        "!FINITE_PTRS ||\n      !FINITE_COUNTS || !CAST_ITEMS) {\n"
      << fail("allocating the update tables") << "  }\n";
   for (auto [k, name] : llvm::enumerate(planNames))
     os << "  " << name << " = fcc_cuda_conv2d_create(&" << name << "_desc, "
@@ -1506,7 +1596,8 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
   os << "  fcc_cuda_free(A); fcc_cuda_free(DLS); fcc_cuda_free(SGD_ITEMS);\n"
         "  fcc_cuda_free(EMA_DST); fcc_cuda_free((void *)EMA_SRC);\n"
         "  fcc_cuda_free(EMA_COUNTS); fcc_cuda_free((void *)FINITE_PTRS);\n"
-        "  fcc_cuda_free(FINITE_COUNTS);\n  A = NULL;\n}\n\n";
+        "  fcc_cuda_free(FINITE_COUNTS); fcc_cuda_free(CAST_ITEMS);\n"
+        "  A = NULL;\n}\n\n";
   // The SGD table refers to the parameter, gradient and buffer pointers of
   // the current call; it is rebuilt (and the graph recaptured) when they
   // change.
@@ -1519,6 +1610,14 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
          << fmtFloat(it.lrMult) << ", " << fmtFloat(it.wdMult) << "};\n";
     os << "  fcc_check(fcc_cuda_copy_to_device(SGD_ITEMS, items, "
           "sizeof items), \"SGD table\");\n";
+  }
+  if (!castItems.empty()) {
+    os << "  static fcc_cuda_cast_item casts[" << castItems.size() << "];\n";
+    for (auto [k, it] : llvm::enumerate(castItems))
+      os << "  casts[" << k << "] = (fcc_cuda_cast_item){" << it[0] << ", "
+         << it[1] << ", " << it[2] << "};\n";
+    os << "  fcc_check(fcc_cuda_copy_to_device(CAST_ITEMS, casts, "
+          "sizeof casts), \"cast table\");\n";
   }
   if (!finiteItems.empty()) {
     os << "  static const float *ptrs[" << finiteItems.size() << "];\n"

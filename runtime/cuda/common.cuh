@@ -137,6 +137,21 @@ inline bool envFlag(const char *name) {
   return v && std::strcmp(v, "1") == 0;
 }
 
+// The grid of a multi-tensor launch: one tensor per blockIdx.y, blocks
+// along x for `maxCount` work items (the largest tensor's). False, with a sticky
+// error naming `fn`, when there are more tensors than a grid's y takes.
+inline bool multiTensorGrid(const char *fn, int num, int64_t maxCount,
+                            dim3 &grid) {
+  constexpr int kMaxGridY = 65535;
+  if (num > kMaxGridY) {
+    setAsyncError(
+        format("%s: %d tensors; at most %d per call", fn, num, kMaxGridY));
+    return false;
+  }
+  grid = dim3(blocksFor(maxCount), unsigned(num));
+  return true;
+}
+
 // FCC_CUDA_SCALAR=1 turns the 16-byte vectors off (the kernels before
 // them: one element, pair or pooling window per thread).
 inline bool vectorsEnabled() { return !envFlag("FCC_CUDA_SCALAR"); }

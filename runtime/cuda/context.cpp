@@ -89,9 +89,10 @@ Context ctx;
 // go to the side stream (another thread's, say a data loader's, do not).
 thread_local bool onSide = false;
 
+// "1" switches on, as common.cuh's envFlag.
 bool envFlag(const char *name) {
   const char *v = std::getenv(name);
-  return v && *v && std::string(v) != "0";
+  return v && std::strcmp(v, "1") == 0;
 }
 
 // Errors: the latest message and the sticky flag. A mutex because a

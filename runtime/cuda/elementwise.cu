@@ -124,15 +124,35 @@ __global__ void castKernel(const From *x, To *y, int64_t count) {
 // Four elements per thread (a 16-byte load of floats, an 8-byte store of
 // halves, or the reverse).
 template <class From, class To>
-__global__ void castVec4Kernel(const From *x, To *y, int64_t vectors) {
-  FCC_GRID_LOOP(q, vectors) {
-    const Vec<From, 4> in = loadVec<4>(x, q);
-    Vec<To, 4> out;
+__device__ __forceinline__ void castVec4(const From *x, To *y, int64_t q) {
+  const Vec<From, 4> in = loadVec<4>(x, q);
+  Vec<To, 4> out;
 #pragma unroll
-    for (int h = 0; h < 4; ++h)
-      out.v[h] = fromFloat<To>(toFloat(in.v[h]));
-    storeVec<4>(y, q, out);
+  for (int h = 0; h < 4; ++h)
+    out.v[h] = fromFloat<To>(toFloat(in.v[h]));
+  storeVec<4>(y, q, out);
+}
+
+template <class From, class To>
+__global__ void castVec4Kernel(const From *x, To *y, int64_t vectors) {
+  FCC_GRID_LOOP(q, vectors) { castVec4(x, y, q); }
+}
+
+// fcc_cuda_cast_multi: item blockIdx.y, four elements per thread where the
+// item's count and pointers allow it (the same for every block of the
+// item), else one.
+template <class From, class To>
+__global__ void castMultiKernel(const fcc_cuda_cast_item *items, int vectors) {
+  const fcc_cuda_cast_item it = items[blockIdx.y];
+  const From *x = static_cast<const From *>(it.x);
+  To *y = static_cast<To *>(it.y);
+  if (vectors && it.count % 4 == 0 &&
+      reinterpret_cast<uintptr_t>(x) % (4 * sizeof(From)) == 0 &&
+      reinterpret_cast<uintptr_t>(y) % (4 * sizeof(To)) == 0) {
+    FCC_GRID_LOOP(q, it.count / 4) { castVec4(x, y, q); }
+    return;
   }
+  FCC_GRID_LOOP(i, it.count) { y[i] = fromFloat<To>(toFloat(x[i])); }
 }
 
 // One thread per Philox block of four elements (random words 4b .. 4b+3).
@@ -910,6 +930,54 @@ extern "C" void fcc_cuda_cast(const void *x, int from, void *y, int to,
   }
   FCC_CUDA_DISPATCH(from, fn, [&] {
     launchCast<T>(static_cast<const T *>(x), y, to, count, fn);
+  });
+  checkLaunch(fn);
+}
+
+namespace {
+template <class From>
+void launchCastMulti(const fcc_cuda_cast_item *items, dim3 grid, int to,
+                     const char *fn) {
+  const int vectors = vectorsEnabled() ? 1 : 0;
+  switch (to) {
+  case FCC_DTYPE_F32:
+    castMultiKernel<From, float>
+        <<<grid, kThreads, 0, stream()>>>(items, vectors);
+    break;
+  case FCC_DTYPE_F16:
+    castMultiKernel<From, __half>
+        <<<grid, kThreads, 0, stream()>>>(items, vectors);
+    break;
+  case FCC_DTYPE_BF16:
+    castMultiKernel<From, __nv_bfloat16>
+        <<<grid, kThreads, 0, stream()>>>(items, vectors);
+    break;
+  default:
+    badDtype(fn, to);
+  }
+}
+} // namespace
+
+extern "C" void fcc_cuda_cast_multi(const fcc_cuda_cast_item *items, int num,
+                                    int from, int to, int64_t max_count) {
+  const char *fn = "fcc_cuda_cast_multi";
+  if (num <= 0 || max_count <= 0 || !ready(fn))
+    return;
+  if (dtypeSize(from) == 0 || dtypeSize(to) == 0) {
+    badDtype(fn, dtypeSize(from) == 0 ? from : to);
+    return;
+  }
+  if (from == to) {
+    setAsyncError(format("%s: the same type in and out (copies are not "
+                         "batched)",
+                         fn));
+    return;
+  }
+  dim3 grid;
+  if (!multiTensorGrid(fn, num, (max_count + 3) / 4, grid))
+    return;
+  FCC_CUDA_DISPATCH(from, fn, [&] {
+    launchCastMulti<T>(items, grid, to, fn);
   });
   checkLaunch(fn);
 }

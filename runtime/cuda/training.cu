@@ -31,9 +31,6 @@ using namespace fcc::cuda;
 
 namespace {
 
-// Largest gridDim.y (the tensor index of the multi-tensor kernels).
-constexpr int kMaxGridY = 65535;
-
 //===----------------------------------------------------------------------===//
 // Loss and metrics
 //===----------------------------------------------------------------------===//
@@ -354,12 +351,9 @@ extern "C" void fcc_cuda_sgd_update_multi(const fcc_cuda_sgd_item *items,
   const char *fn = "fcc_cuda_sgd_update_multi";
   if (num_items <= 0 || max_count <= 0 || !ready(fn))
     return;
-  if (num_items > kMaxGridY) {
-    setAsyncError(format("%s: %d tensors; at most %d per call", fn, num_items,
-                         kMaxGridY));
+  dim3 grid;
+  if (!multiTensorGrid(fn, num_items, max_count, grid))
     return;
-  }
-  const dim3 grid(blocksFor(max_count), unsigned(num_items));
   sgdMultiKernel<<<grid, kThreads, 0, stream()>>>(
       items, static_cast<const fcc_hyper *>(hyper), grad_scale, apply);
   checkLaunch(fn);
@@ -373,12 +367,9 @@ extern "C" void fcc_cuda_ema_update_multi(float *const *emas,
   const char *fn = "fcc_cuda_ema_update_multi";
   if (num <= 0 || max_count <= 0 || !ready(fn))
     return;
-  if (num > kMaxGridY) {
-    setAsyncError(
-        format("%s: %d tensors; at most %d per call", fn, num, kMaxGridY));
+  dim3 grid;
+  if (!multiTensorGrid(fn, num, max_count, grid))
     return;
-  }
-  const dim3 grid(blocksFor(max_count), unsigned(num));
   emaMultiKernel<<<grid, kThreads, 0, stream()>>>(emas, values, counts, decay);
   checkLaunch(fn);
 }
@@ -408,12 +399,9 @@ extern "C" void fcc_cuda_finite_and_multi(float *finite,
   const char *fn = "fcc_cuda_finite_and_multi";
   if (num <= 0 || max_count <= 0 || !ready(fn))
     return;
-  if (num > kMaxGridY) {
-    setAsyncError(
-        format("%s: %d tensors; at most %d per call", fn, num, kMaxGridY));
+  dim3 grid;
+  if (!multiTensorGrid(fn, num, max_count, grid))
     return;
-  }
-  const dim3 grid(blocksFor(max_count), unsigned(num));
   finiteAndMultiKernel<<<grid, kThreads, 0, stream()>>>(finite, grads, counts);
   checkLaunch(fn);
 }

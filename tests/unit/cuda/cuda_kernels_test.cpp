@@ -249,6 +249,54 @@ TEST_F(Cuda, CastRoundsLikeTheCpu) {
   EXPECT_TRUE(near(download(copy.get(), n), v, 0.0));
 }
 
+// Several casts in one launch (the train step's master weights): each item
+// as fcc_cuda_cast rounds it (CPU rounding as the reference), whatever its
+// count and alignment (vectors of four or single elements per item), and
+// nothing outside an item's count is written.
+TEST_F(Cuda, CastMultiMatchesSingleCasts) {
+  std::mt19937 rng(3);
+  const Floats v = randomFloats(rng, 3000, -70000.0f, 70000.0f);
+  // {first element, count}: vector-friendly, odd count, misaligned start
+  // (one float past a 16-byte boundary), empty-ish, the largest.
+  const std::pair<int64_t, int64_t> parts[] = {
+      {0, 400}, {400, 37}, {441, 100}, {544, 1}, {548, 2452}};
+  auto x = upload(v);
+  for (int to : {FCC_DTYPE_F16, FCC_DTYPE_BF16})
+    for (const char *scalar : {"0", "1"}) {
+      SCOPED_TRACE(typeName(to) + (scalar[0] == '1' ? " FCC_CUDA_SCALAR=1" : ""));
+      setenv("FCC_CUDA_SCALAR", scalar, 1);
+      Buffer y(3000 * 2 + 16);
+      // Sentinel bytes everywhere: the gaps between items must keep them.
+      std::vector<unsigned char> sentinel(3000 * 2 + 16, 0x7b);
+      ASSERT_EQ(fcc_cuda_copy_to_device(y.get(), sentinel.data(), int64_t(sentinel.size())), 0);
+      std::vector<fcc_cuda_cast_item> items;
+      int64_t most = 0;
+      for (auto [at, count] : parts) {
+        items.push_back({x->f() + at, static_cast<char *>(y.get()) + 2 * at,
+                         count});
+        most = std::max(most, count);
+      }
+      auto table = uploadBytes(items.data(),
+                               int64_t(items.size() * sizeof(fcc_cuda_cast_item)));
+      fcc_cuda_cast_multi(static_cast<const fcc_cuda_cast_item *>(table->get()),
+                          int(items.size()), FCC_DTYPE_F32, to, most);
+      const Floats got = download(y.get(), 3000, to);
+      for (auto [at, count] : parts) {
+        const Floats want =
+            rounded(Floats(v.begin() + at, v.begin() + at + count), to);
+        EXPECT_TRUE(near(Floats(got.begin() + at, got.begin() + at + count),
+                         want, 0.0))
+            << "item at " << at;
+      }
+      // Elements 437..440 and 541..543 belong to no item.
+      std::vector<unsigned char> raw(3000 * 2);
+      ASSERT_EQ(fcc_cuda_copy_to_host(raw.data(), y.get(), int64_t(raw.size())), 0);
+      for (int64_t e : {437, 440, 541, 543})
+        EXPECT_EQ(raw[size_t(2 * e)], 0x7b) << "element " << e << " written";
+    }
+  unsetenv("FCC_CUDA_SCALAR");
+}
+
 //===----------------------------------------------------------------------===//
 // Elementwise maps
 //===----------------------------------------------------------------------===//
@@ -1143,62 +1191,58 @@ TEST_F(Cuda, SideStreamWeightGradientsInAGraph) {
            dy2 = random(yn), w2 = random(wn);
       fcc_cuda_conv2d_plan *plan = fcc_cuda_conv2d_create(&d, dtype);
       ASSERT_NE(plan, nullptr) << fcc_cuda_last_error();
-      const int64_t es = elementSize(dtype);
-      // One after another on the main stream: the reference.
-      Buffer dw1(wn * es), db1(d.k * es), dx2(xn * es), dw2(wn * es),
-          db2(d.k * es);
-      auto serial = [&] {
+      // dw1 (with its bias gradient) on the side stream if `side`, then
+      // dx2 and dw2 (with bias gradient) of the same plan on the main one.
+      struct Outputs {
+        Buffer dw1, db1, dx2, dw2, db2;
+      };
+      auto calls = [&](Outputs &o, bool side) {
+        if (side)
+          fcc_cuda_side_begin();
         EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x1->get(), dy1->get(),
-                                                  dw1.get(), db1.get()),
+                                                  o.dw1.get(), o.db1.get()),
                   0)
             << fcc_cuda_last_error();
+        if (side)
+          fcc_cuda_side_end();
         EXPECT_EQ(fcc_cuda_conv2d_backward_data(plan, dy2->get(), w2->get(),
-                                                dx2.get()),
+                                                o.dx2.get()),
                   0)
             << fcc_cuda_last_error();
         EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x2->get(), dy2->get(),
-                                                  dw2.get(), db2.get()),
+                                                  o.dw2.get(), o.db2.get()),
                   0)
             << fcc_cuda_last_error();
+        if (side)
+          fcc_cuda_side_join();
       };
-      serial();
-      const Floats want[] = {download(dw1.get(), wn, dtype),
-                             download(db1.get(), d.k, dtype),
-                             download(dx2.get(), xn, dtype),
-                             download(dw2.get(), wn, dtype),
-                             download(db2.get(), d.k, dtype)};
+      auto read = [&](const Outputs &o) {
+        return std::vector<Floats>{download(o.dw1.get(), wn, dtype),
+                                   download(o.db1.get(), d.k, dtype),
+                                   download(o.dx2.get(), xn, dtype),
+                                   download(o.dw2.get(), wn, dtype),
+                                   download(o.db2.get(), d.k, dtype)};
+      };
+      const int64_t es = elementSize(dtype);
+      // One after another on the main stream: the reference.
+      Outputs serial{Buffer(wn * es), Buffer(d.k * es), Buffer(xn * es),
+                     Buffer(wn * es), Buffer(d.k * es)};
+      calls(serial, false);
+      const std::vector<Floats> want = read(serial);
       // The first weight gradient on the side stream, in a graph.
-      Buffer o1(wn * es), ob1(d.k * es), ox2(xn * es), o2(wn * es),
-          ob2(d.k * es);
+      Outputs o{Buffer(wn * es), Buffer(d.k * es), Buffer(xn * es),
+                Buffer(wn * es), Buffer(d.k * es)};
       ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
-      fcc_cuda_side_begin();
-      EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x1->get(), dy1->get(),
-                                                o1.get(), ob1.get()),
-                0)
-          << fcc_cuda_last_error();
-      fcc_cuda_side_end();
-      EXPECT_EQ(fcc_cuda_conv2d_backward_data(plan, dy2->get(), w2->get(),
-                                              ox2.get()),
-                0)
-          << fcc_cuda_last_error();
-      EXPECT_EQ(fcc_cuda_conv2d_backward_filter(plan, x2->get(), dy2->get(),
-                                                o2.get(), ob2.get()),
-                0)
-          << fcc_cuda_last_error();
-      fcc_cuda_side_join();
+      calls(o, true);
       void *graph = nullptr;
       ASSERT_EQ(fcc_cuda_graph_end(&graph), 0) << fcc_cuda_last_error();
       for (int replay = 0; replay < 3; ++replay) {
         SCOPED_TRACE("replay " + std::to_string(replay));
-        ASSERT_EQ(fcc_cuda_zero(o1.get(), wn * es), 0);
-        ASSERT_EQ(fcc_cuda_zero(ob1.get(), d.k * es), 0);
+        ASSERT_EQ(fcc_cuda_zero(o.dw1.get(), wn * es), 0);
+        ASSERT_EQ(fcc_cuda_zero(o.db1.get(), d.k * es), 0);
         ASSERT_EQ(fcc_cuda_graph_launch(graph), 0) << fcc_cuda_last_error();
         ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
-        const Floats got[] = {download(o1.get(), wn, dtype),
-                              download(ob1.get(), d.k, dtype),
-                              download(ox2.get(), xn, dtype),
-                              download(o2.get(), wn, dtype),
-                              download(ob2.get(), d.k, dtype)};
+        const std::vector<Floats> got = read(o);
         const char *names[] = {"dw1 (side)", "dbias1 (side)", "dx2", "dw2",
                                "dbias2"};
         for (int i = 0; i < 5; ++i)
@@ -1207,7 +1251,11 @@ TEST_F(Cuda, SideStreamWeightGradientsInAGraph) {
       fcc_cuda_graph_destroy(graph);
       fcc_cuda_conv2d_destroy(plan);
     }
-  // Misuse is reported, not ignored.
+  // Misuse is reported, not ignored (FCC_CUDA_SERIAL=1 makes the side
+  // calls no-ops).
+  const char *serial = std::getenv("FCC_CUDA_SERIAL");
+  if (serial && std::string(serial) == "1")
+    return;
   fcc_cuda_side_end();
   EXPECT_NE(fcc_cuda_synchronize(), 0);
   EXPECT_NE(std::string(fcc_cuda_last_error()).find("side"), std::string::npos)

@@ -211,6 +211,16 @@ void fcc_cuda_transpose_layout(const void *x, int64_t n, int64_t c,
                                int64_t hw, int to, void *y, int dtype);
 /* Copies or converts: y (type `to`) = x (type `from`), round to nearest even. */
 void fcc_cuda_cast(const void *x, int from, void *y, int to, int64_t count);
+/* fcc_cuda_cast of `num` tensors of the same types in one launch: items is
+ * a device array; max_count the largest count. Each y must not overlap
+ * another item's x. */
+typedef struct fcc_cuda_cast_item {
+  const void *x;
+  void *y;
+  int64_t count;
+} fcc_cuda_cast_item;
+void fcc_cuda_cast_multi(const fcc_cuda_cast_item *items, int num, int from,
+                         int to, int64_t max_count);
 
 /*--- Randomness -------------------------------------------------------------------*/
 

@@ -351,7 +351,7 @@ void fcc_cuda_set_timing_cache(const char *) {}
 // FCC_CUDA_SERIAL=1: everything on the main stream, as on a GPU.
 static bool serialStreams() {
   const char *v = std::getenv("FCC_CUDA_SERIAL");
-  return v && *v && std::string(v) != "0";
+  return v && std::strcmp(v, "1") == 0;
 }
 void fcc_cuda_side_begin(void) {
   if (onSide)
