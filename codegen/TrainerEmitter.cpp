@@ -178,6 +178,41 @@ private:
   void emitRunningStatsUpdate(BatchNormLike bn, int64_t count, int64_t c) {
     std::string rm = pointer(bn.getNewRunningMean());
     std::string rv = pointer(bn.getNewRunningVar());
+    // GPU train step: the updates go into one launch after the last
+    // training BatchNorm of the forward pass, if they are in place and the
+    // batch statistics are still alive there (their backward pass reads
+    // them) and nothing else reads the new running statistics.
+    Operation *self = bn.getOperation();
+    auto usedAfterLast = [&](Value v) {
+      return llvm::any_of(v.getUsers(), [&](Operation *u) {
+        return u->getBlock() == lastRunningUpdate->getBlock() &&
+               lastRunningUpdate->isBeforeInBlock(u);
+      });
+    };
+    auto onlyReturned = [](Value v) {
+      return llvm::all_of(v.getUsers(),
+                          [](Operation *u) { return isa<func::ReturnOp>(u); });
+    };
+    if (lastRunningUpdate && rm == pointer(bn.getRunningMean()) &&
+        rv == pointer(bn.getRunningVar()) &&
+        usedAfterLast(bn.getBatchMean()) && usedAfterLast(bn.getBatchVar()) &&
+        onlyReturned(bn.getNewRunningMean()) &&
+        onlyReturned(bn.getNewRunningVar())) {
+      runningItems.push_back({rm, rv, pointer(bn.getBatchMean()),
+                              pointer(bn.getBatchVar()),
+                              bn.getMomentum().convertToFloat(),
+                              int(bn.getRunningVarUnbiased()), count, c});
+      if (self == lastRunningUpdate)
+        emitRunningMulti();
+      return;
+    }
+    emitRunningUpdate(bn, rm, rv, count, c);
+    if (self == lastRunningUpdate && runningEmitted < runningItems.size())
+      emitRunningMulti();
+  }
+  template <class BatchNormLike>
+  void emitRunningUpdate(BatchNormLike bn, const std::string &rm,
+                         const std::string &rv, int64_t count, int64_t c) {
     if (rm != pointer(bn.getRunningMean()))
       call("fcc_copy_f32", {op(rm), op(pointer(bn.getRunningMean())), num(c)});
     if (rv != pointer(bn.getRunningVar()))
@@ -187,6 +222,28 @@ private:
           op(pointer(bn.getBatchVar())),
           op(fmtFloat(bn.getMomentum().convertToFloat())),
           num(bn.getRunningVarUnbiased()), num(count), num(c)});
+  }
+  struct RunningItem {
+    std::string rm, rv, bm, bv;
+    float momentum;
+    int unbiased;
+    int64_t count, c;
+  };
+  std::vector<RunningItem> runningItems;
+  size_t runningEmitted = 0; // items already in a launch
+  /// The train step's last training BatchNorm (GPU), where the batched
+  /// running-statistics update goes; null elsewhere.
+  Operation *lastRunningUpdate = nullptr;
+  void emitRunningMulti() {
+    int64_t most = 0;
+    for (size_t k = runningEmitted; k < runningItems.size(); ++k)
+      most = std::max(most, runningItems[k].c);
+    comment(std::to_string(runningItems.size() - runningEmitted) +
+            " BatchNorm running-statistics updates in one launch");
+    call("fcc_cuda_batch_norm_update_running_multi",
+         {op("RUNNING_ITEMS + " + std::to_string(runningEmitted)),
+          num(int64_t(runningItems.size() - runningEmitted)), num(most)});
+    runningEmitted = runningItems.size();
   }
   std::string convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
                        ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
@@ -1163,13 +1220,28 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
   Block *entry = fn.addEntryBlock();
   b.setInsertionPointToStart(entry);
   // Constants first so their globals exist before use.
-  int batched = 0; // ops already emitted as part of a batch
+  int batched = 0;     // ops already emitted as part of a batch
+  bool onSide = false; // between fcc_cuda_side_begin and _end
+  lastRunningUpdate = nullptr;
+  if (cuda && bodyName == "train_step_body")
+    for (Operation &o : f.getBody().front())
+      if (auto bn = dyn_cast<BatchNormOp>(o); bn && bn.getTraining())
+        lastRunningUpdate = &o;
+      else if (auto bn = dyn_cast<BnActOp>(o); bn && bn.getTraining())
+        lastRunningUpdate = &o;
   for (Operation &o : f.getBody().front().without_terminator()) {
     if (batched > 0) {
       --batched;
       continue;
     }
     loc = o.getLoc();
+    // fcc-overlap-weight-grads: queued on the side stream (GPU), one
+    // begin/end around each run of side ops; the CPU runs everything in
+    // program order.
+    const bool side = cuda && o.hasAttr(FccDialect::kSideStreamAttrName);
+    if (side != onSide)
+      call(side ? "fcc_cuda_side_begin" : "fcc_cuda_side_end", {});
+    onSide = side;
     // GPU train step: consecutive casts (the master weights to half at the
     // start of the step) in one launch, from a table that fill_sgd_items
     // fills (the pointers may be parameters, which it refreshes).
@@ -1199,17 +1271,13 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
         continue;
       }
     }
-    // fcc-overlap-weight-grads: queued on the side stream (GPU); the CPU
-    // runs everything in program order.
-    const bool side = cuda && o.hasAttr(FccDialect::kSideStreamAttrName);
-    if (side)
-      call("fcc_cuda_side_begin", {});
     if (failed(emitOp(&o)))
       return failure();
-    if (side)
-      call("fcc_cuda_side_end", {});
     roundHalfResults(&o);
   }
+  if (onSide)
+    call("fcc_cuda_side_end", {});
+  lastRunningUpdate = nullptr;
   b.create<emitc::ReturnOp>(f.getLoc(), Value());
   return success();
 }
@@ -1436,7 +1504,11 @@ FailureOr<GeneratedProgram> Emitter::run() {
                        "// Batched casts of the train step (filled by the "
                        "wrapper).\n"
                        "[[maybe_unused]] static fcc_cuda_cast_item "
-                       "*CAST_ITEMS;"
+                       "*CAST_ITEMS;\n"
+                       "// Batched BatchNorm running-statistics updates "
+                       "(filled by the wrapper).\n"
+                       "[[maybe_unused]] static fcc_cuda_running_item "
+                       "*RUNNING_ITEMS;"
                      : "static float LS, DECAY;"));
   // Anchor: globals (descriptors, shapes, constants) are inserted before it.
   anchor = b.create<emitc::VerbatimOp>(loc, "// -- step functions --");
@@ -1554,8 +1626,12 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
      << "  CAST_ITEMS = (fcc_cuda_cast_item *)fcc_cuda_malloc("
      << std::max<size_t>(castItems.size(), 1)
      << " * sizeof(fcc_cuda_cast_item));\n"
+     << "  RUNNING_ITEMS = (fcc_cuda_running_item *)fcc_cuda_malloc("
+     << std::max<size_t>(runningItems.size(), 1)
+     << " * sizeof(fcc_cuda_running_item));\n"
      << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS || "
-        "!FINITE_PTRS ||\n      !FINITE_COUNTS || !CAST_ITEMS) {\n"
+        "!FINITE_PTRS ||\n      !FINITE_COUNTS || !CAST_ITEMS || "
+        "!RUNNING_ITEMS) {\n"
      << fail("allocating the update tables") << "  }\n";
   for (auto [k, name] : llvm::enumerate(planNames))
     os << "  " << name << " = fcc_cuda_conv2d_create(&" << name << "_desc, "
@@ -1597,6 +1673,7 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
         "  fcc_cuda_free(EMA_DST); fcc_cuda_free((void *)EMA_SRC);\n"
         "  fcc_cuda_free(EMA_COUNTS); fcc_cuda_free((void *)FINITE_PTRS);\n"
         "  fcc_cuda_free(FINITE_COUNTS); fcc_cuda_free(CAST_ITEMS);\n"
+        "  fcc_cuda_free(RUNNING_ITEMS);\n"
         "  A = NULL;\n}\n\n";
   // The SGD table refers to the parameter, gradient and buffer pointers of
   // the current call; it is rebuilt (and the graph recaptured) when they
@@ -1610,6 +1687,17 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
          << fmtFloat(it.lrMult) << ", " << fmtFloat(it.wdMult) << "};\n";
     os << "  fcc_check(fcc_cuda_copy_to_device(SGD_ITEMS, items, "
           "sizeof items), \"SGD table\");\n";
+  }
+  if (!runningItems.empty()) {
+    os << "  static fcc_cuda_running_item running[" << runningItems.size()
+       << "];\n";
+    for (auto [k, it] : llvm::enumerate(runningItems))
+      os << "  running[" << k << "] = (fcc_cuda_running_item){" << it.rm
+         << ", " << it.rv << ", " << it.bm << ", " << it.bv << ", "
+         << fmtFloat(it.momentum) << ", " << it.unbiased << ", " << it.count
+         << ", " << it.c << "};\n";
+    os << "  fcc_check(fcc_cuda_copy_to_device(RUNNING_ITEMS, running, "
+          "sizeof running), \"running-statistics table\");\n";
   }
   if (!castItems.empty()) {
     os << "  static fcc_cuda_cast_item casts[" << castItems.size() << "];\n";

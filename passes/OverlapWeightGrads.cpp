@@ -16,14 +16,15 @@
 //
 //  1. moves each fcc.conv2d_grad_weight up to right after the op that
 //     defines its last operand (in practice dy's producer, the BatchNorm
-//     backward), so it is queued before the data gradient;
-//  2. marks it `fcc.side_stream`: code generation queues it on the side
+//     backward), so it is queued before the data gradient, together with
+//     the cast of dw to fp32 when that is dw's only user (fp16 programs);
+//  2. marks them `fcc.side_stream`: code generation queues them on the side
 //     stream, which first waits for everything the main stream queued
-//     before it;
-//  3. inserts `fcc.stream_join x, dy, dw` right before the first of: the
-//     next side-stream op, the first user of dw, the function's terminator
-//     (when that is the very next op, nothing could overlap: the op stays
-//     on the main stream, unmarked).
+//     before them;
+//  3. inserts `fcc.stream_join x, dy, dw[, dw32]` right before the first
+//     of: the next side-stream group, the first other user of their
+//     results, the function's terminator (when that is the very next op,
+//     nothing could overlap: the ops stay on the main stream, unmarked).
 //     There the main stream waits for the side stream. The join's operands
 //     keep x, dy and dw alive until then in the memory plan
 //     (fcc-plan-memory, which runs next), so no op of the main stream
@@ -72,17 +73,37 @@ void hoistToOperands(Operation *op) {
     op->moveBefore(&block->front());
 }
 
-/// The op before which the main stream must wait for `side`: the first of
-/// its results' users, the next side-stream op and the terminator.
-Operation *joinPoint(Operation *side, Operation *nextSide) {
-  Operation *at = nextSide ? nextSide : side->getBlock()->getTerminator();
-  for (Value r : side->getResults())
-    for (Operation *user : r.getUsers()) {
-      Operation *inBlock = side->getBlock()->findAncestorOpInBlock(*user);
-      if (inBlock && inBlock->isBeforeInBlock(at))
-        at = inBlock;
-    }
+/// The op before which the main stream must wait for a group of side ops:
+/// the first user of their results outside the group, the next side-stream
+/// op and the terminator.
+Operation *joinPoint(ArrayRef<Operation *> group, Operation *nextSide) {
+  Block *block = group.front()->getBlock();
+  Operation *at = nextSide ? nextSide : block->getTerminator();
+  for (Operation *side : group)
+    for (Value r : side->getResults())
+      for (Operation *user : r.getUsers()) {
+        Operation *inBlock = block->findAncestorOpInBlock(*user);
+        if (inBlock && !llvm::is_contained(group, inBlock) &&
+            inBlock->isBeforeInBlock(at))
+          at = inBlock;
+      }
   return at;
+}
+
+/// The weight gradient and, when its only user is a cast (fp16 programs
+/// cast it to fp32 for the optimizer), that cast, moved right after it: the
+/// ops that run on the side stream together.
+SmallVector<Operation *> sideGroup(Operation *grad) {
+  SmallVector<Operation *> group{grad};
+  Value dw = grad->getResult(0);
+  if (!dw.hasOneUse())
+    return group;
+  Operation *user = *dw.getUsers().begin();
+  if (isa<CastOp>(user) && user->getBlock() == grad->getBlock()) {
+    user->moveAfter(grad);
+    group.push_back(user);
+  }
+  return group;
 }
 
 void overlap(func::FuncOp func) {
@@ -93,30 +114,32 @@ void overlap(func::FuncOp func) {
   });
   if (sides.empty())
     return;
-  for (Operation *op : sides) {
+  for (Operation *op : sides)
     hoistToOperands(op);
-    op->setAttr(FccDialect::kSideStreamAttrName,
-                UnitAttr::get(func.getContext()));
-  }
   // Program order after hoisting.
   llvm::sort(sides, [](Operation *a, Operation *b) {
     return a->isBeforeInBlock(b);
   });
+  SmallVector<SmallVector<Operation *>> groups;
+  for (Operation *op : sides)
+    groups.push_back(sideGroup(op));
   OpBuilder b(func.getContext());
-  for (size_t i = 0; i < sides.size(); ++i) {
-    Operation *side = sides[i];
+  for (size_t i = 0; i < groups.size(); ++i) {
+    ArrayRef<Operation *> group = groups[i];
     Operation *join =
-        joinPoint(side, i + 1 < sides.size() ? sides[i + 1] : nullptr);
+        joinPoint(group, i + 1 < groups.size() ? groups[i + 1].front() : nullptr);
     // Nothing to overlap with (e.g. the first layer's weight gradient, whose
     // result the next op reads): stays on the main stream.
-    if (join == side->getNextNode()) {
-      side->removeAttr(FccDialect::kSideStreamAttrName);
+    if (join == group.back()->getNextNode())
       continue;
-    }
+    for (Operation *op : group)
+      op->setAttr(FccDialect::kSideStreamAttrName,
+                  UnitAttr::get(func.getContext()));
     b.setInsertionPoint(join);
-    SmallVector<Value> alive(side->getOperands());
-    alive.append(side->result_begin(), side->result_end());
-    b.create<StreamJoinOp>(side->getLoc(), alive);
+    SmallVector<Value> alive(group.front()->getOperands());
+    for (Operation *op : group)
+      alive.append(op->result_begin(), op->result_end());
+    b.create<StreamJoinOp>(group.front()->getLoc(), alive);
   }
 }
 

@@ -964,16 +964,41 @@ template <class T, int G> struct TiledGroupGradOp {
 };
 
 
+// Bessel's correction of the running variance; a single sample has no
+// unbiased estimate, so it falls back to the biased variance (as the CPU).
+__host__ __device__ inline double besselCorrection(int unbiased,
+                                                   int64_t count) {
+  return unbiased && count > 1 ? double(count) / double(count - 1) : 1.0;
+}
+
+__device__ __forceinline__ void updateRunning(float *runningMean,
+                                              float *runningVar,
+                                              const float *batchMean,
+                                              const float *batchVar, double m,
+                                              double correction, int64_t ch) {
+  runningMean[ch] =
+      float((1.0 - m) * runningMean[ch] + m * double(batchMean[ch]));
+  runningVar[ch] = float((1.0 - m) * runningVar[ch] +
+                         m * double(batchVar[ch]) * correction);
+}
+
 __global__ void updateRunningKernel(float *runningMean, float *runningVar,
                                     const float *batchMean,
                                     const float *batchVar, double momentum,
                                     double correction, int64_t c) {
   FCC_GRID_LOOP(ch, c) {
-    const double m = momentum;
-    runningMean[ch] =
-        float((1.0 - m) * runningMean[ch] + m * double(batchMean[ch]));
-    runningVar[ch] = float((1.0 - m) * runningVar[ch] +
-                           m * double(batchVar[ch]) * correction);
+    updateRunning(runningMean, runningVar, batchMean, batchVar, momentum,
+                  correction, ch);
+  }
+}
+
+// fcc_cuda_batch_norm_update_running_multi: item blockIdx.y.
+__global__ void updateRunningMultiKernel(const fcc_cuda_running_item *items) {
+  const fcc_cuda_running_item it = items[blockIdx.y];
+  const double correction = besselCorrection(it.unbiased, it.count);
+  FCC_GRID_LOOP(ch, it.c) {
+    updateRunning(it.running_mean, it.running_var, it.batch_mean,
+                  it.batch_var, double(it.momentum), correction, ch);
   }
 }
 
@@ -1101,13 +1126,20 @@ extern "C" void fcc_cuda_batch_norm_update_running(
   const char *fn = "fcc_cuda_batch_norm_update_running";
   if (c <= 0 || !ready(fn))
     return;
-  // Bessel's correction; a single sample has no unbiased estimate, so it
-  // falls back to the biased variance (as the CPU).
-  const double correction =
-      unbiased && count > 1 ? double(count) / double(count - 1) : 1.0;
   updateRunningKernel<<<blocksFor(c), kThreads, 0, stream()>>>(
       running_mean, running_var, batch_mean, batch_var, double(momentum),
-      correction, c);
+      besselCorrection(unbiased, count), c);
+  checkLaunch(fn);
+}
+
+extern "C" void fcc_cuda_batch_norm_update_running_multi(
+    const fcc_cuda_running_item *items, int num, int64_t max_c) {
+  const char *fn = "fcc_cuda_batch_norm_update_running_multi";
+  dim3 grid;
+  if (num <= 0 || max_c <= 0 || !ready(fn) ||
+      !multiTensorGrid(fn, num, max_c, grid))
+    return;
+  updateRunningMultiKernel<<<grid, kThreads, 0, stream()>>>(items);
   checkLaunch(fn);
 }
 

@@ -97,3 +97,27 @@ func.func @nothing_to_overlap(%x: tensor<2x4x8x8xf32>, %w: tensor<4x4x3x3xf32>, 
   %r = fcc.relu %dw : tensor<4x4x3x3xf32>
   return %r : tensor<4x4x3x3xf32>
 }
+
+// -----
+
+// fp16 programs cast each weight gradient to fp32 for the optimizer: when
+// the cast is the gradient's only user it moves up with it and runs on the
+// side stream too; the join keeps the half and the float gradient alive and
+// comes before the float gradient's first user.
+// CHECK-LABEL: func.func @with_cast
+// CHECK:      %[[G:.*]] = fcc.relu %arg2
+// CHECK-NEXT: %[[DW:.*]] = fcc.conv2d_grad_weight %arg0, %[[G]] {fcc.side_stream
+// CHECK-NEXT: %[[DW32:.*]] = fcc.cast %[[DW]] {fcc.side_stream} : tensor<4x4x3x3xf16> -> tensor<4x4x3x3xf32>
+// CHECK-NEXT: fcc.conv2d_grad_input
+// CHECK-NEXT: fcc.relu
+// CHECK-NEXT: fcc.stream_join %arg0, %[[G]], %[[DW]], %[[DW32]] : tensor<2x4x8x8xf16>, tensor<2x4x8x8xf16>, tensor<4x4x3x3xf16>, tensor<4x4x3x3xf32>
+// CHECK-NEXT: fcc.relu %[[DW32]]
+func.func @with_cast(%x: tensor<2x4x8x8xf16>, %w: tensor<4x4x3x3xf16>, %dy: tensor<2x4x8x8xf16>) -> (tensor<2x4x8x8xf16>, tensor<4x4x3x3xf32>) {
+  %g = fcc.relu %dy : tensor<2x4x8x8xf16>
+  %dx = fcc.conv2d_grad_input %g, %w {pads = array<i64: 1, 1, 1, 1>} : (tensor<2x4x8x8xf16>, tensor<4x4x3x3xf16>) -> tensor<2x4x8x8xf16>
+  %h = fcc.relu %dx : tensor<2x4x8x8xf16>
+  %dw = fcc.conv2d_grad_weight %x, %g {pads = array<i64: 1, 1, 1, 1>} : (tensor<2x4x8x8xf16>, tensor<2x4x8x8xf16>) -> tensor<4x4x3x3xf16>
+  %dw32 = fcc.cast %dw : tensor<4x4x3x3xf16> -> tensor<4x4x3x3xf32>
+  %r = fcc.relu %dw32 : tensor<4x4x3x3xf32>
+  return %h, %r : tensor<2x4x8x8xf16>, tensor<4x4x3x3xf32>
+}

@@ -782,6 +782,49 @@ TEST_F(Cuda, BatchNorm) {
     EXPECT_TRUE(near(download(dRm->get(), 3), rm, 0.0));
     EXPECT_TRUE(near(download(dRv->get(), 3), rv, 0.0));
   }
+  // Several BatchNorms in one launch (the train step's): each item exactly
+  // as the CPU updates it, with its own momentum, convention, count and
+  // channels (a single sample: the biased variance).
+  {
+    struct Case {
+      float momentum;
+      int unbiased;
+      int64_t count, c;
+    };
+    const Case cases[] = {{0.1f, 1, 512, 3}, {0.25f, 0, 512, 2},
+                          {0.1f, 1, 1, 3}, {0.5f, 1, 7, 1}};
+    std::vector<Floats> rms, rvs;
+    std::vector<std::unique_ptr<Buffer>> dev;
+    std::vector<fcc_cuda_running_item> items;
+    for (const Case &k : cases) {
+      Floats rm = {0.1f, 0.2f, 0.3f}, rv = {1.0f, 2.0f, 0.5f};
+      rm.resize(size_t(k.c));
+      rv.resize(size_t(k.c));
+      dev.push_back(upload(rm));
+      dev.push_back(upload(rv));
+      dev.push_back(upload(bm));
+      dev.push_back(upload(bv));
+      const size_t at = dev.size() - 4;
+      items.push_back({dev[at]->f(), dev[at + 1]->f(), dev[at + 2]->f(),
+                       dev[at + 3]->f(), k.momentum, k.unbiased, k.count, k.c});
+      fcc_cpu_batch_norm_update_running(rm.data(), rv.data(), bm.data(),
+                                        bv.data(), k.momentum, k.unbiased,
+                                        k.count, k.c);
+      rms.push_back(rm);
+      rvs.push_back(rv);
+    }
+    auto table = uploadBytes(items.data(),
+                             int64_t(items.size() * sizeof(items[0])));
+    fcc_cuda_batch_norm_update_running_multi(
+        static_cast<const fcc_cuda_running_item *>(table->get()),
+        int(items.size()), 3);
+    for (size_t i = 0; i < items.size(); ++i) {
+      EXPECT_TRUE(near(download(dev[4 * i]->get(), cases[i].c), rms[i], 0.0))
+          << "running mean " << i;
+      EXPECT_TRUE(near(download(dev[4 * i + 1]->get(), cases[i].c), rvs[i], 0.0))
+          << "running var " << i;
+    }
+  }
 }
 
 // Random inputs of a fused BatchNorm test, rounded to dtype: x in [-2, 2),

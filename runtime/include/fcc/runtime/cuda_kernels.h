@@ -143,6 +143,17 @@ void fcc_cuda_batch_norm_update_running(float *running_mean,
                                         const float *batch_var, float momentum,
                                         int unbiased, int64_t count,
                                         int64_t c);
+/* fcc_cuda_batch_norm_update_running of `num` BatchNorms in one launch:
+ * items is a device array, max_c the most channels. */
+typedef struct fcc_cuda_running_item {
+  float *running_mean, *running_var;
+  const float *batch_mean, *batch_var;
+  float momentum;
+  int unbiased;
+  int64_t count, c;
+} fcc_cuda_running_item;
+void fcc_cuda_batch_norm_update_running_multi(
+    const fcc_cuda_running_item *items, int num, int64_t max_c);
 void fcc_cuda_batch_norm_backward(const void *x, const void *dy,
                                   const float *scale, const float *batch_mean,
                                   const float *batch_var, float eps, int64_t n,
