@@ -41,7 +41,7 @@
 #     run(command="PYTHONUNBUFFERED=1 bash bench/gpu-check.sh", carry=["bench/gpu"])
 #
 # Usage: bench/gpu-prepare.sh [--build-dir DIR] [--rebuild] [--no-cuda]
-#          [--data DIR] [--train-records N] [--test-records N (4000)]
+#          [--data DIR] [--train-records N] [--test-records N (3000)]
 #          [--batch N] [--gpu-arch LIST] [--budget-mib N] [--out DIR]
 #          [--with-compress-bench (fcc-compress-bench, 0.7 MiB; its table is
 #          in bench/RESULTS.md, so it is left out unless asked for)]
@@ -55,7 +55,7 @@ DATA_SRC=${FCC_CIFAR_DIR:-}
 TRAIN_RECORDS=10000
 # 4000 (5000 until the NHWC trainer joined the bundle, 2026-11-30): what
 # fits the 64 MiB a device call carries.
-TEST_RECORDS=4000
+TEST_RECORDS=3000
 BATCH=512
 GPU_ARCH=
 BUDGET_MIB=60
