@@ -30,6 +30,7 @@ struct CompileOptions {
   std::string precision = "fp32";
   std::string layout = "nchw"; // of 4-d activations; nhwc: --target cuda
   bool noFuseBn = false; // --no-fuse-bn
+  bool noSideStream = false; // --no-side-stream (CUDA target)
   std::optional<double> biasLrMult;
   std::optional<double> biasWdMult;
   // Data-parallel training (fcc-inject-compression, fcc-insert-collectives).

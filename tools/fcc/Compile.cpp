@@ -126,6 +126,11 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
               "activation + pool + residual as one op, forward and "
               "backward) and no fcc-fold-batchnorm (evaluation BatchNorms "
               "folded into the convolution weights)");
+  c->add_flag("--no-side-stream", o.noSideStream,
+              "--target cuda: run the convolutions' weight gradients on the "
+              "main stream (no fcc-overlap-weight-grads; a smaller memory "
+              "plan, no overlap; FCC_CUDA_SERIAL=1 does the same at run time "
+              "without changing the plan)");
   c->add_option("--compress", o.compress,
                 "Gradient compression of data-parallel training: none, fp16, "
                 "bf16, randomk:K, topk:K, thresholdv:V, adaptive-threshold, "
@@ -194,6 +199,9 @@ int fcc::runCompile(const CompileOptions &options) {
   } else if (o.layout != "nchw") {
     return reportError("--layout " + o.layout +
                        ": the CPU target takes nchw only (use --target cuda)");
+  } else if (o.noSideStream) {
+    return reportError("--no-side-stream: only with --target cuda (the CPU "
+                       "target has no streams)");
   }
   bool variableSize = false;
   {
@@ -281,7 +289,7 @@ int fcc::runCompile(const CompileOptions &options) {
   // GPUs (one rank: plain copies).
   pipeline.collectives = true;
   // GPUs: convolution weight gradients on a second stream.
-  pipeline.sideStream = o.target == "cuda";
+  pipeline.sideStream = o.target == "cuda" && !o.noSideStream;
   buildPipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return reportError(o.model + ": the compilation pipeline failed");
