@@ -147,13 +147,15 @@ def InsertCollectives : Pass<"fcc-insert-collectives", "mlir::ModuleOp"> {
 def OverlapWeightGrads : Pass<"fcc-overlap-weight-grads", "mlir::ModuleOp"> {
   let summary = "Run convolution weight gradients on a second CUDA stream";
   let description = [{
-    Moves each fcc.conv2d_grad_weight right after the producer of its last
-    operand, marks it `fcc.side_stream` (generated CUDA code queues it on a
-    second stream) and inserts an fcc.stream_join (the main stream waits for
-    the side stream) before the next side-stream op, the gradient's first
-    user or the terminator, whichever comes first. The join's operands keep
-    the side op's tensors alive in the memory plan until then. CUDA target
-    only; runs before fcc-plan-memory. See passes/OverlapWeightGrads.cpp.
+    Moves each fcc.conv2d_grad_weight (with its cast to fp32 when that is
+    its only user) right after the producer of its last operand, marks them
+    `fcc.side_stream` (generated CUDA code queues them on a second stream)
+    and inserts an fcc.stream_join (the main stream waits for the side
+    stream) before the next weight gradient, the first other user of their
+    results or the terminator, whichever comes first. The join's operands
+    keep the side ops' tensors alive in the memory plan until then. CUDA
+    target only (`fcc compile --no-side-stream` leaves it out); runs before
+    fcc-plan-memory. See passes/OverlapWeightGrads.cpp.
   }];
   let dependentDialects = ["::fcc::FccDialect"];
 }
