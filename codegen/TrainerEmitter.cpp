@@ -198,16 +198,19 @@ private:
         usedAfterLast(bn.getBatchMean()) && usedAfterLast(bn.getBatchVar()) &&
         onlyReturned(bn.getNewRunningMean()) &&
         onlyReturned(bn.getNewRunningVar())) {
-      runningItems.push_back({rm, rv, pointer(bn.getBatchMean()),
-                              pointer(bn.getBatchVar()),
-                              bn.getMomentum().convertToFloat(),
-                              int(bn.getRunningVarUnbiased()), count, c});
+      runningTable.rows.push_back(
+          "(fcc_cuda_running_item){" + rm + ", " + rv + ", " +
+          pointer(bn.getBatchMean()) + ", " + pointer(bn.getBatchVar()) +
+          ", " + fmtFloat(bn.getMomentum().convertToFloat()) + ", " +
+          std::to_string(int(bn.getRunningVarUnbiased())) + ", " +
+          std::to_string(count) + ", " + std::to_string(c) + "}");
+      runningMost = std::max(runningMost, c);
       if (self == lastRunningUpdate)
         emitRunningMulti();
       return;
     }
     emitRunningUpdate(bn, rm, rv, count, c);
-    if (self == lastRunningUpdate && runningEmitted < runningItems.size())
+    if (self == lastRunningUpdate && runningEmitted < runningTable.rows.size())
       emitRunningMulti();
   }
   template <class BatchNormLike>
@@ -223,27 +226,20 @@ private:
           op(fmtFloat(bn.getMomentum().convertToFloat())),
           num(bn.getRunningVarUnbiased()), num(count), num(c)});
   }
-  struct RunningItem {
-    std::string rm, rv, bm, bv;
-    float momentum;
-    int unbiased;
-    int64_t count, c;
-  };
-  std::vector<RunningItem> runningItems;
-  size_t runningEmitted = 0; // items already in a launch
+  size_t runningEmitted = 0; // rows of runningTable already in a launch
+  int64_t runningMost = 0;   // the most channels of those not yet
   /// The train step's last training BatchNorm (GPU), where the batched
   /// running-statistics update goes; null elsewhere.
   Operation *lastRunningUpdate = nullptr;
   void emitRunningMulti() {
-    int64_t most = 0;
-    for (size_t k = runningEmitted; k < runningItems.size(); ++k)
-      most = std::max(most, runningItems[k].c);
-    comment(std::to_string(runningItems.size() - runningEmitted) +
+    const size_t n = runningTable.rows.size() - runningEmitted;
+    comment(std::to_string(n) +
             " BatchNorm running-statistics updates in one launch");
     call("fcc_cuda_batch_norm_update_running_multi",
          {op("RUNNING_ITEMS + " + std::to_string(runningEmitted)),
-          num(int64_t(runningItems.size() - runningEmitted)), num(most)});
-    runningEmitted = runningItems.size();
+          num(int64_t(n)), num(runningMost)});
+    runningEmitted = runningTable.rows.size();
+    runningMost = 0;
   }
   std::string convPlan(ArrayRef<int64_t> x, ArrayRef<int64_t> w,
                        ArrayRef<int64_t> strides, ArrayRef<int64_t> pads,
@@ -291,12 +287,39 @@ private:
     int64_t count;
   };
   std::vector<EmaItem> emaItems;
-  /// Tensors of the loss-scaling finite checks (GPU: one launch per check,
-  /// each a slice of one table).
-  std::vector<std::pair<std::string, int64_t>> finiteItems;
-  /// Casts of the train step batched into fcc_cuda_cast_multi launches (GPU):
-  /// {x, y, count} of each, one table for all batches.
-  std::vector<std::array<std::string, 3>> castItems;
+  /// A device table of multi-tensor launches of the train step (GPU): rows
+  /// (C expressions) collected while the step is emitted, each launch
+  /// taking a slice; allocated by setup, filled by fill_sgd_items (before
+  /// every capture: rows may name parameters) into the host array `local`,
+  /// freed by teardown.
+  struct DeviceTable {
+    const char *name, *type, *local, *what;
+    std::vector<std::string> rows;
+  };
+  /// The loss-scaling finite checks' tensors and counts, the batched casts
+  /// ({x, y, count}) and the batched running-statistics updates.
+  DeviceTable finitePtrs{"FINITE_PTRS", "const float *", "ptrs",
+                         "finite-check table", {}},
+      finiteCounts{"FINITE_COUNTS", "int64_t", "counts", "finite-check table",
+                   {}},
+      castTable{"CAST_ITEMS", "fcc_cuda_cast_item", "casts", "cast table", {}},
+      runningTable{"RUNNING_ITEMS", "fcc_cuda_running_item", "running",
+                   "running-statistics table", {}};
+  std::array<DeviceTable *, 4> deviceTables() {
+    return {&runningTable, &castTable, &finitePtrs, &finiteCounts};
+  }
+  /// "TYPE *", without a space before a pointer type's '*'.
+  static std::string pointerTo(const DeviceTable &t) {
+    std::string type = t.type;
+    return type + (type.back() == '*' ? "*" : " *");
+  }
+  /// The tables' globals, one line each.
+  std::string tableDeclarations() {
+    std::string text;
+    for (DeviceTable *t : deviceTables())
+      text += "\n[[maybe_unused]] static " + pointerTo(*t) + t->name + ";";
+    return text;
+  }
   /// The consecutive casts from `first` on that one launch can do.
   SmallVector<CastOp> castBatch(Operation *first);
   /// The target's runtime entry point: fcc_cpu_NAME or fcc_cuda_NAME.
@@ -999,10 +1022,11 @@ LogicalResult Emitter::emitOp(Operation *o) {
         if (cuda && !g.getGrads().empty()) {
           // Every gradient in one launch, from a table that
           // fill_sgd_items fills.
-          const size_t first = finiteItems.size();
+          const size_t first = finitePtrs.rows.size();
           int64_t most = 0;
           for (Value v : g.getGrads()) {
-            finiteItems.push_back({pointer(v), countOf(v)});
+            finitePtrs.rows.push_back(pointer(v));
+            finiteCounts.rows.push_back(std::to_string(countOf(v)));
             most = std::max(most, countOf(v));
           }
           std::string at = " + " + std::to_string(first);
@@ -1248,12 +1272,15 @@ LogicalResult Emitter::emitFunction(func::FuncOp f, StringRef bodyName) {
     if (cuda && bodyName == "train_step_body") {
       SmallVector<CastOp> batch = castBatch(&o);
       if (batch.size() > 1) {
-        const size_t first = castItems.size();
+        const size_t first = castTable.rows.size();
         int64_t most = 0;
         std::string names;
         for (CastOp c : batch) {
-          castItems.push_back({pointer(c.getInput()), pointer(c.getOutput()),
-                               std::to_string(countOf(c.getOutput()))});
+          castTable.rows.push_back("(fcc_cuda_cast_item){" +
+                                   pointer(c.getInput()) + ", " +
+                                   pointer(c.getOutput()) + ", " +
+                                   std::to_string(countOf(c.getOutput())) +
+                                   "}");
           most = std::max(most, countOf(c.getOutput()));
           if (auto nl = dyn_cast<NameLoc>(c.getLoc()))
             names += (names.empty() ? "" : ", ") + nl.getName().str();
@@ -1497,18 +1524,10 @@ FailureOr<GeneratedProgram> Emitter::run() {
                        "static float **EMA_DST;\n"
                        "static const float **EMA_SRC;\n"
                        "static int64_t *EMA_COUNTS;\n"
-                       "// Loss scaling's finite checks (filled by the "
-                       "wrapper).\n"
-                       "[[maybe_unused]] static const float **FINITE_PTRS;\n"
-                       "[[maybe_unused]] static int64_t *FINITE_COUNTS;\n"
-                       "// Batched casts of the train step (filled by the "
-                       "wrapper).\n"
-                       "[[maybe_unused]] static fcc_cuda_cast_item "
-                       "*CAST_ITEMS;\n"
-                       "// Batched BatchNorm running-statistics updates "
-                       "(filled by the wrapper).\n"
-                       "[[maybe_unused]] static fcc_cuda_running_item "
-                       "*RUNNING_ITEMS;"
+                       "// Tables of the finite checks, batched casts and "
+                       "running-statistics updates\n// (filled by the "
+                       "wrapper)." +
+                       tableDeclarations()
                      : "static float LS, DECAY;"));
   // Anchor: globals (descriptors, shapes, constants) are inserted before it.
   anchor = b.create<emitc::VerbatimOp>(loc, "// -- step functions --");
@@ -1619,20 +1638,13 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
      << std::max<size_t>(emaItems.size(), 1) << " * sizeof(float *));\n"
      << "  EMA_COUNTS = (int64_t *)fcc_cuda_malloc("
      << std::max<size_t>(emaItems.size(), 1) << " * sizeof(int64_t));\n"
-     << "  FINITE_PTRS = (const float **)fcc_cuda_malloc("
-     << std::max<size_t>(finiteItems.size(), 1) << " * sizeof(float *));\n"
-     << "  FINITE_COUNTS = (int64_t *)fcc_cuda_malloc("
-     << std::max<size_t>(finiteItems.size(), 1) << " * sizeof(int64_t));\n"
-     << "  CAST_ITEMS = (fcc_cuda_cast_item *)fcc_cuda_malloc("
-     << std::max<size_t>(castItems.size(), 1)
-     << " * sizeof(fcc_cuda_cast_item));\n"
-     << "  RUNNING_ITEMS = (fcc_cuda_running_item *)fcc_cuda_malloc("
-     << std::max<size_t>(runningItems.size(), 1)
-     << " * sizeof(fcc_cuda_running_item));\n"
-     << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS || "
-        "!FINITE_PTRS ||\n      !FINITE_COUNTS || !CAST_ITEMS || "
-        "!RUNNING_ITEMS) {\n"
+     << "  if (!SGD_ITEMS || !EMA_DST || !EMA_SRC || !EMA_COUNTS) {\n"
      << fail("allocating the update tables") << "  }\n";
+  for (DeviceTable *t : deviceTables())
+    os << "  " << t->name << " = (" << pointerTo(*t) << ")fcc_cuda_malloc("
+       << std::max<size_t>(t->rows.size(), 1) << " * sizeof(" << t->type
+       << "));\n  if (!" << t->name << ") {\n"
+       << fail(std::string("allocating the ") + t->what) << "  }\n";
   for (auto [k, name] : llvm::enumerate(planNames))
     os << "  " << name << " = fcc_cuda_conv2d_create(&" << name << "_desc, "
        << planTypes[k] << ");\n  if (!" << name << ") {\n"
@@ -1671,10 +1683,10 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
        << " = NULL;\n";
   os << "  fcc_cuda_free(A); fcc_cuda_free(DLS); fcc_cuda_free(SGD_ITEMS);\n"
         "  fcc_cuda_free(EMA_DST); fcc_cuda_free((void *)EMA_SRC);\n"
-        "  fcc_cuda_free(EMA_COUNTS); fcc_cuda_free((void *)FINITE_PTRS);\n"
-        "  fcc_cuda_free(FINITE_COUNTS); fcc_cuda_free(CAST_ITEMS);\n"
-        "  fcc_cuda_free(RUNNING_ITEMS);\n"
-        "  A = NULL;\n}\n\n";
+        "  fcc_cuda_free(EMA_COUNTS);\n";
+  for (DeviceTable *t : deviceTables())
+    os << "  fcc_cuda_free(" << t->name << ");\n";
+  os << "  A = NULL;\n}\n\n";
   // The SGD table refers to the parameter, gradient and buffer pointers of
   // the current call; it is rebuilt (and the graph recaptured) when they
   // change.
@@ -1688,37 +1700,15 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
     os << "  fcc_check(fcc_cuda_copy_to_device(SGD_ITEMS, items, "
           "sizeof items), \"SGD table\");\n";
   }
-  if (!runningItems.empty()) {
-    os << "  static fcc_cuda_running_item running[" << runningItems.size()
-       << "];\n";
-    for (auto [k, it] : llvm::enumerate(runningItems))
-      os << "  running[" << k << "] = (fcc_cuda_running_item){" << it.rm
-         << ", " << it.rv << ", " << it.bm << ", " << it.bv << ", "
-         << fmtFloat(it.momentum) << ", " << it.unbiased << ", " << it.count
-         << ", " << it.c << "};\n";
-    os << "  fcc_check(fcc_cuda_copy_to_device(RUNNING_ITEMS, running, "
-          "sizeof running), \"running-statistics table\");\n";
-  }
-  if (!castItems.empty()) {
-    os << "  static fcc_cuda_cast_item casts[" << castItems.size() << "];\n";
-    for (auto [k, it] : llvm::enumerate(castItems))
-      os << "  casts[" << k << "] = (fcc_cuda_cast_item){" << it[0] << ", "
-         << it[1] << ", " << it[2] << "};\n";
-    os << "  fcc_check(fcc_cuda_copy_to_device(CAST_ITEMS, casts, "
-          "sizeof casts), \"cast table\");\n";
-  }
-  if (!finiteItems.empty()) {
-    os << "  static const float *ptrs[" << finiteItems.size() << "];\n"
-       << "  static const int64_t counts[" << finiteItems.size() << "] = {";
-    for (auto [k, it] : llvm::enumerate(finiteItems))
-      os << (k ? ", " : "") << it.second;
-    os << "};\n";
-    for (auto [k, it] : llvm::enumerate(finiteItems))
-      os << "  ptrs[" << k << "] = " << it.first << ";\n";
-    os << "  fcc_check(fcc_cuda_copy_to_device((void *)FINITE_PTRS, ptrs, "
-          "sizeof ptrs), \"finite-check table\");\n"
-          "  fcc_check(fcc_cuda_copy_to_device(FINITE_COUNTS, counts, "
-          "sizeof counts), \"finite-check table\");\n";
+  for (DeviceTable *t : deviceTables()) {
+    if (t->rows.empty())
+      continue;
+    os << "  static " << t->type << (std::string(t->type).back() == '*' ? "" : " ")
+       << t->local << "[" << t->rows.size() << "];\n";
+    for (auto [k, row] : llvm::enumerate(t->rows))
+      os << "  " << t->local << "[" << k << "] = " << row << ";\n";
+    os << "  fcc_check(fcc_cuda_copy_to_device(" << t->name << ", " << t->local
+       << ", sizeof " << t->local << "), \"" << t->what << "\");\n";
   }
   os << "}\n\n";
   os << "static void train_step(float *const *params, float *const *momentum,\n"

@@ -1136,8 +1136,7 @@ extern "C" void fcc_cuda_batch_norm_update_running_multi(
     const fcc_cuda_running_item *items, int num, int64_t max_c) {
   const char *fn = "fcc_cuda_batch_norm_update_running_multi";
   dim3 grid;
-  if (num <= 0 || max_c <= 0 || !ready(fn) ||
-      !multiTensorGrid(fn, num, max_c, grid))
+  if (!multiTensorGrid(fn, num, max_c, grid))
     return;
   updateRunningMultiKernel<<<grid, kThreads, 0, stream()>>>(items);
   checkLaunch(fn);

@@ -138,10 +138,14 @@ inline bool envFlag(const char *name) {
 }
 
 // The grid of a multi-tensor launch: one tensor per blockIdx.y, blocks
-// along x for `maxCount` work items (the largest tensor's). False, with a sticky
-// error naming `fn`, when there are more tensors than a grid's y takes.
+// along x for `maxCount` work items (the largest tensor's). False when
+// there is nothing to launch, when the runtime is not ready (see ready())
+// and, with a sticky error naming `fn`, when there are more tensors than a
+// grid's y takes.
 inline bool multiTensorGrid(const char *fn, int num, int64_t maxCount,
                             dim3 &grid) {
+  if (num <= 0 || maxCount <= 0 || !ready(fn))
+    return false;
   constexpr int kMaxGridY = 65535;
   if (num > kMaxGridY) {
     setAsyncError(

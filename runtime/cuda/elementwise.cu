@@ -961,7 +961,8 @@ void launchCastMulti(const fcc_cuda_cast_item *items, dim3 grid, int to,
 extern "C" void fcc_cuda_cast_multi(const fcc_cuda_cast_item *items, int num,
                                     int from, int to, int64_t max_count) {
   const char *fn = "fcc_cuda_cast_multi";
-  if (num <= 0 || max_count <= 0 || !ready(fn))
+  dim3 grid;
+  if (!multiTensorGrid(fn, num, (max_count + 3) / 4, grid))
     return;
   if (dtypeSize(from) == 0 || dtypeSize(to) == 0) {
     badDtype(fn, dtypeSize(from) == 0 ? from : to);
@@ -973,9 +974,6 @@ extern "C" void fcc_cuda_cast_multi(const fcc_cuda_cast_item *items, int num,
                          fn));
     return;
   }
-  dim3 grid;
-  if (!multiTensorGrid(fn, num, (max_count + 3) / 4, grid))
-    return;
   FCC_CUDA_DISPATCH(from, fn, [&] {
     launchCastMulti<T>(items, grid, to, fn);
   });

@@ -71,8 +71,9 @@ int multiprocessors();
 // Fixed-size device scratch owned by the context (allocated by
 // fcc_cuda_init and never moved, so captured graphs stay valid), one per
 // stream. Kernels of one API call use it between their launches; calls are
-// ordered on their stream, so consecutive calls never overlap. Returns nullptr and records a sticky
-// error naming `fn` if `bytes` exceeds the capacity.
+// ordered on their stream, so consecutive calls never overlap. Returns
+// nullptr and records a sticky error naming `fn` if `bytes` exceeds the
+// capacity.
 void *scratch(size_t bytes, const char *fn);
 size_t scratchCapacity();
 

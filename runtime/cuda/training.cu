@@ -177,8 +177,8 @@ __global__ void finiteBeginKernel(float *finite) { *finite = 1.0f; }
 
 // Every thread that sees a non-finite value writes the same 0: a benign
 // race that needs no atomics.
-__global__ void finiteAndKernel(float *finite, const float *grad,
-                                int64_t count) {
+__device__ __forceinline__ void finiteAnd(float *finite, const float *grad,
+                                          int64_t count) {
   if (*finite == 0.0f)
     return; // An earlier gradient already overflowed.
   FCC_GRID_LOOP(i, count) {
@@ -187,17 +187,15 @@ __global__ void finiteAndKernel(float *finite, const float *grad,
   }
 }
 
+__global__ void finiteAndKernel(float *finite, const float *grad,
+                                int64_t count) {
+  finiteAnd(finite, grad, count);
+}
+
 // One tensor per blockIdx.y (fcc_cuda_finite_and_multi).
 __global__ void finiteAndMultiKernel(float *finite, const float *const *grads,
                                      const int64_t *counts) {
-  if (*finite == 0.0f)
-    return;
-  const float *grad = grads[blockIdx.y];
-  const int64_t count = counts[blockIdx.y];
-  FCC_GRID_LOOP(i, count) {
-    if (!isfinite(grad[i]))
-      *finite = 0.0f;
-  }
+  finiteAnd(finite, grads[blockIdx.y], counts[blockIdx.y]);
 }
 
 __global__ void metricSkippedKernel(float *metrics, const float *finite) {
@@ -349,8 +347,6 @@ extern "C" void fcc_cuda_sgd_update_multi(const fcc_cuda_sgd_item *items,
                                           const float *grad_scale,
                                           const float *apply) {
   const char *fn = "fcc_cuda_sgd_update_multi";
-  if (num_items <= 0 || max_count <= 0 || !ready(fn))
-    return;
   dim3 grid;
   if (!multiTensorGrid(fn, num_items, max_count, grid))
     return;
@@ -365,8 +361,6 @@ extern "C" void fcc_cuda_ema_update_multi(float *const *emas,
                                           int64_t max_count,
                                           const float *decay) {
   const char *fn = "fcc_cuda_ema_update_multi";
-  if (num <= 0 || max_count <= 0 || !ready(fn))
-    return;
   dim3 grid;
   if (!multiTensorGrid(fn, num, max_count, grid))
     return;
@@ -397,8 +391,6 @@ extern "C" void fcc_cuda_finite_and_multi(float *finite,
                                           const int64_t *counts, int num,
                                           int64_t max_count) {
   const char *fn = "fcc_cuda_finite_and_multi";
-  if (num <= 0 || max_count <= 0 || !ready(fn))
-    return;
   dim3 grid;
   if (!multiTensorGrid(fn, num, max_count, grid))
     return;

@@ -123,17 +123,6 @@ void run(dim3 grid, dim3 block, const std::function<void()> &body,
       }
 }
 
-void launch(dim3 grid, dim3 block, std::function<void()> body, bool sync) {
-  if (onSide) {
-    sideQueue.push_back([=] { run(grid, block, body, sync); });
-    return;
-  }
-  if (capturingNow) {
-    graph->push_back([=] { run(grid, block, body, sync); });
-    return;
-  }
-  run(grid, block, body, sync);
-}
 
 [[noreturn]] void die(const char *what) {
   std::fprintf(stderr, "CUDA emulation: %s\n", what);
@@ -168,12 +157,14 @@ void fcc_emu_sync() {
   blockBarrier->arrive_and_wait();
 }
 
+// A launch is stream work like any other: run now, held for the side
+// stream's join, or recorded into the graph being captured.
 void fcc_emu_launch(dim3 grid, dim3 block, std::function<void()> body) {
-  launch(grid, block, std::move(body), false);
+  fcc_emu_enqueue([=] { run(grid, block, body, false); });
 }
 
 void fcc_emu_launch_sync(dim3 grid, dim3 block, std::function<void()> body) {
-  launch(grid, block, std::move(body), true);
+  fcc_emu_enqueue([=] { run(grid, block, body, true); });
 }
 
 // The CUDA runtime functions the kernel sources call themselves.
