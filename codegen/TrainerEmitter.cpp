@@ -1670,9 +1670,14 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
          << fail("the all-gather buffer") << "  }\n";
   }
   os << "  return 0;\n}\n\n";
+  // The first step runs directly, before any capture: cuDNN and cuBLAS set
+  // up state on a handle's first call of a kind (and CUDA loads kernels
+  // lazily at their first launch); done inside a capture, that is at best
+  // captured work and at worst an error. Same kernels, same results.
   os << "static void *GRAPH; // the captured train step\n"
         "static float *const *GRAPH_P, *const *GRAPH_M;\n"
-        "static const void *GRAPH_KEY[5];\n\n"
+        "static const void *GRAPH_KEY[5];\n"
+        "static int WARMED_UP; // the first step ran outside a capture\n\n"
         "static void teardown(void) {\n"
         "  fcc_cuda_synchronize();\n"
         "  if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n  GRAPH = NULL;\n";
@@ -1725,7 +1730,8 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
       collectives ? "fcc_comm_cuda_account(" + std::to_string(payloadBytes) +
                         ", " + std::to_string(collectiveOps) + ");\n"
                   : "";
-  os << "  if (!fcc_cuda_graphs_enabled()) {\n"
+  os << "  if (!fcc_cuda_graphs_enabled() || !WARMED_UP) {\n"
+        "    WARMED_UP = 1;\n"
         "    fill_sgd_items();\n    train_step_body();\n"
      << (account.empty() ? "" : "    " + account) << "    return;\n  }\n"
         "  if (!GRAPH || params != GRAPH_P || momentum != GRAPH_M ||\n"
