@@ -17,6 +17,17 @@
 // same calls make the side stream join the capture and leave it again, so
 // the captured graph has the two branches.
 //
+// Stream priorities: the main stream is created with the device's highest
+// priority and the side stream with its lowest, and captured graphs are
+// instantiated with cudaGraphInstantiateFlagUseNodePriority (a kernel node
+// keeps the priority of the stream it was captured from). The main stream
+// carries the critical path of the backward pass (data gradients and the
+// BatchNorm backward chain); the weight gradients have slack until their
+// join. With equal priorities a weight gradient queued just before a data
+// gradient can take every SM and delay it; with these the block scheduler
+// hands SMs that free up to main-stream blocks first and the side stream
+// fills the rest (the last waves of main-stream kernels).
+//
 // Everything that a captured CUDA graph may refer to (scratch, workspaces)
 // is allocated once and never moved while the context lives, so a graph
 // captured at setup stays valid for the whole run.
@@ -80,6 +91,8 @@ struct Context {
   void *sideWorkspace = nullptr;
   size_t sideWorkspaceBytes = 0;
   cudaEvent_t forkEvent = nullptr, joinEvent = nullptr;
+  // cudaDeviceGetStreamPriorityRange: numerically lower is more urgent.
+  int lowestPriority = 0, highestPriority = 0;
   bool sidePending = false; // side work the main stream has not joined
   bool serial = false;      // FCC_CUDA_SERIAL=1: no side stream
 };
@@ -413,8 +426,9 @@ namespace {
 // The side stream, its cuDNN handle, scratch and events (fcc_cuda_init).
 int createSideStream(const char *fn) {
   ctx.serial = envFlag("FCC_CUDA_SERIAL");
-  if (int rc = cudaCheck(cudaStreamCreateWithFlags(&ctx.sideStream,
-                                                   cudaStreamNonBlocking),
+  if (int rc = cudaCheck(cudaStreamCreateWithPriority(&ctx.sideStream,
+                                                      cudaStreamNonBlocking,
+                                                      ctx.lowestPriority),
                          fn, "creating the side stream"))
     return rc;
   for (cudaEvent_t *e : {&ctx.forkEvent, &ctx.joinEvent})
@@ -500,10 +514,16 @@ extern "C" int fcc_cuda_init(int device) {
   ctx.deviceKey = format("%s|sm_%d%d|cudnn%zu", prop.name, prop.major,
                          prop.minor, size_t(cudnnGetVersion()));
   // Non-blocking: work other libraries put on the legacy default stream
-  // does not serialise with ours (everything of fcc is on this stream).
-  if (int rc = cudaCheck(
-          cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking), fn,
-          "cudaStreamCreateWithFlags"))
+  // does not serialise with ours (everything of fcc is on this stream or
+  // the side stream). Highest priority: see the file comment.
+  if (int rc = cudaCheck(cudaDeviceGetStreamPriorityRange(
+                             &ctx.lowestPriority, &ctx.highestPriority),
+                         fn, "cudaDeviceGetStreamPriorityRange"))
+    return fail(rc);
+  if (int rc = cudaCheck(cudaStreamCreateWithPriority(&ctx.stream,
+                                                      cudaStreamNonBlocking,
+                                                      ctx.highestPriority),
+                         fn, "cudaStreamCreateWithPriority"))
     return fail(rc);
   if (int rc = cudaCheck(cudaMalloc(&ctx.scratch, kScratchBytes), fn,
                          "allocating the kernel scratch"))
@@ -771,8 +791,11 @@ extern "C" int fcc_cuda_graph_end(void **graph_exec) {
                          "captured region not capturable?)"))
     return rc;
   cudaGraphExec_t exec = nullptr;
-  int rc = cudaCheck(cudaGraphInstantiate(&exec, graph, 0), fn,
-                     "cudaGraphInstantiate");
+  // The nodes keep the priorities of the streams they were captured from
+  // (see the file comment) rather than taking the launch stream's.
+  int rc = cudaCheck(cudaGraphInstantiate(&exec, graph,
+                                          cudaGraphInstantiateFlagUseNodePriority),
+                     fn, "cudaGraphInstantiate");
   cudaGraphDestroy(graph);
   if (rc == FCC_OK)
     *graph_exec = exec;
