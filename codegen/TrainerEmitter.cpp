@@ -612,8 +612,24 @@ LogicalResult Emitter::emitOp(Operation *o) {
   if (auto nl = dyn_cast<NameLoc>(o->getLoc()))
     where = " (" + nl.getName().str() + ")";
   return llvm::TypeSwitch<Operation *, LogicalResult>(o)
-      .Case<ReshapeOp, FlattenOp, arith::ConstantOp>(
-          [](auto) { return success(); }) // views / static data
+      .Case<ReshapeOp, FlattenOp>([&](Operation *r) {
+        // A view, or under --layout nhwc a reordering: a transpose between
+        // the map's NHWC storage and the IR's NCHW element order.
+        StringRef to = reordersLayout(r);
+        if (to.empty())
+          return success();
+        auto map = shapeOf(to == "nchw" ? r->getOperand(0) : r->getResult(0));
+        comment("reshape " + std::string(to == "nchw" ? "NHWC -> NCHW"
+                                                      : "NCHW -> NHWC") +
+                where);
+        call(rt("transpose_layout"),
+             {op(pointer(r->getOperand(0))), num(map[0]), num(map[1]),
+              num(map[2] * map[3]),
+              op(to == "nchw" ? "FCC_LAYOUT_NCHW" : "FCC_LAYOUT_NHWC"),
+              op(pointer(r->getResult(0)))});
+        return success();
+      })
+      .Case<arith::ConstantOp>([](auto) { return success(); }) // static data
       .Case<Conv2DOp>([&](Conv2DOp c) {
         comment("conv2d" + where);
         std::string plan =
@@ -864,6 +880,12 @@ LogicalResult Emitter::emitOp(Operation *o) {
         SmallVector<int64_t> xs(shapeOf(r.getInput())), kept = xs;
         for (int64_t a : r.getAxes())
           kept[a] = 1;
+        // NHWC: the same sum over the stored order (n, h, w, c); the kept
+        // axes come out in the order the result expects (checkNhwc).
+        if (nhwc() && xs.size() == 4) {
+          xs = {xs[0], xs[2], xs[3], xs[1]};
+          kept = {kept[0], kept[2], kept[3], kept[1]};
+        }
         checked(rt("reduce_sum_to"),
                 {op(pointer(r.getInput())), op(shapeArray(xs)),
                  op(shapeArray(kept)), num(xs.size()), op(pointer(r.getOutput()))});
@@ -1415,6 +1437,17 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
       return maxPool(p);
     if (isa<FlipOp>(o))
       return WalkResult::advance();
+    // Sums over the stored (n, h, w, c) order; the kept axes must come out
+    // in the result's order, i.e. not channels and pixels both (a bias
+    // gradient keeps the channels alone).
+    if (auto r = dyn_cast<ReduceSumOp>(o)) {
+      SmallVector<int64_t> kept(shapeOf(r.getInput()));
+      for (int64_t a : r.getAxes())
+        kept[a] = 1;
+      return kept[1] == 1 || kept[2] * kept[3] == 1
+                 ? WalkResult::advance()
+                 : refuse(o, "keeps channels and pixels of a map");
+    }
     // Elementwise ops, and ops on parameters and their gradients (filters
     // stay KCRS): the layout does not matter.
     if (isa<ReluOp, CeluOp, ReluGradOp, CeluGradOp, CastOp, DropoutOp,
@@ -1429,17 +1462,18 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
           return refuse(o, "broadcasts a 4-d operand");
       return WalkResult::advance();
     }
-    // A 4-d map flattened with 1x1 spatial size is the same in both layouts.
-    if (isa<FlattenOp, ReshapeOp>(o)) {
-      auto in = shapeOf(o->getOperand(0));
-      return in.size() != 4 || (in[2] == 1 && in[3] == 1)
+    // A view where both layouts store the same order (1x1 maps, one
+    // channel); a transpose between a map and a flat tensor otherwise
+    // (fcc-plan-memory gave the result a buffer of its own: reordersLayout).
+    if (isa<FlattenOp, ReshapeOp>(o))
+      return reordersLayout(o) != "both"
                  ? WalkResult::advance()
-                 : refuse(o, "flattens feature maps larger than 1x1");
-    }
+                 : refuse(o, "reshapes a feature map into another feature "
+                             "map (not one transpose in NHWC)");
     return refuse(o, "has 4-d activations and no NHWC kernel (NHWC takes "
                      "convolutions, fused BatchNorm + activation, max pooling "
                      "whose windows tile the input, elementwise ops and "
-                     "flattening of 1x1 maps)");
+                     "reshapes between maps and flat tensors)");
   });
   return failure(r.wasInterrupted());
 }

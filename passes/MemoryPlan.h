@@ -21,10 +21,17 @@ constexpr llvm::StringLiteral kArenaBytesAttrName = "fcc.arena_bytes";
 /// half-precision storage, 4 on the CPU target, which emulates half
 /// precision in float buffers holding only half-representable values.
 constexpr llvm::StringLiteral kHalfBytesAttrName = "fcc.half_bytes";
+/// Physical layout of the 4-d activations of a planned function, "nhwc"
+/// (absent: NCHW, the layout of the IR's types). Under NHWC a reshape that
+/// takes a 4-d map with more than one channel and more than one pixel to
+/// another shape reorders its elements (the IR's order is NCHW's): it is no
+/// view but a transpose into a buffer of its own (see reordersLayout).
+constexpr llvm::StringLiteral kLayoutAttrName = "fcc.layout";
 
 enum class ValueKind {
   Argument, // a function argument: a buffer the trainer owns
-  View,     // fcc.reshape / fcc.flatten: the operand's memory
+  View,     // fcc.reshape / fcc.flatten: the operand's memory (unless
+            // reordersLayout: then Arena)
   InPlace,  // returned with fcc.updates: written into that argument's buffer
   Metric,   // returned with fcc.metric: accumulated into the metrics array
   Constant, // arith.constant: static data in the generated code
@@ -34,6 +41,15 @@ enum class ValueKind {
 };
 
 ValueKind classifyValue(mlir::Value v);
+
+/// Where a fcc.reshape / fcc.flatten cannot be a view because its function
+/// stores 4-d activations NHWC (kLayoutAttrName): the layout its result is
+/// written in by a transpose, "nchw" (a 4-d map flattened: its NHWC input
+/// reordered to the IR's NCHW order) or "nhwc" (a flat tensor reshaped to a
+/// map, the inverse); empty for a view. "both" when both sides are 4-d maps
+/// that differ in the two layouts (no single transpose; code generation
+/// refuses it).
+llvm::StringRef reordersLayout(mlir::Operation *op);
 
 /// The value whose memory a chain of views refers to.
 mlir::Value viewRoot(mlir::Value v);

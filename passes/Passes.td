@@ -61,6 +61,10 @@ def PlanMemory : Pass<"fcc-plan-memory", "mlir::ModuleOp"> {
     Option<"halfBytes", "half-bytes", "int64_t", "4",
            "Storage bytes of an fp16/bf16 element: 4 for the CPU target "
            "(emulated half precision in float buffers), 2 for GPUs">,
+    Option<"layout", "layout", "std::string", "\"nchw\"",
+           "Storage of 4-d activations: nchw, or nhwc (the CUDA target's "
+           "--layout nhwc: reshapes that reorder a map's elements become "
+           "transposes into buffers of their own instead of views)">,
   ];
 }
 

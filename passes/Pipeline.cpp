@@ -56,5 +56,6 @@ void fcc::buildPipeline(OpPassManager &pm, const PipelineOptions &o) {
   PlanMemoryOptions plan;
   plan.inPlace = o.inPlace;
   plan.halfBytes = o.halfBytes;
+  plan.layout = o.layout;
   pm.addPass(createPlanMemory(plan));
 }

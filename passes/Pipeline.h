@@ -27,6 +27,7 @@ struct PipelineOptions {
   bool inPlace = true;       // memory planning may overwrite dying operands
   std::string precision = "fp32"; // fp32, fp16 (loss scaling) or bf16
   int64_t halfBytes = 4;     // storage of a half element (4: CPU emulation)
+  std::string layout = "nchw"; // storage of 4-d activations (nhwc: CUDA)
   bool fuseBatchNorm = true; // fcc-fuse-batchnorm and fcc-fold-batchnorm
   // Data parallelism: gradient compression (fcc-inject-compression) and the
   // collectives that average gradients over ranks (fcc-insert-collectives).

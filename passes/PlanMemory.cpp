@@ -6,8 +6,9 @@
 // every value into a pointer: block arguments are the trainer's persistent
 // buffers (parameters, optimizer state, the batch), results returned with
 // fcc.updates are written in place into their argument's buffer, reshapes are
-// views of their operand, metrics go straight to the metrics array, and the
-// rest live in the arena at the planned offset.
+// views of their operand (except, under `layout=nhwc`, those that reorder a
+// map's elements: reordersLayout), metrics go straight to the metrics array,
+// and the rest live in the arena at the planned offset.
 //
 // Placement is "greedy by size" (largest tensors first, each at the lowest
 // offset that does not collide with an already placed tensor alive at the
@@ -66,7 +67,7 @@ ValueKind fcc::classifyValue(Value v) {
     return ValueKind::Argument;
   Operation *def = v.getDefiningOp();
   if (isa<ReshapeOp, FlattenOp>(def))
-    return ValueKind::View;
+    return reordersLayout(def).empty() ? ValueKind::View : ValueKind::Arena;
   if (isa<arith::ConstantOp>(def))
     return ValueKind::Constant;
   if (isa<AllGatherOp>(def))
@@ -83,6 +84,30 @@ ValueKind fcc::classifyValue(Value v) {
       return ValueKind::Metric;
   }
   return ValueKind::Arena;
+}
+
+StringRef fcc::reordersLayout(Operation *op) {
+  if (!isa<ReshapeOp, FlattenOp>(op))
+    return "";
+  auto f = op->getParentOfType<func::FuncOp>();
+  auto layout = f ? f->getAttrOfType<StringAttr>(kLayoutAttrName) : nullptr;
+  if (!layout || layout.getValue() != "nhwc")
+    return "";
+  // Whether NHWC storage of a tensor differs from NCHW storage: a 4-d map
+  // with more than one channel and more than one pixel.
+  auto differs = [](Value v) {
+    auto t = dyn_cast<ShapedType>(v.getType());
+    if (!t || !t.hasStaticShape() || t.getRank() != 4)
+      return false;
+    ArrayRef<int64_t> s = t.getShape();
+    return s[1] > 1 && s[2] * s[3] > 1;
+  };
+  Value in = op->getOperand(0), out = op->getResult(0);
+  if (in.getType() == out.getType() || (!differs(in) && !differs(out)))
+    return "";
+  if (differs(in) && differs(out))
+    return "both";
+  return differs(in) ? "nchw" : "nhwc";
 }
 
 Value fcc::viewRoot(Value v) {
@@ -115,10 +140,15 @@ struct Interval {
   int64_t offset = -1;
 };
 
-LogicalResult planFunction(func::FuncOp func, bool inPlace, int64_t halfBytes) {
+LogicalResult planFunction(func::FuncOp func, bool inPlace, int64_t halfBytes,
+                           StringRef layout) {
   func->setAttr(kHalfBytesAttrName,
                 IntegerAttr::get(IntegerType::get(func.getContext(), 64),
                                  halfBytes));
+  if (layout == "nhwc")
+    func->setAttr(kLayoutAttrName, StringAttr::get(func.getContext(), layout));
+  else
+    func->removeAttr(kLayoutAttrName);
   Block &block = func.getBody().front();
   llvm::DenseMap<Operation *, int64_t> index;
   int64_t n = 0;
@@ -240,8 +270,13 @@ LogicalResult planFunction(func::FuncOp func, bool inPlace, int64_t halfBytes) {
 struct PlanMemoryPass : public fcc::impl::PlanMemoryBase<PlanMemoryPass> {
   using PlanMemoryBase::PlanMemoryBase;
   void runOnOperation() override {
+    if (layout != "nchw" && layout != "nhwc") {
+      getOperation().emitError() << "fcc-plan-memory: layout=" << layout
+                                 << ": expected nchw or nhwc";
+      return signalPassFailure();
+    }
     for (auto func : getOperation().getOps<func::FuncOp>())
-      if (failed(planFunction(func, inPlace, halfBytes)))
+      if (failed(planFunction(func, inPlace, halfBytes, layout)))
         return signalPassFailure();
   }
 };

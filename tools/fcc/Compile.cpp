@@ -101,7 +101,8 @@ CLI::App *fcc::addCompileCommand(CLI::App &app, CompileOptions &o) {
                 "tensor-core convolutions, no layout transposes around them; "
                 "the model's ops must all take it: convolutions, fused "
                 "BatchNorm + activation, tiling max pools, elementwise ops, "
-                "flattening of 1x1 maps)")
+                "reshapes between maps and flat tensors (a transpose where "
+                "the layouts differ))")
       ->check(CLI::IsMember({"nchw", "nhwc"}));
   c->add_option("--input-shape", o.inputShapes,
                 "Static shape of a data input, NAME=DxDx... (repeatable)");
@@ -276,6 +277,7 @@ int fcc::runCompile(const CompileOptions &options) {
   pipeline.precision = o.precision;
   // Half tensors take 2 bytes on a GPU; the CPU emulates them in floats.
   pipeline.halfBytes = o.target == "cuda" ? 2 : 4;
+  pipeline.layout = o.layout;
   pipeline.fuseBatchNorm = !o.noFuseBn;
   pipeline.biasLrMult = o.biasLrMult ? *o.biasLrMult : recipe->biasLrMult;
   pipeline.biasWdMult = o.biasWdMult ? *o.biasWdMult : recipe->biasWdMult;
