@@ -826,6 +826,16 @@ for r in rows:
             lines.append(f"{r['name']} / {base['name']}: "
                          f"{r['train'] / base['train']:.2f} (training time; "
                          f"below 1: NHWC faster)")
+# The side stream side by side: fcc P against fcc P-serial (FCC_CUDA_SERIAL=1:
+# one stream, no overlap of the weight gradients).
+for r in rows:
+    if r["name"].endswith("-serial"):
+        base = by_name.get(r["name"][:-len("-serial")])
+        if base and r["train"] > 0:
+            lines.append("")
+            lines.append(f"{base['name']} / {r['name']}: "
+                         f"{base['train'] / r['train']:.2f} (training time; "
+                         f"below 1: the side stream faster)")
 text = "\n".join(lines)
 print(text)
 with open(out, "w") as fh:
