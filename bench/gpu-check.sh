@@ -816,26 +816,22 @@ if ratios:
     lines.append("")
     lines.append("fcc time / PyTorch time:")
     lines += ratios
-# The layouts side by side: fcc NHWC against fcc NCHW of the same precision.
+# fcc against fcc: a variant's time over its baseline's. NHWC against NCHW
+# of the same precision (P-nhwc / P), and the side stream against one stream
+# (P / P-serial, FCC_CUDA_SERIAL=1: no overlap of the weight gradients).
 by_name = {r["name"]: r for r in rows}
-for r in rows:
-    if r["name"].endswith("-nhwc"):
-        base = by_name.get(r["name"][:-len("-nhwc")])
-        if base and base["train"] > 0:
+for suffix, variant_first, meaning in (("-nhwc", True, "NHWC faster"),
+                                       ("-serial", False, "the side stream faster")):
+    for r in rows:
+        base = by_name.get(r["name"][:-len(suffix)]) if r["name"].endswith(suffix) else None
+        if not base:
+            continue
+        num, den = (r, base) if variant_first else (base, r)
+        if den["train"] > 0:
             lines.append("")
-            lines.append(f"{r['name']} / {base['name']}: "
-                         f"{r['train'] / base['train']:.2f} (training time; "
-                         f"below 1: NHWC faster)")
-# The side stream side by side: fcc P against fcc P-serial (FCC_CUDA_SERIAL=1:
-# one stream, no overlap of the weight gradients).
-for r in rows:
-    if r["name"].endswith("-serial"):
-        base = by_name.get(r["name"][:-len("-serial")])
-        if base and r["train"] > 0:
-            lines.append("")
-            lines.append(f"{base['name']} / {r['name']}: "
-                         f"{base['train'] / r['train']:.2f} (training time; "
-                         f"below 1: the side stream faster)")
+            lines.append(f"{num['name']} / {den['name']}: "
+                         f"{num['train'] / den['train']:.2f} (training time; "
+                         f"below 1: {meaning})")
 text = "\n".join(lines)
 print(text)
 with open(out, "w") as fh:
