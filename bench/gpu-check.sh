@@ -819,11 +819,15 @@ if ratios:
 # fcc against fcc: a variant's time over its baseline's. NHWC against NCHW
 # of the same precision (P-nhwc / P), and the side stream against one stream
 # (P / P-serial, FCC_CUDA_SERIAL=1: no overlap of the weight gradients).
-by_name = {r["name"]: r for r in rows}
+# (--smoke-cpu names end in -smoke.)
+def key(name):
+    return name[:-len("-smoke")] if name.endswith("-smoke") else name
+by_key = {key(r["name"]): r for r in rows}
 for suffix, variant_first, meaning in (("-nhwc", True, "NHWC faster"),
                                        ("-serial", False, "the side stream faster")):
     for r in rows:
-        base = by_name.get(r["name"][:-len(suffix)]) if r["name"].endswith(suffix) else None
+        k = key(r["name"])
+        base = by_key.get(k[:-len(suffix)]) if k.endswith(suffix) else None
         if not base:
             continue
         num, den = (r, base) if variant_first else (base, r)
