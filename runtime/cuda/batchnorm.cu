@@ -5,14 +5,16 @@
 // folding an inference BatchNorm into the convolution before it, and the
 // per-channel sum that is a convolution's bias gradient.
 //
-// Per-channel reductions run in two launches, deterministically:
+// Per-channel reductions run in one launch, deterministically:
 //  1. a grid of (segments x channels) blocks; each thread accumulates its
 //     strided share of the channel's n*h*w elements in double, the block
 //     sums its threads in a fixed tree, and each block writes one pair of
 //     partial sums to the context's scratch;
-//  2. one thread per channel adds the channel's partial sums in segment
-//     order and derives what the next launch needs (statistics,
-//     coefficients) from them.
+//  2. the channel's last block to finish (a completion counter per
+//     channel) adds the channel's partial sums in segment order, one thread
+//     per channel, and derives what the next launch needs (statistics,
+//     coefficients) from them. (Until 2026-12 this was a second launch,
+//     channelFinishKernel, which FCC_CUDA_FINISH_KERNEL=1 still uses.)
 // The number of segments depends only on the shape (enough blocks to fill
 // any GPU, at least 8 elements per thread), so results are the same on
 // every run and every GPU.
@@ -164,16 +166,60 @@ bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
 }
 
 //===----------------------------------------------------------------------===//
-// The two-launch per-channel reduction
+// The per-channel reduction
 //===----------------------------------------------------------------------===//
+//
+// One launch: blocks (segments x channels) write partial sums, and the
+// last block of each channel (or NHWC channel group) to finish adds them in
+// segment order and calls the Fin (the statistics, coefficients, gradient
+// sums) - the CUDA programming guide's threadfence pattern on a counter
+// per channel (reduceCounters(), zero between calls). The sums and their
+// order are those of channelFinishKernel, the second launch this replaced;
+// FCC_CUDA_FINISH_KERNEL=1 brings that launch back (A/B measurements).
+
+bool separateFinish() { return envFlag("FCC_CUDA_FINISH_KERNEL"); }
+
+// Called by every thread of a block after it wrote its partial sums of
+// channels ch0 .. ch0 + channels - 1 (segment blockIdx.x): the block that
+// finishes last (by `counter`) adds each channel's partials in segment
+// order (from L2: other blocks wrote them), calls fin and zeroes the
+// counter for the next reduction on this stream.
+template <class Fin>
+__device__ void finishInLastBlock(Fin fin, const double2 *partials,
+                                  int segments, int64_t ch0, int channels,
+                                  unsigned *counter) {
+  __shared__ bool last;
+  __threadfence(); // this thread's partials before the block counts done
+  __syncthreads();
+  if (threadIdx.x == 0)
+    last = atomicAdd(counter, 1u) == unsigned(segments - 1);
+  __syncthreads();
+  if (!last)
+    return;
+  if (int(threadIdx.x) < channels) {
+    const int64_t ch = ch0 + threadIdx.x;
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < segments; ++s) {
+      const double2 v = __ldcg(&partials[ch * segments + s]);
+      a += v.x;
+      b += v.y;
+    }
+    fin(ch, a, b);
+  }
+  if (threadIdx.x == 0)
+    *counter = 0;
+}
 
 // Op(ch, plane, j) -> (a, b): the contribution of element j of plane
 // `plane` (= n * c + ch) to the channel's two sums.
 // The thread's element e = i * hw + j of the channel advances by the
 // stride in (i, j) form, with one carry, so the loop divides only once.
-template <class Op>
+// With counters, the channel's last block finishes (fin); without, the
+// caller launches channelFinishKernel.
+template <class Op, class Fin>
 __global__ void __launch_bounds__(kThreads)
-    channelPartialsKernel(Op op, Layout l, int segments, double2 *partials) {
+    channelPartialsKernel(Op op, Fin fin, Layout l, int segments,
+                          double2 *partials, unsigned *counters) {
   const int64_t ch = blockIdx.y;
   const uint32_t stride = uint32_t(segments) * kThreads; // <= 2^15
   const uint32_t si = stride / l.hw32, sj = stride - si * l.hw32;
@@ -194,6 +240,8 @@ __global__ void __launch_bounds__(kThreads)
   blockSum2(a, b);
   if (threadIdx.x == 0)
     partials[ch * segments + blockIdx.x] = make_double2(a, b);
+  if (counters) // uniform over the block
+    finishInLastBlock(fin, partials, segments, ch, 1, counters + ch);
 }
 
 // Fin(ch, a, b) with the channel's totals, summed in segment order.
@@ -215,10 +263,13 @@ template <class Op, class Fin>
 bool channelReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
                    Fin fin) {
   const dim3 grid(unsigned(s.segments), unsigned(l.c));
-  channelPartialsKernel<<<grid, kThreads, 0, stream()>>>(op, l, s.segments,
-                                                          s.partials);
+  unsigned *counters = separateFinish() ? nullptr : reduceCounters();
+  channelPartialsKernel<<<grid, kThreads, 0, stream()>>>(
+      op, fin, l, s.segments, s.partials, counters);
   if (!checkLaunch(fn))
     return false;
+  if (counters)
+    return true;
   channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
       fin, s.partials, s.segments, l.c);
   return checkLaunch(fn);
@@ -1228,10 +1279,10 @@ constexpr int kNhwcChannels = 32; // channels per block of the reduction
 // channels ch0 .. ch0 + V - 1: op(ch0, item, a, b) adds channel ch0 + h's
 // terms to a[h] and b[h]. Item = blockIdx.x * rowLanes + rowLane, advancing
 // by segments * rowLanes.
-template <int V, class Op>
+template <int V, class Op, class Fin>
 __global__ void __launch_bounds__(kThreads)
-    nhwcPartialsKernel(Op op, int64_t items, int64_t c, int segments,
-                       double2 *partials) {
+    nhwcPartialsKernel(Op op, Fin fin, int64_t items, int64_t c, int segments,
+                       double2 *partials, unsigned *counters) {
   constexpr int kLanes = kNhwcChannels / V, kRowLanes = kThreads / kLanes;
   const int t = threadIdx.x, lane = t % kLanes, rowLane = t / kLanes;
   const int64_t ch0 = int64_t(blockIdx.y) * kNhwcChannels + lane * V;
@@ -1264,6 +1315,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int h = 0; h < V; ++h)
       partials[(ch0 + h) * segments + blockIdx.x] =
           make_double2(sa[h][t], sb[h][t]);
+  if (counters) { // uniform over the block
+    const int64_t first = int64_t(blockIdx.y) * kNhwcChannels;
+    finishInLastBlock(fin, partials, segments, first,
+                      int(c - first < kNhwcChannels ? c - first : kNhwcChannels),
+                      counters + blockIdx.y);
+  }
 }
 
 // prepare() for nhwcReduce<V> over n * perImage items per channel: a block
@@ -1284,10 +1341,13 @@ bool nhwcReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
                 Fin fin) {
   const dim3 grid(unsigned(s.segments),
                   unsigned((l.c + kNhwcChannels - 1) / kNhwcChannels));
+  unsigned *counters = separateFinish() ? nullptr : reduceCounters();
   nhwcPartialsKernel<V><<<grid, kThreads, 0, stream()>>>(
-      op, int64_t(l.count), l.c, s.segments, s.partials);
+      op, fin, int64_t(l.count), l.c, s.segments, s.partials, counters);
   if (!checkLaunch(fn))
     return false;
+  if (counters)
+    return true;
   channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
       fin, s.partials, s.segments, l.c);
   return checkLaunch(fn);

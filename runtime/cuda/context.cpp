@@ -63,6 +63,9 @@ namespace {
 // 128 partial sums of 2 doubles for 8192 channels, far beyond any layer
 // fcc compiles; kernels fall back to fewer partial sums when it does not.
 constexpr size_t kScratchBytes = size_t(16) << 20;
+// The reductions' completion counters (internal.h) follow each stream's
+// scratch in the same allocation, zeroed once.
+constexpr size_t kCounterBytes = size_t(kReduceCounters) * sizeof(unsigned);
 // cuBLAS workspace: NVIDIA recommends 32 MiB on Hopper (4 MiB before) and
 // an explicit workspace is required for cuBLAS calls inside a graph
 // capture to be replayable without allocations. cublasLtMatmul (gemm.cpp)
@@ -303,6 +306,12 @@ void *scratch(size_t bytes, const char *fn) {
 
 size_t scratchCapacity() { return kScratchBytes; }
 
+unsigned *reduceCounters() {
+  return reinterpret_cast<unsigned *>(
+      static_cast<char *>(onSide ? ctx.sideScratch : ctx.scratch) +
+      kScratchBytes);
+}
+
 namespace {
 int growWorkspace(void *&buffer, size_t &size, size_t bytes, const char *fn) {
   if (bytes <= size)
@@ -423,6 +432,16 @@ using namespace fcc::cuda;
 
 namespace {
 
+// A stream's kernel scratch with its zeroed reduction counters after it.
+int allocateScratch(void *&p, const char *fn, const char *what) {
+  if (int rc = cudaCheck(cudaMalloc(&p, kScratchBytes + kCounterBytes), fn,
+                         what))
+    return rc;
+  return cudaCheck(
+      cudaMemset(static_cast<char *>(p) + kScratchBytes, 0, kCounterBytes),
+      fn, "zeroing the reduction counters");
+}
+
 // The side stream, its cuDNN handle, scratch and events (fcc_cuda_init).
 int createSideStream(const char *fn) {
   ctx.serial = envFlag("FCC_CUDA_SERIAL");
@@ -435,8 +454,8 @@ int createSideStream(const char *fn) {
     if (int rc = cudaCheck(cudaEventCreateWithFlags(e, cudaEventDisableTiming),
                            fn, "cudaEventCreateWithFlags"))
       return rc;
-  if (int rc = cudaCheck(cudaMalloc(&ctx.sideScratch, kScratchBytes), fn,
-                         "allocating the side stream's kernel scratch"))
+  if (int rc = allocateScratch(ctx.sideScratch, fn,
+                               "allocating the side stream's kernel scratch"))
     return rc;
   cudnnStatus_t ds = cudnnCreate(&ctx.sideCudnn);
   if (ds != CUDNN_STATUS_SUCCESS) {
@@ -525,8 +544,8 @@ extern "C" int fcc_cuda_init(int device) {
                                                       ctx.highestPriority),
                          fn, "cudaStreamCreateWithPriority"))
     return fail(rc);
-  if (int rc = cudaCheck(cudaMalloc(&ctx.scratch, kScratchBytes), fn,
-                         "allocating the kernel scratch"))
+  if (int rc = allocateScratch(ctx.scratch, fn,
+                               "allocating the kernel scratch"))
     return fail(rc);
   if (int rc = cudaCheck(cudaMalloc(&ctx.cublasWorkspace,
                                     kCublasWorkspaceBytes),

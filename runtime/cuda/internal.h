@@ -77,6 +77,14 @@ int multiprocessors();
 void *scratch(size_t bytes, const char *fn);
 size_t scratchCapacity();
 
+// Zeroed completion counters of the per-channel reductions that finish in
+// their last block (batchnorm.cu), kReduceCounters per stream, owned by the
+// context next to the scratch. A reduction counts its blocks done on one
+// counter per channel (group) and its last block sets it back to zero, so
+// every counter is zero between calls.
+constexpr int64_t kReduceCounters = 65536;
+unsigned *reduceCounters();
+
 // The cuDNN workspace shared by all convolution plans, one per stream.
 // reserveWorkspace grows the main stream's to at least `bytes` and the side
 // stream's to at least `sideBytes` (called when a plan is created, never

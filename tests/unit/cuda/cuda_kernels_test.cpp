@@ -56,6 +56,21 @@ using Cuda = CudaDeviceTest;
 //===--- Device buffers ---------------------------------------------------===//
 
 // A zero-filled device buffer, freed with the object.
+// Sets an environment variable (the kernels' A/B switches, read at each
+// call) for a scope; unset after it.
+class ScopedEnv {
+public:
+  ScopedEnv(const char *name, const char *value) : name_(name) {
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv &) = delete;
+  ScopedEnv &operator=(const ScopedEnv &) = delete;
+
+private:
+  const char *name_;
+};
+
 class Buffer {
 public:
   explicit Buffer(int64_t bytes) : bytes_(bytes) {
@@ -264,7 +279,7 @@ TEST_F(Cuda, CastMultiMatchesSingleCasts) {
   for (int to : {FCC_DTYPE_F16, FCC_DTYPE_BF16})
     for (const char *scalar : {"0", "1"}) {
       SCOPED_TRACE(typeName(to) + (scalar[0] == '1' ? " FCC_CUDA_SCALAR=1" : ""));
-      setenv("FCC_CUDA_SCALAR", scalar, 1);
+      ScopedEnv env("FCC_CUDA_SCALAR", scalar);
       Buffer y(3000 * 2 + 16);
       // Sentinel bytes everywhere: the gaps between items must keep them.
       std::vector<unsigned char> sentinel(3000 * 2 + 16, 0x7b);
@@ -294,7 +309,6 @@ TEST_F(Cuda, CastMultiMatchesSingleCasts) {
       for (int64_t e : {437, 440, 541, 543})
         EXPECT_EQ(raw[size_t(2 * e)], 0x7b) << "element " << e << " written";
     }
-  unsetenv("FCC_CUDA_SCALAR");
 }
 
 //===----------------------------------------------------------------------===//
@@ -710,10 +724,22 @@ TEST_F(Cuda, PoolingNhwc) {
 
 TEST_F(Cuda, BatchNorm) {
   std::mt19937 rng(7);
-  const int64_t n = 3, c = 4, hw = 37, count = n * c * hw;
   const float eps = 1e-5f;
+  // 3 x 37 elements per channel: one block per channel in the reductions;
+  // 4 x 4096: 8 blocks (segments) per channel, whose last to finish adds
+  // the partial sums.
+  struct Shape {
+    int64_t n, c, hw;
+  };
+  // FCC_CUDA_FINISH_KERNEL=1: the partial sums added by a second launch
+  // instead (the A/B switch), with the same results.
+  for (const char *finish : {"0", "1"})
+  for (const Shape sh : {Shape{3, 4, 37}, Shape{4, 3, 4096}})
   for (int dtype : kHalfTypes) {
-    SCOPED_TRACE(typeName(dtype));
+    ScopedEnv env("FCC_CUDA_FINISH_KERNEL", finish);
+    const int64_t n = sh.n, c = sh.c, hw = sh.hw, count = n * c * hw;
+    SCOPED_TRACE(std::string(typeName(dtype)) + " hw " + std::to_string(hw) +
+                 " finish kernel " + finish);
     Floats x = randomFloats(rng, size_t(count), -2.0f, 2.0f);
     for (size_t i = 0; i < x.size(); ++i)
       x[i] += 3.0f; // a mean far from zero
@@ -962,6 +988,11 @@ TEST_F(Cuda, FusedBatchNormActivation) {
       {"celu_pool2_group", FCC_ACT_CELU, 0.4f, 2, 2, 2, 2, false, 6, 16},
       {"relu_pool2_group_fp32_only", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, false, 2,
        12},
+      // 3 x 128 x 128 elements per channel: several blocks (segments) per
+      // channel in the reductions, the last of which adds the partial sums.
+      {"celu_segments_residual", FCC_ACT_CELU, 0.3f, 0, 0, 0, 0, true, 128,
+       128},
+      {"relu_pool2_segments", FCC_ACT_RELU, 1.0f, 2, 2, 2, 2, false, 128, 128},
   };
   std::mt19937 rng(8);
   for (int dtype : kHalfTypes)

@@ -110,6 +110,10 @@ inline unsigned atomicCAS(unsigned *p, unsigned compare, unsigned value) {
                               __ATOMIC_SEQ_CST);
   return compare;
 }
+// Memory fence and the L2-only load of the last-block reductions: the
+// emulated blocks share one memory, so a full fence and a plain load.
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+template <class T> inline T __ldcg(const T *p) { return *p; }
 inline unsigned atomicMax(unsigned *p, unsigned v) {
   unsigned old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
   while (old < v && !__atomic_compare_exchange_n(p, &old, v, false,

@@ -243,6 +243,9 @@ void *scratch(size_t bytes, const char *fn) {
   return scratchBuffer;
 }
 size_t scratchCapacity() { return kScratchBytes; }
+// One set for both streams: their work runs one call at a time here.
+unsigned reduceCounterArray[kReduceCounters];
+unsigned *reduceCounters() { return reduceCounterArray; }
 int reserveWorkspace(size_t, size_t, const char *) { return FCC_OK; }
 void *workspace() { return nullptr; }
 size_t workspaceSize() { return 0; }
