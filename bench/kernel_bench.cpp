@@ -11,8 +11,10 @@
 //        and what gpu-check trains: pools before the BatchNorms, CELU;
 //        resnet9: ReLU, pools fused after them), NCHW and NHWC, with the
 //        default kernels (16-byte vectors, groups of pooling windows), with
-//        FCC_CUDA_SCALAR=1 (pairs, one window per thread) and, pooled
-//        layers, with FCC_BN_GENERAL=1 (per element). Bandwidth counts
+//        FCC_CUDA_SCALAR=1 (pairs, one window per thread), with
+//        FCC_CUDA_FINISH_KERNEL=1 (each reduction's partial sums added by a
+//        second launch, not by its last block) and, pooled layers, with
+//        FCC_BN_GENERAL=1 (per element). Bandwidth counts
 //        the least traffic each call
 //        needs (forward: read x, write y, read the residual; backward: read
 //        x and dy, write dx), against the device's peak.
@@ -278,27 +280,29 @@ const Model kModels[] = {
 };
 
 // One kernel variant of a table row: activations' layout, and the
-// environment (FCC_CUDA_SCALAR=1, FCC_BN_GENERAL=1) its kernels run under.
+// environment (FCC_CUDA_SCALAR=1, FCC_BN_GENERAL=1, FCC_CUDA_FINISH_KERNEL=1)
+// its kernels run under.
 struct KernelVariant {
   const char *name;
   int layout;
-  bool scalar, general;
+  bool scalar, general, finishKernel = false;
 };
 
-// Runs f() with the environment of one kernel variant: FCC_CUDA_SCALAR
-// and FCC_BN_GENERAL set to 1 or unset as asked; both unset afterwards.
-template <class F> void withEnv(bool scalar, bool general, F f) {
-  auto set = [](const char *name, bool on) {
+// Runs f() with the environment of kernel variant v: its switches set to 1
+// or unset as asked; all unset afterwards.
+template <class F> void withEnv(const KernelVariant &v, F f) {
+  const std::pair<const char *, bool> vars[] = {
+      {"FCC_CUDA_SCALAR", v.scalar},
+      {"FCC_BN_GENERAL", v.general},
+      {"FCC_CUDA_FINISH_KERNEL", v.finishKernel}};
+  for (auto [name, on] : vars)
     if (on)
       setenv(name, "1", 1);
     else
       unsetenv(name);
-  };
-  set("FCC_CUDA_SCALAR", scalar);
-  set("FCC_BN_GENERAL", general);
   f();
-  set("FCC_CUDA_SCALAR", false);
-  set("FCC_BN_GENERAL", false);
+  for (auto [name, on] : vars)
+    unsetenv(name);
 }
 
 void freeAll(std::initializer_list<void *> buffers) {
@@ -317,14 +321,17 @@ void benchBn(const Options &o, const Model &m, double peakBytes) {
   std::mt19937 rng(1);
   // Variants (the same random buffers; NHWC reads them as NHWC): the
   // default kernels (16-byte vectors, groups of pooling windows), the same
-  // with FCC_CUDA_SCALAR=1 (pairs, one window per thread), and for pooled
-  // layers FCC_BN_GENERAL=1 (per element); NCHW and NHWC.
+  // with FCC_CUDA_SCALAR=1 (pairs, one window per thread), with
+  // FCC_CUDA_FINISH_KERNEL=1 (a second launch per reduction), and for
+  // pooled layers FCC_BN_GENERAL=1 (per element); NCHW and NHWC.
   static const KernelVariant kVariants[] = {
       {"NCHW", FCC_LAYOUT_NCHW, false, false},
       {"NCHW scalar", FCC_LAYOUT_NCHW, true, false},
       {"NCHW per element", FCC_LAYOUT_NCHW, true, true},
       {"NHWC", FCC_LAYOUT_NHWC, false, false},
       {"NHWC scalar", FCC_LAYOUT_NHWC, true, false},
+      {"NCHW finish kernel", FCC_LAYOUT_NCHW, false, false, true},
+      {"NHWC finish kernel", FCC_LAYOUT_NHWC, false, false, true},
   };
   constexpr size_t kCount = std::size(kVariants);
   double total[kCount] = {};
@@ -358,7 +365,7 @@ void benchBn(const Options &o, const Model &m, double peakBytes) {
         continue; // no per-element kernels without pooling
       d.layout = v.layout;
       double f = 0.0, b = 0.0;
-      withEnv(v.scalar, v.general, [&] {
+      withEnv(v, [&] {
         f = timeMs(o.iters, [&] {
           fcc_cuda_bn_act_train_forward(&d, x, scale, shift, res, y, bm, bv,
                                         FCC_DTYPE_F16);
@@ -383,9 +390,13 @@ void benchBn(const Options &o, const Model &m, double peakBytes) {
   std::printf("\nBatchNorm per training step (forward + backward, the "
               "layers above): NCHW %.3f ms, FCC_CUDA_SCALAR=1 %.3f ms "
               "(scalar / vector %.2f); NHWC %.3f ms, FCC_CUDA_SCALAR=1 %.3f "
-              "ms (scalar / vector %.2f); NCHW / NHWC %.2f\n\n",
+              "ms (scalar / vector %.2f); NCHW / NHWC %.2f; "
+              "FCC_CUDA_FINISH_KERNEL=1 (a second launch per reduction): "
+              "NCHW %.3f ms, NHWC %.3f ms (finish kernel / last block %.2f, "
+              "%.2f)\n\n",
               total[0], total[1], total[1] / total[0], total[3], total[4],
-              total[4] / total[3], total[0] / total[3]);
+              total[4] / total[3], total[0] / total[3], total[5], total[6],
+              total[5] / total[0], total[6] / total[3]);
 }
 
 // The max pools that run alone (not fused into a BatchNorm), forward and
@@ -423,7 +434,7 @@ void benchPool(const Options &o, const Model &m, double peakBytes) {
       const KernelVariant &v = kVariants[vi];
       d.layout = v.layout;
       double f = 0.0, b = 0.0;
-      withEnv(v.scalar, v.general, [&] {
+      withEnv(v, [&] {
         f = timeMs(o.iters, [&] {
           fcc_cuda_max_pool2d_forward(&d, x, y, FCC_DTYPE_F16);
         });
