@@ -13,8 +13,9 @@
 #            (torch_reference.py --dump-step --init-from): the CUDA
 #            trainer may be at most 2x less accurate than the CPU trainer
 #            (fp32: or 5e-3 from float64, what cuDNN's fp32 algorithms give).
-#            Each fp16 step runs once more with FCC_CUDA_SERIAL=1 (no side
-#            stream): the parameters after it must be bit-identical.
+#            Each fp16 step runs again with FCC_CUDA_SERIAL=1 (no side
+#            stream) and with FCC_CUDA_FINISH_KERNEL=1 (reductions in two
+#            launches): the parameters after each must be bit-identical.
 # (b) train: bot10 for --epochs (10) epochs on the carried data with the CUDA
 #            trainer(s) (fp16 and fp32), then the PyTorch reference in eager
 #            mode (fp16 and fp32) and with torch.compile (fp16), same data.
@@ -502,21 +503,31 @@ part_step() {
       continue
     fi
     FCC_RAN=1
-    # The side stream must not change a bit: the same step with every
-    # weight gradient on the main stream (FCC_CUDA_SERIAL=1).
-    rm -rf "$WORK/step/cuda-$p-serial"
-    if [ "$base" = fp16 ] && trainer_run "dump-cuda-$p-serial" 120 env FCC_CUDA_SERIAL=1 \
-        "$gpu" "${step_flags[@]}" "${extra[@]}" --dump-step "$WORK/step/cuda-$p-serial"; then
+    # Switches that must not change a bit (the same kernels in another
+    # order or place): FCC_CUDA_SERIAL=1 puts every weight gradient on the
+    # main stream (a difference: a race between the streams);
+    # FCC_CUDA_FINISH_KERNEL=1 adds the reductions' partial sums in a second
+    # launch instead of their last block (a difference: the last-block
+    # finish read partial sums before they were visible).
+    local check
+    for check in "streams|FCC_CUDA_SERIAL|a race between the streams?" \
+                 "finish|FCC_CUDA_FINISH_KERNEL|a last-block reduction read stale partial sums?"; do
+      [ "$base" = fp16 ] || break
+      local label=${check%%|*} rest=${check#*|}
+      local var=${rest%%|*} hint=${rest#*|}
+      rm -rf "$WORK/step/cuda-$p-$label"
+      trainer_run "dump-cuda-$p-$label" 120 env "$var=1" \
+          "$gpu" "${step_flags[@]}" "${extra[@]}" --dump-step "$WORK/step/cuda-$p-$label" || continue
       local f differ=()
       for f in "$WORK/step/cuda-$p"/*.after.f32; do
-        cmp -s "$f" "$WORK/step/cuda-$p-serial/$(basename "$f")" || differ+=("$(basename "$f")")
+        cmp -s "$f" "$WORK/step/cuda-$p-$label/$(basename "$f")" || differ+=("$(basename "$f")")
       done
       if [ ${#differ[@]} -eq 0 ]; then
-        record "step-$p-streams" ok "side stream and FCC_CUDA_SERIAL=1 give bit-identical parameters"
+        record "step-$p-$label" ok "$var=1 gives bit-identical parameters"
       else
-        record "step-$p-streams" FAIL "side stream vs FCC_CUDA_SERIAL=1: ${#differ[@]} parameter(s) differ (${differ[*]:0:4}): a race between the streams?"
+        record "step-$p-$label" FAIL "$var=1: ${#differ[@]} parameter(s) differ (${differ[*]:0:4}): $hint"
       fi
-    fi
+    done
     if [ "$p" = "$base" ] || [ ! -f "$WORK/step/cpu-$base/manifest.json" ]; then
       rm -rf "$WORK/step/cpu-$base"
       if ! trainer_run "dump-cpu-$base" 300 "$cpu" "${step_flags[@]}" "${extra[@]}" \
