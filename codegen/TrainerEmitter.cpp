@@ -1440,7 +1440,8 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
     // Sums over the stored (n, h, w, c) order; the kept axes must come out
     // in the result's order, i.e. not channels and pixels both (a bias
     // gradient keeps the channels alone).
-    if (auto r = dyn_cast<ReduceSumOp>(o)) {
+    auto r = dyn_cast<ReduceSumOp>(o);
+    if (r && shapeOf(r.getInput()).size() == 4) {
       SmallVector<int64_t> kept(shapeOf(r.getInput()));
       for (int64_t a : r.getAxes())
         kept[a] = 1;
