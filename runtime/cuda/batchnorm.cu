@@ -191,11 +191,14 @@ __device__ void finishInLastBlock(Fin fin, const double2 *partials,
   __shared__ bool last;
   __threadfence(); // this thread's partials before the block counts done
   __syncthreads();
-  if (threadIdx.x == 0)
+  if (threadIdx.x == 0) {
+    __threadfence(); // and the block's, seen through the barrier
     last = atomicAdd(counter, 1u) == unsigned(segments - 1);
+  }
   __syncthreads();
   if (!last)
     return;
+  __threadfence(); // the other blocks' partials, counted done, after this
   if (int(threadIdx.x) < channels) {
     const int64_t ch = ch0 + threadIdx.x;
     double a = 0.0, b = 0.0;
