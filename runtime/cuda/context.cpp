@@ -437,9 +437,14 @@ int allocateScratch(void *&p, const char *fn, const char *what) {
   if (int rc = cudaCheck(cudaMalloc(&p, kScratchBytes + kCounterBytes), fn,
                          what))
     return rc;
-  return cudaCheck(
-      cudaMemset(static_cast<char *>(p) + kScratchBytes, 0, kCounterBytes),
-      fn, "zeroing the reduction counters");
+  // cudaMemset runs on the legacy default stream, which our non-blocking
+  // streams do not wait for: finish it before any kernel can count.
+  if (int rc = cudaCheck(
+          cudaMemset(static_cast<char *>(p) + kScratchBytes, 0, kCounterBytes),
+          fn, "zeroing the reduction counters"))
+    return rc;
+  return cudaCheck(cudaDeviceSynchronize(), fn,
+                   "zeroing the reduction counters");
 }
 
 // The side stream, its cuDNN handle, scratch and events (fcc_cuda_init).
