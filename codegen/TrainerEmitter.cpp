@@ -70,6 +70,15 @@ ArrayRef<int64_t> shapeOf(Value v) {
   return cast<ShapedType>(v.getType()).getShape();
 }
 
+/// The input shape of a reduce_sum with its summed axes set to 1: the
+/// broadcast shape of the result that fcc_*_reduce_sum_to takes.
+SmallVector<int64_t> keptShape(ReduceSumOp r) {
+  SmallVector<int64_t> kept(shapeOf(r.getInput()));
+  for (int64_t a : r.getAxes())
+    kept[a] = 1;
+  return kept;
+}
+
 /// The initializer of a `const fcc_bn_act_desc NAME[1]` global.
 std::string bnActDescInit(const fcc_bn_act_desc &d, StringRef layout) {
   return llvm::formatv("{{{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, "
@@ -877,9 +886,7 @@ LogicalResult Emitter::emitOp(Operation *o) {
       })
       .Case<ReduceSumOp>([&](ReduceSumOp r) {
         comment("reduce_sum" + where);
-        SmallVector<int64_t> xs(shapeOf(r.getInput())), kept = xs;
-        for (int64_t a : r.getAxes())
-          kept[a] = 1;
+        SmallVector<int64_t> xs(shapeOf(r.getInput())), kept = keptShape(r);
         // NHWC: the same sum over the stored order (n, h, w, c); the kept
         // axes come out in the order the result expects (checkNhwc).
         if (nhwc() && xs.size() == 4) {
@@ -1442,9 +1449,7 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
     // gradient keeps the channels alone).
     auto r = dyn_cast<ReduceSumOp>(o);
     if (r && shapeOf(r.getInput()).size() == 4) {
-      SmallVector<int64_t> kept(shapeOf(r.getInput()));
-      for (int64_t a : r.getAxes())
-        kept[a] = 1;
+      SmallVector<int64_t> kept = keptShape(r);
       return kept[1] == 1 || kept[2] * kept[3] == 1
                  ? WalkResult::advance()
                  : refuse(o, "keeps channels and pixels of a map");

@@ -179,6 +179,20 @@ bool prepare(const char *fn, int64_t n, int64_t c, int64_t hw, Layout &l,
 
 bool separateFinish() { return envFlag("FCC_CUDA_FINISH_KERNEL"); }
 
+// A channel's two totals: its partial sums added in segment order (read
+// from L2: other blocks wrote them). Both ways of finishing use it, so
+// they give the same sums.
+__device__ __forceinline__ double2 channelTotals(const double2 *partials,
+                                                 int64_t ch, int segments) {
+  double a = 0.0, b = 0.0;
+  for (int s = 0; s < segments; ++s) {
+    const double2 v = __ldcg(&partials[ch * segments + s]);
+    a += v.x;
+    b += v.y;
+  }
+  return make_double2(a, b);
+}
+
 // Called by every thread of a block after it wrote its partial sums of
 // channels ch0 .. ch0 + channels - 1 (segment blockIdx.x): the block that
 // finishes last (by `counter`) adds each channel's partials in segment
@@ -201,13 +215,8 @@ __device__ void finishInLastBlock(Fin fin, const double2 *partials,
   __threadfence(); // the other blocks' partials, counted done, after this
   if (int(threadIdx.x) < channels) {
     const int64_t ch = ch0 + threadIdx.x;
-    double a = 0.0, b = 0.0;
-    for (int s = 0; s < segments; ++s) {
-      const double2 v = __ldcg(&partials[ch * segments + s]);
-      a += v.x;
-      b += v.y;
-    }
-    fin(ch, a, b);
+    const double2 t = channelTotals(partials, ch, segments);
+    fin(ch, t.x, t.y);
   }
   if (threadIdx.x == 0)
     *counter = 0;
@@ -252,14 +261,24 @@ template <class Fin>
 __global__ void channelFinishKernel(Fin fin, const double2 *partials,
                                     int segments, int64_t c) {
   FCC_GRID_LOOP(ch, c) {
-    double a = 0.0, b = 0.0;
-    for (int s = 0; s < segments; ++s) {
-      const double2 v = partials[ch * segments + s];
-      a += v.x;
-      b += v.y;
-    }
-    fin(ch, a, b);
+    const double2 t = channelTotals(partials, ch, segments);
+    fin(ch, t.x, t.y);
   }
+}
+
+// After a partial-sums launch (channelPartialsKernel, nhwcPartialsKernel)
+// with `counters` (its last blocks finished) or without (the second
+// launch, channelFinishKernel, finishes).
+template <class Fin>
+bool finishReduction(const char *fn, const Layout &l, const Scratch &s,
+                     Fin fin, const unsigned *counters) {
+  if (!checkLaunch(fn))
+    return false;
+  if (counters)
+    return true;
+  channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
+      fin, s.partials, s.segments, l.c);
+  return checkLaunch(fn);
 }
 
 template <class Op, class Fin>
@@ -269,13 +288,7 @@ bool channelReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
   unsigned *counters = separateFinish() ? nullptr : reduceCounters();
   channelPartialsKernel<<<grid, kThreads, 0, stream()>>>(
       op, fin, l, s.segments, s.partials, counters);
-  if (!checkLaunch(fn))
-    return false;
-  if (counters)
-    return true;
-  channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
-      fin, s.partials, s.segments, l.c);
-  return checkLaunch(fn);
+  return finishReduction(fn, l, s, fin, counters);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1347,13 +1360,7 @@ bool nhwcReduce(const char *fn, const Layout &l, const Scratch &s, Op op,
   unsigned *counters = separateFinish() ? nullptr : reduceCounters();
   nhwcPartialsKernel<V><<<grid, kThreads, 0, stream()>>>(
       op, fin, int64_t(l.count), l.c, s.segments, s.partials, counters);
-  if (!checkLaunch(fn))
-    return false;
-  if (counters)
-    return true;
-  channelFinishKernel<<<blocksFor(l.c), kThreads, 0, stream()>>>(
-      fin, s.partials, s.segments, l.c);
-  return checkLaunch(fn);
+  return finishReduction(fn, l, s, fin, counters);
 }
 
 // First element of tiled window `win` (n, oh, ow) of channel ch.
