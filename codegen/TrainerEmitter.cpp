@@ -624,17 +624,18 @@ LogicalResult Emitter::emitOp(Operation *o) {
       .Case<ReshapeOp, FlattenOp>([&](Operation *r) {
         // A view, or under --layout nhwc a reordering: a transpose between
         // the map's NHWC storage and the IR's NCHW element order.
-        StringRef to = reordersLayout(r);
-        if (to.empty())
+        LayoutReorder reorder = reordersLayout(r);
+        if (reorder == LayoutReorder::None)
           return success();
-        auto map = shapeOf(to == "nchw" ? r->getOperand(0) : r->getResult(0));
-        comment("reshape " + std::string(to == "nchw" ? "NHWC -> NCHW"
-                                                      : "NCHW -> NHWC") +
+        bool toNchw = reorder == LayoutReorder::ToNchw;
+        auto map = shapeOf(toNchw ? r->getOperand(0) : r->getResult(0));
+        comment("reshape " + std::string(toNchw ? "NHWC -> NCHW"
+                                                : "NCHW -> NHWC") +
                 where);
         call(rt("transpose_layout"),
              {op(pointer(r->getOperand(0))), num(map[0]), num(map[1]),
               num(map[2] * map[3]),
-              op(to == "nchw" ? "FCC_LAYOUT_NCHW" : "FCC_LAYOUT_NHWC"),
+              op(toNchw ? "FCC_LAYOUT_NCHW" : "FCC_LAYOUT_NHWC"),
               op(pointer(r->getResult(0)))});
         return success();
       })
@@ -1472,7 +1473,7 @@ LogicalResult Emitter::checkNhwc(func::FuncOp f) {
     // channel); a transpose between a map and a flat tensor otherwise
     // (fcc-plan-memory gave the result a buffer of its own: reordersLayout).
     if (isa<FlattenOp, ReshapeOp>(o))
-      return reordersLayout(o) != "both"
+      return reordersLayout(o) != LayoutReorder::MapToMap
                  ? WalkResult::advance()
                  : refuse(o, "reshapes a feature map into another feature "
                              "map (not one transpose in NHWC)");

@@ -42,14 +42,20 @@ enum class ValueKind {
 
 ValueKind classifyValue(mlir::Value v);
 
-/// Where a fcc.reshape / fcc.flatten cannot be a view because its function
-/// stores 4-d activations NHWC (kLayoutAttrName): the layout its result is
-/// written in by a transpose, "nchw" (a 4-d map flattened: its NHWC input
-/// reordered to the IR's NCHW order) or "nhwc" (a flat tensor reshaped to a
-/// map, the inverse); empty for a view. "both" when both sides are 4-d maps
-/// that differ in the two layouts (no single transpose; code generation
-/// refuses it).
-llvm::StringRef reordersLayout(mlir::Operation *op);
+/// What a fcc.reshape / fcc.flatten does to element order when its function
+/// stores 4-d activations NHWC (kLayoutAttrName).
+enum class LayoutReorder {
+  None,    // a view: both sides store the same order (or the function is NCHW)
+  ToNchw,  // a 4-d map flattened: its NHWC input reordered to the IR's NCHW
+           // order by a transpose into a buffer of its own
+  ToNhwc,  // a flat tensor reshaped to a map: the inverse transpose
+  MapToMap // both sides are 4-d maps that differ in the two layouts: no single
+           // transpose (code generation refuses it)
+};
+
+/// How `op` reorders elements under its function's layout (None for ops
+/// other than fcc.reshape / fcc.flatten).
+LayoutReorder reordersLayout(mlir::Operation *op);
 
 /// The value whose memory a chain of views refers to.
 mlir::Value viewRoot(mlir::Value v);

@@ -67,7 +67,8 @@ ValueKind fcc::classifyValue(Value v) {
     return ValueKind::Argument;
   Operation *def = v.getDefiningOp();
   if (isa<ReshapeOp, FlattenOp>(def))
-    return reordersLayout(def).empty() ? ValueKind::View : ValueKind::Arena;
+    return reordersLayout(def) == LayoutReorder::None ? ValueKind::View
+                                                        : ValueKind::Arena;
   if (isa<arith::ConstantOp>(def))
     return ValueKind::Constant;
   if (isa<AllGatherOp>(def))
@@ -86,13 +87,13 @@ ValueKind fcc::classifyValue(Value v) {
   return ValueKind::Arena;
 }
 
-StringRef fcc::reordersLayout(Operation *op) {
+LayoutReorder fcc::reordersLayout(Operation *op) {
   if (!isa<ReshapeOp, FlattenOp>(op))
-    return "";
+    return LayoutReorder::None;
   auto f = op->getParentOfType<func::FuncOp>();
   auto layout = f ? f->getAttrOfType<StringAttr>(kLayoutAttrName) : nullptr;
   if (!layout || layout.getValue() != "nhwc")
-    return "";
+    return LayoutReorder::None;
   // Whether NHWC storage of a tensor differs from NCHW storage: a 4-d map
   // with more than one channel and more than one pixel.
   auto differs = [](Value v) {
@@ -104,10 +105,10 @@ StringRef fcc::reordersLayout(Operation *op) {
   };
   Value in = op->getOperand(0), out = op->getResult(0);
   if (in.getType() == out.getType() || (!differs(in) && !differs(out)))
-    return "";
+    return LayoutReorder::None;
   if (differs(in) && differs(out))
-    return "both";
-  return differs(in) ? "nchw" : "nhwc";
+    return LayoutReorder::MapToMap;
+  return differs(in) ? LayoutReorder::ToNchw : LayoutReorder::ToNhwc;
 }
 
 Value fcc::viewRoot(Value v) {
