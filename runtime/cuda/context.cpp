@@ -14,8 +14,9 @@
 // with the main stream's work. A fork is an event recorded on the main
 // stream that the side stream waits for; a join an event recorded on the
 // side stream that the main stream waits for. Inside a graph capture the
-// same calls make the side stream join the capture and leave it again, so
-// the captured graph has the two branches.
+// fork makes the side stream join the capture (it stays in it until the
+// capture ends) and the join merges its branch back, so the captured graph
+// has the two branches.
 //
 // Stream priorities: the main stream is created with the device's highest
 // priority and the side stream with its lowest, and captured graphs are
@@ -285,6 +286,7 @@ bool ready(const char *fn) {
 }
 
 cudaStream_t stream() { return onSide ? ctx.sideStream : ctx.stream; }
+bool onSideStream() { return onSide; }
 int multiprocessors() { return ctx.multiprocessors; }
 cudnnHandle_t cudnnHandle() { return onSide ? ctx.sideCudnn : ctx.cudnn; }
 cublasHandle_t cublasHandle() { return ctx.cublas; }
@@ -736,7 +738,7 @@ extern "C" int fcc_cuda_copy(void *dst, const void *src, int64_t bytes) {
   if (bytes == 0 || dst == src)
     return FCC_OK;
   return cudaCheck(cudaMemcpyAsync(dst, src, size_t(bytes),
-                                   cudaMemcpyDefault, ctx.stream),
+                                   cudaMemcpyDefault, stream()),
                    fn, "cudaMemcpyAsync");
 }
 
@@ -748,7 +750,7 @@ extern "C" int fcc_cuda_zero(void *dst, int64_t bytes) {
     return setError(FCC_ERR_INVALID, format("%s: negative size", fn));
   if (bytes == 0)
     return FCC_OK;
-  return cudaCheck(cudaMemsetAsync(dst, 0, size_t(bytes), ctx.stream), fn,
+  return cudaCheck(cudaMemsetAsync(dst, 0, size_t(bytes), stream()), fn,
                    "cudaMemsetAsync");
 }
 
@@ -791,6 +793,14 @@ extern "C" int fcc_cuda_graph_begin(void) {
   const char *fn = "fcc_cuda_graph_begin";
   if (!ctx.initialised)
     return setError(FCC_ERR_INVALID, format("%s: not initialised", fn));
+  if (onSide)
+    return setError(FCC_ERR_INVALID,
+                    format("%s: called on the side stream (before side_end)",
+                           fn));
+  // Side work queued before the capture joins the main stream first: a
+  // capture may not wait on an event recorded outside it.
+  if (!joinSide(fn))
+    return FCC_ERR_BACKEND;
   // Thread-local mode: only this thread's unsafe calls (allocation,
   // synchronisation) invalidate the capture; a loader thread that allocates
   // pinned memory does not.

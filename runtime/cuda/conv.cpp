@@ -94,11 +94,12 @@ struct fcc_cuda_conv2d_plan {
   cudnnConvolutionBwdDataAlgo_t bwdDataAlgo{};
   cudnnConvolutionBwdFilterAlgo_t bwdFilterAlgo{};
   size_t workspace[3] = {0, 0, 0};
-  // NHWC plans: the filter as KRSC (forward, data gradient) and the filter
-  // gradient as KRSC, in separate buffers: the weight gradient may run on
-  // the side stream while the main stream runs a data gradient of the same
-  // plan (two layers of one shape).
-  void *krsc = nullptr, *krscGrad = nullptr;
+  // NHWC plans: the filter as KRSC (forward, data gradient; main stream
+  // only) and the filter gradient as KRSC, one buffer per stream
+  // (krscGrad[onSideStream()]): a weight gradient may run on the side stream
+  // while the main stream runs a data gradient or a weight gradient of the
+  // same plan (two layers of one shape).
+  void *krsc = nullptr, *krscGrad[2] = {nullptr, nullptr};
 
   bool nhwc() const { return desc.layout == FCC_LAYOUT_NHWC; }
   int64_t filterCount() const {
@@ -113,7 +114,7 @@ struct fcc_cuda_conv2d_plan {
   int64_t outputPlaneSize() const { return nhwc() ? 1 : desc.oh * desc.ow; }
 
   ~fcc_cuda_conv2d_plan() {
-    for (void *b : {krsc, krscGrad})
+    for (void *b : {krsc, krscGrad[0], krscGrad[1]})
       if (b)
         cudaFree(b);
     if (x)
@@ -560,6 +561,18 @@ int createDescriptors(fcc_cuda_conv2d_plan &p, int64_t padH, int64_t padW,
   return FCC_OK;
 }
 
+// The side stream's cuDNN workspace is sized for filter gradients, and an
+// NHWC plan has one KRSC copy of the filter (transposed on the main stream):
+// forward and data-gradient calls belong on the main stream.
+int refuseSideStream(const char *fn) {
+  if (!onSideStream())
+    return FCC_OK;
+  return setError(FCC_ERR_INVALID,
+                  format("%s: not on the side stream (it runs weight "
+                         "gradients only)",
+                         fn));
+}
+
 // The filter cuDNN reads: w itself (NCHW), or w transposed into the plan's
 // KRSC buffer (NHWC).
 const void *filterForCudnn(const fcc_cuda_conv2d_plan &p, const void *w) {
@@ -617,7 +630,7 @@ extern "C" fcc_cuda_conv2d_plan *fcc_cuda_conv2d_create(const fcc_conv2d_desc *d
   if (createDescriptors(*plan, padH, padW, fn) != FCC_OK)
     return nullptr;
   if (plan->nhwc())
-    for (void **b : {&plan->krsc, &plan->krscGrad})
+    for (void **b : {&plan->krsc, &plan->krscGrad[0], &plan->krscGrad[1]})
       if (cudaCheck(cudaMalloc(b, size_t(plan->filterCount() *
                                          dtypeSize(dtype))),
                     fn, "allocating a KRSC filter"))
@@ -653,6 +666,8 @@ extern "C" int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
   const char *fn = "fcc_cuda_conv2d_forward";
   if (!p || !x || !w || !y)
     return setError(FCC_ERR_INVALID, format("%s: null argument", fn));
+  if (int rc = refuseSideStream(fn))
+    return rc;
   // alpha/beta are float for every storage type but double.
   const float one = 1.0f, zero = 0.0f;
   if (int rc = cudnnCheck(
@@ -674,6 +689,8 @@ extern "C" int fcc_cuda_conv2d_backward_data(fcc_cuda_conv2d_plan *p,
   const char *fn = "fcc_cuda_conv2d_backward_data";
   if (!p || !dy || !w || !dx)
     return setError(FCC_ERR_INVALID, format("%s: null argument", fn));
+  if (int rc = refuseSideStream(fn))
+    return rc;
   const float one = 1.0f, zero = 0.0f;
   return cudnnCheck(cudnnConvolutionBackwardData(
                         cudnnHandle(), &one, p->w, filterForCudnn(*p, w), p->y,
@@ -689,16 +706,17 @@ extern "C" int fcc_cuda_conv2d_backward_filter(fcc_cuda_conv2d_plan *p,
   if (!p || !x || !dy || !dw)
     return setError(FCC_ERR_INVALID, format("%s: null argument", fn));
   const float one = 1.0f, zero = 0.0f;
+  void *krscGrad = p->krscGrad[onSideStream() ? 1 : 0];
   if (int rc = cudnnCheck(cudnnConvolutionBackwardFilter(
                               cudnnHandle(), &one, p->x, x, p->y, dy,
                               p->conv[kBackwardFilter], p->bwdFilterAlgo,
                               workspace(), workspaceSize(), &zero, p->w,
-                              p->nhwc() ? p->krscGrad : dw),
+                              p->nhwc() ? krscGrad : dw),
                           fn, "cudnnConvolutionBackwardFilter"))
     return rc;
   const fcc_conv2d_desc &d = p->desc;
   if (p->nhwc())
-    fcc_cuda_transpose_layout(p->krscGrad, d.k, d.c / d.groups, d.r * d.s,
+    fcc_cuda_transpose_layout(krscGrad, d.k, d.c / d.groups, d.r * d.s,
                               FCC_LAYOUT_NCHW, dw, p->dtype);
   if (dbias && !channelSum(dy, p->outputPlanes(), d.k, p->outputPlaneSize(),
                            dbias, p->dtype, fn))

@@ -27,12 +27,13 @@
 //    alignments) and its result is kept with the descriptors in a small
 //    host-side map until fcc_cuda_shutdown. Creating descriptors and asking
 //    the heuristic are host-only (no GPU work, no device allocation), so a
-//    first call inside a graph capture is safe: generated trainers capture
-//    their first train step directly (TrainerEmitter's train_step), so the
-//    first call of a shape is usually made while capturing.
+//    first call inside a graph capture is safe (generated trainers run their
+//    first train step outside a capture, but a library caller may capture
+//    a shape's first call).
 //  - The workspace is the context's cuBLAS workspace (allocated once by
 //    fcc_cuda_init, never moved, so captured graphs stay valid); it is
-//    shared with cuBLAS safely because every call is ordered on stream().
+//    shared with cuBLAS safely because every call is ordered on the main
+//    stream (fcc_cuda_gemm refuses the side stream).
 //
 // Fallbacks, never a crash: when the bias is not aligned enough for the
 // epilogue or cuBLASLt has no algorithm with it, the bias takes the
@@ -293,6 +294,12 @@ extern "C" int fcc_cuda_gemm(int trans_a, int trans_b, int64_t m, int64_t n,
                     format("%s: the CUDA runtime is not initialised", fn));
   if (dtypeSize(dtype) == 0)
     return setError(FCC_ERR_INVALID, format("%s: unknown dtype %d", fn, dtype));
+  // One cuBLAS(Lt) workspace, and the cuBLAS handle bound to the main stream.
+  if (onSideStream())
+    return setError(FCC_ERR_INVALID,
+                    format("%s: not on the side stream (it runs convolution "
+                           "weight gradients only)",
+                           fn));
   if (m <= 0 || n <= 0)
     return FCC_OK;
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX)

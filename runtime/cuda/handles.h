@@ -15,8 +15,9 @@
 
 namespace fcc::cuda {
 
-// Valid between fcc_cuda_init and fcc_cuda_shutdown; both are bound to
-// stream().
+// Valid between fcc_cuda_init and fcc_cuda_shutdown. cudnnHandle() is that
+// of stream() (the main or the side stream's own handle); the cuBLAS handle
+// is bound to the main stream (fcc_cuda_gemm refuses the side stream).
 cudnnHandle_t cudnnHandle();
 cublasHandle_t cublasHandle();
 // The cuBLASLt handle (fcc_cuda_gemm); cuBLASLt takes the stream per call.

@@ -65,6 +65,9 @@ bool ready(const char *fn);
 // The stream everything is enqueued on: the main stream, or between
 // fcc_cuda_side_begin and fcc_cuda_side_end the side stream.
 cudaStream_t stream();
+// Whether stream() is the side stream (per-stream buffers of a plan pick
+// theirs by it).
+bool onSideStream();
 // Number of multiprocessors of the current device (launch sizing).
 int multiprocessors();
 

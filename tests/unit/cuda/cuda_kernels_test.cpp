@@ -1303,9 +1303,17 @@ TEST_F(Cuda, SideStreamWeightGradientsInAGraph) {
                      Buffer(wn * es), Buffer(d.k * es)};
       calls(serial, false);
       const std::vector<Floats> want = read(serial);
-      // The first weight gradient on the side stream, in a graph.
+      // The first weight gradient on the side stream, first without a
+      // graph (as a trainer's warm-up step: the side stream's cuDNN handle
+      // does its first-call set-up outside any capture), then in a graph.
       Outputs o{Buffer(wn * es), Buffer(d.k * es), Buffer(xn * es),
                 Buffer(wn * es), Buffer(d.k * es)};
+      calls(o, true);
+      ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+      {
+        SCOPED_TRACE("without a graph");
+        EXPECT_EQ(read(o), want);
+      }
       ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
       calls(o, true);
       void *graph = nullptr;
@@ -1334,6 +1342,67 @@ TEST_F(Cuda, SideStreamWeightGradientsInAGraph) {
   EXPECT_NE(fcc_cuda_synchronize(), 0);
   EXPECT_NE(std::string(fcc_cuda_last_error()).find("side"), std::string::npos)
       << fcc_cuda_last_error();
+  fcc_cuda_shutdown();
+  ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
+}
+
+// Side work queued before a capture begins is not part of the graph: it
+// runs (the capture may not wait on an event recorded outside it), and a
+// capture begun on the side stream is refused. Forward and data-gradient
+// convolutions and GEMMs refuse the side stream (its workspace is sized for
+// weight gradients; one KRSC filter copy per plan; one cuBLAS workspace).
+TEST_F(Cuda, SideStreamAroundCapturesAndWhatItRefuses) {
+  const char *serial = std::getenv("FCC_CUDA_SERIAL");
+  if (serial && std::string(serial) == "1")
+    GTEST_SKIP() << "FCC_CUDA_SERIAL=1: the side calls are no-ops";
+  const std::vector<float> values = {1.5f, -2.0f, 3.25f, 4.0f};
+  const int64_t bytes = int64_t(values.size() * sizeof(float));
+  auto src = upload(values, FCC_DTYPE_F32);
+  Buffer dst(bytes);
+  ASSERT_EQ(fcc_cuda_zero(dst.get(), bytes), 0);
+  fcc_cuda_side_begin();
+  ASSERT_EQ(fcc_cuda_copy(dst.get(), src->get(), bytes), 0);
+  fcc_cuda_side_end();
+  ASSERT_EQ(fcc_cuda_graph_begin(), 0) << fcc_cuda_last_error();
+  void *graph = nullptr;
+  ASSERT_EQ(fcc_cuda_graph_end(&graph), 0) << fcc_cuda_last_error();
+  ASSERT_EQ(fcc_cuda_synchronize(), 0) << fcc_cuda_last_error();
+  EXPECT_EQ(download(dst.get(), int64_t(values.size()), FCC_DTYPE_F32), values)
+      << "the side stream's copy before the capture did not run";
+  fcc_cuda_graph_destroy(graph);
+
+  fcc_cuda_side_begin();
+  EXPECT_NE(fcc_cuda_graph_begin(), 0);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("side stream"),
+            std::string::npos)
+      << fcc_cuda_last_error();
+
+  fcc_conv2d_desc d = convDesc(1, 2, 4, 4, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  ASSERT_EQ(fcc_conv2d_desc_finalize(&d), FCC_OK) << fcc_cpu_last_error();
+  fcc_cuda_side_end();
+  fcc_cuda_conv2d_plan *plan = fcc_cuda_conv2d_create(&d, FCC_DTYPE_F32);
+  ASSERT_NE(plan, nullptr) << fcc_cuda_last_error();
+  Buffer x(32 * 4), w(36 * 4), y(32 * 4);
+  fcc_cuda_side_begin();
+  EXPECT_NE(fcc_cuda_conv2d_forward(plan, x.get(), w.get(), nullptr, y.get()),
+            0);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_conv2d_forward"),
+            std::string::npos)
+      << fcc_cuda_last_error();
+  EXPECT_NE(fcc_cuda_conv2d_backward_data(plan, y.get(), w.get(), x.get()), 0);
+  EXPECT_NE(
+      std::string(fcc_cuda_last_error()).find("fcc_cuda_conv2d_backward_data"),
+      std::string::npos)
+      << fcc_cuda_last_error();
+  EXPECT_NE(fcc_cuda_gemm(0, 0, 2, 2, 2, 1.0f, x.get(), w.get(), 0.0f,
+                          nullptr, 0, 0, y.get(), FCC_DTYPE_F32),
+            0);
+  EXPECT_NE(std::string(fcc_cuda_last_error()).find("fcc_cuda_gemm"),
+            std::string::npos)
+      << fcc_cuda_last_error();
+  fcc_cuda_side_end();
+  fcc_cuda_side_join();
+  fcc_cuda_conv2d_destroy(plan);
   fcc_cuda_shutdown();
   ASSERT_EQ(fcc_cuda_init(0), 0) << fcc_cuda_last_error();
 }
@@ -1489,8 +1558,8 @@ TEST_F(Cuda, Gemm) {
   }
 
   // The first call of a shape may be made while a graph is being captured
-  // (trainers capture their first train step): planning must not enqueue,
-  // allocate or synchronise, and the graph must replay correctly.
+  // (by a library caller; trainers warm up first): planning must not
+  // enqueue, allocate or synchronise, and the graph must replay correctly.
   {
     const int64_t gm = 11, gn = 19, gk = 23;
     const Floats a = randomFloats(rng, size_t(gm * gk));

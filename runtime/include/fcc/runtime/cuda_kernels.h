@@ -82,8 +82,12 @@ void fcc_cuda_graph_destroy(void *graph_exec);
  * stream wait for everything queued on the side stream. Both streams join
  * the capture of a graph (graph_end and synchronize join the side stream
  * first). The side stream has its own cuDNN handle, cuDNN workspace and
- * kernel scratch; use it for convolutions (and the kernels they launch)
- * only. FCC_CUDA_SERIAL=1 (read at fcc_cuda_init) queues everything on the
+ * kernel scratch (and each NHWC plan a KRSC filter-gradient buffer per
+ * stream); use it for convolution weight gradients, the kernels they launch,
+ * elementwise kernels, fcc_cuda_copy and fcc_cuda_zero. Convolution forward
+ * and data-gradient calls and fcc_cuda_gemm refuse it (one KRSC filter copy
+ * per plan, a side workspace sized for filter gradients, one cuBLAS
+ * workspace); host transfers run on the main stream. FCC_CUDA_SERIAL=1 (read at fcc_cuda_init) queues everything on the
  * main stream, for A/B measurements. Errors are sticky (reported by
  * fcc_cuda_synchronize). */
 void fcc_cuda_side_begin(void);

@@ -120,8 +120,20 @@ void fcc_cuda_conv2d_destroy(fcc_cuda_conv2d_plan *p) {
   delete p;
 }
 
+// As conv.cpp and gemm.cpp: the side stream runs weight gradients only.
+static int refuseSideStream(const char *fn) {
+  return onSideStream()
+             ? setError(FCC_ERR_INVALID,
+                        format("%s: not on the side stream (it runs weight "
+                               "gradients only)",
+                               fn))
+             : FCC_OK;
+}
+
 int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
                             const void *w, const void *bias, void *y) {
+  if (int rc = refuseSideStream("fcc_cuda_conv2d_forward"))
+    return rc;
   fcc_emu_enqueue([=] {
     const fcc_conv2d_desc &d = p->desc;
     std::vector<float> xf = inputNchw(p, widen(x, inputCount(d), p->dtype)),
@@ -139,6 +151,8 @@ int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
 
 int fcc_cuda_conv2d_backward_data(fcc_cuda_conv2d_plan *p, const void *dy,
                                   const void *w, void *dx) {
+  if (int rc = refuseSideStream("fcc_cuda_conv2d_backward_data"))
+    return rc;
   fcc_emu_enqueue([=] {
     const fcc_conv2d_desc &d = p->desc;
     std::vector<float> dyf = outputNchw(p, widen(dy, outputCount(d), p->dtype)),
@@ -177,6 +191,8 @@ int fcc_cuda_gemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                   int dtype) {
   if (dtypeSize(dtype) == 0)
     return setError(FCC_ERR_INVALID, "fcc_cuda_gemm: unknown dtype");
+  if (int rc = refuseSideStream("fcc_cuda_gemm"))
+    return rc;
   fcc_emu_enqueue([=] {
     std::vector<float> af = widen(a, m * k, dtype),
                        bf = widen(b, k * n, dtype),

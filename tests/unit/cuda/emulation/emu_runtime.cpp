@@ -234,6 +234,7 @@ bool ready(const char *fn) {
   return ready_;
 }
 cudaStream_t stream() { return reinterpret_cast<cudaStream_t>(1); }
+bool onSideStream() { return onSide; }
 int multiprocessors() { return 1; }
 void *scratch(size_t bytes, const char *fn) {
   if (bytes > kScratchBytes) {
@@ -306,12 +307,14 @@ int fcc_cuda_copy_to_host(void *dst, const void *src, int64_t bytes) {
   std::memcpy(dst, src, size_t(bytes));
   return sticky ? FCC_ERR_BACKEND : FCC_OK;
 }
+// Device copies and zeroing are stream work (on the side stream between
+// side_begin and side_end, recorded into a graph being captured).
 int fcc_cuda_copy(void *dst, const void *src, int64_t bytes) {
-  std::memmove(dst, src, size_t(bytes));
+  fcc_emu_enqueue([=] { std::memmove(dst, src, size_t(bytes)); });
   return FCC_OK;
 }
 int fcc_cuda_zero(void *dst, int64_t bytes) {
-  std::memset(dst, 0, size_t(bytes));
+  fcc_emu_enqueue([=] { std::memset(dst, 0, size_t(bytes)); });
   return FCC_OK;
 }
 void *fcc_cuda_host_alloc(int64_t bytes) {
@@ -323,6 +326,10 @@ void fcc_cuda_memory(int64_t *used, int64_t *total) {
   *total = 2;
 }
 int fcc_cuda_graph_begin(void) {
+  if (onSide)
+    return setError(FCC_ERR_INVALID, "fcc_cuda_graph_begin: called on the "
+                                     "side stream (before side_end)");
+  joinSide(); // side work queued before the capture is not part of it
   capturingNow = true;
   graph = new Graph();
   return FCC_OK;
