@@ -15,9 +15,13 @@
 //     per channel, and derives what the next launch needs (statistics,
 //     coefficients) from them. (Until 2026-12 this was a second launch,
 //     channelFinishKernel, which FCC_CUDA_FINISH_KERNEL=1 still uses.)
-// The number of segments depends only on the shape (enough blocks to fill
-// any GPU, at least 8 elements per thread), so results are the same on
-// every run and every GPU.
+// The number of segments depends only on the shape and the vector width
+// (enough blocks to fill any GPU, at least 8 elements per thread), so
+// results are the same on every run and every GPU. The vector width
+// depends on the shape, the buffers' alignment and FCC_CUDA_SCALAR: with
+// FCC_CUDA_SCALAR=1 the sums group elements differently and results differ
+// by roundings (FCC_CUDA_FINISH_KERNEL=1 changes nothing: same partial
+// sums, added in the same order).
 //
 // Arithmetic mirrors runtime/cpu/batch_norm.cpp and fused.cpp formula by
 // formula, including which quantities are rounded to float:
@@ -562,12 +566,15 @@ bool poolTiles(const FusedGeom &g) {
 }
 
 // Whether the fused kernels may take the pooling window by window: tiled
-// windows (poolTiles) and 32-bit indices. FCC_BN_GENERAL=1 in the environment turns this off (the per-element
+// windows (poolTiles) and 32-bit indices: at most 2^30 elements, so that a
+// grid-stride int index (stride at most 2^20 blocks x 1024 threads) cannot
+// pass 2^31 - 1 before the loop ends. FCC_BN_GENERAL=1 in the environment turns this off (the per-element
 // kernels every geometry can take), for side-by-side measurements
 // (fcc-kernel-bench); it is read at each call, i.e. when a CUDA graph is
 // captured, not when it replays.
 bool tiledFused(const FusedGeom &g, int64_t planes) {
-  return !envFlag("FCC_BN_GENERAL") && poolTiles(g) && planes * g.h * g.w < (int64_t(1) << 31);
+  return !envFlag("FCC_BN_GENERAL") && poolTiles(g) &&
+         planes * g.h * g.w <= (int64_t(1) << 30);
 }
 
 //===----------------------------------------------------------------------===//

@@ -410,14 +410,16 @@ __device__ int64_t firstMaxIndex(const fcc_pool2d_desc &d, const T *plane,
 // window and one thread per window does the whole window: the forward reads
 // it once, the backward finds its first maximum once and writes every tap
 // (the general backward gathers per input element, finding each window's
-// maximum once per tap). Index math in 32 bits, hence the size limit.
+// maximum once per tap). Index math in 32 bits, hence the size limit (2^30
+// elements: a grid-stride int index, stride at most 2^20 blocks x 1024
+// threads, cannot pass 2^31 - 1 before the loop ends).
 bool poolTiles(const fcc_pool2d_desc &d) {
   return d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 && d.pad_r == 0 &&
          d.dil_h == 1 && d.dil_w == 1 && d.stride_h == d.kh &&
          d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw;
 }
 bool tiledPool32(const fcc_pool2d_desc &d) {
-  return poolTiles(d) && d.n * d.c * d.h * d.w < (int64_t(1) << 31);
+  return poolTiles(d) && d.n * d.c * d.h * d.w <= (int64_t(1) << 30);
 }
 
 // The first tap of a tiled window holding its maximum (the first NaN if any
@@ -585,7 +587,10 @@ __global__ void maxPoolNhwcBackwardKernel(fcc_pool2d_desc d, const T *x,
           out.v[h] = i * d.kw + j == scan[h].index()
                          ? fromFloat<T>(0.0f + toFloat(gy.v[h]))
                          : zero;
-        storeVec<V>(dx + base + (i * d.w + j) * d.c, 0, out);
+        // Indexed in vectors (base and c are multiples of V), so that nvcc
+        // stores the vector at once (from a pointer at an element offset it
+        // stored it element by element).
+        storeVec<V>(dx, (base + (i * d.w + j) * d.c) / V, out);
       }
   }
 }
