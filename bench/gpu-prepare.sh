@@ -29,7 +29,8 @@
 #                                   those in the GPU machine's Python packages
 #   bench/gpu/data/*.bin.xz         a CIFAR-10 subset (see data/NOTE.txt)
 #   bench/gpu/scripts/              gpu-check.sh, torch_reference.py,
-#                                   compare_step.py, flops.py, README.md
+#                                   compare_step.py, flops.py, ncu_summary.py,
+#                                   same_epochs.py, README.md
 #
 # Large files are xz-compressed (gpu-check.sh unpacks them with Python's lzma).
 # The folder must stay under --budget-mib (60 MiB) and, with the rest of the
@@ -40,7 +41,7 @@
 # repository root, carrying the folder:
 #     run(command="PYTHONUNBUFFERED=1 bash bench/gpu-check.sh", carry=["bench/gpu"])
 #
-# Usage: bench/gpu-prepare.sh [--build-dir DIR] [--rebuild] [--no-cuda]
+# Usage: bench/gpu-prepare.sh [--build-dir DIR] [--no-build] [--no-cuda]
 #          [--data DIR] [--train-records N] [--test-records N (3000)]
 #          [--batch N] [--gpu-arch LIST] [--budget-mib N] [--out DIR]
 #          [--with-compress-bench (fcc-compress-bench, 0.7 MiB; its table is
@@ -60,7 +61,7 @@ BATCH=512
 GPU_ARCH=
 BUDGET_MIB=60
 TREE_LIMIT_MIB=64
-REBUILD=0
+NO_BUILD=0
 NO_CUDA=0
 WITH_COMPRESS_BENCH=0
 RECORD=3073
@@ -72,7 +73,8 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) BUILD=$2; shift 2 ;;
-    --rebuild) REBUILD=1; shift ;;
+    --no-build) NO_BUILD=1; shift ;;
+    --rebuild) shift ;;  # the default now (kept for old command lines)
     --no-cuda) NO_CUDA=1; shift ;;
     --with-compress-bench) WITH_COMPRESS_BENCH=1; shift ;;
     --data) DATA_SRC=$2; shift 2 ;;
@@ -94,29 +96,23 @@ done
 command -v xz >/dev/null || die "xz is needed (apt-get install xz-utils)"
 command -v python3 >/dev/null || die "python3 is needed"
 
-# --- 1. fcc, built if needed ------------------------------------------------
+# --- 1. fcc and the runtime, built up to date ----------------------------
+# Always an incremental build (a no-op when nothing changed): a bundle made
+# from a stale build (say, an old libfcc_runtime_cuda.a) would spend the
+# device time measuring code that is not the commit's. --no-build skips it.
 FCC=$BUILD/bin/fcc
 MODELS=$BUILD/bin/fcc-models
-need_build=$REBUILD
-for f in "$FCC" "$MODELS"; do [ -x "$f" ] || need_build=1; done
-for f in libfcc_trainer.a libfcc_trainer_main.a libfcc_runtime_cpu.a; do
-  [ -f "$BUILD/lib/$f" ] || need_build=1
-done
-if [ "$need_build" = 1 ]; then
+if [ "$NO_BUILD" = 0 ]; then
   if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     say "configuring $BUILD"
     cmake -G Ninja -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release
   fi
   say "building fcc (cmake --build $BUILD)"
-  if ! cmake --build "$BUILD"; then
-    if [ ! -x "$FCC" ] || [ ! -x "$MODELS" ]; then
-      die "the build failed and there is no fcc to use"
-    fi
-    say "WARNING: the build failed; using the fcc already in $BUILD/bin"
-  fi
+  cmake --build "$BUILD" || die "the build failed: fix it before bundling"
 else
-  say "using $FCC (built; --rebuild to run cmake --build first)"
+  say "using $FCC as built (--no-build)"
 fi
+for f in "$FCC" "$MODELS"; do [ -x "$f" ] || die "no $f (build without --no-build)"; done
 
 # --- 2. the output folder ----------------------------------------------------
 MARKER=.fcc-gpu-bundle
@@ -299,7 +295,7 @@ TRAIN_TAKE=$(( TRAIN_RECORDS - left ))
 say "data: $TRAIN_TAKE train + $TEST_TAKE test images from $DATA_SRC"
 
 # --- 7. scripts --------------------------------------------------------------
-for s in gpu-check.sh torch_reference.py compare_step.py flops.py ncu_summary.py README.md; do
+for s in gpu-check.sh torch_reference.py compare_step.py flops.py ncu_summary.py same_epochs.py README.md; do
   [ -f "$HERE/$s" ] && cp "$HERE/$s" "$OUT_DIR/scripts/"
 done
 chmod +x "$OUT_DIR/scripts/"*.sh "$OUT_DIR/scripts/"*.py 2>/dev/null || true
@@ -319,7 +315,7 @@ DIRTY=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc 
   echo "  initial weights on every target)."
   echo "libraries (lib/, xz): ${LIBS[*]:-none}"
   echo "data (data/): see data/NOTE.txt"
-  echo "scripts (scripts/): gpu-check.sh torch_reference.py compare_step.py flops.py ncu_summary.py README.md"
+  echo "scripts (scripts/): gpu-check.sh torch_reference.py compare_step.py flops.py ncu_summary.py same_epochs.py README.md"
   echo
   echo "Run on the GPU machine, from the repository root:"
   echo "  PYTHONUNBUFFERED=1 bash bench/gpu-check.sh     (or bash bench/gpu/scripts/gpu-check.sh)"
