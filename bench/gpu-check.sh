@@ -813,12 +813,25 @@ import flops
 flop_img = flops.train_flops_per_image()
 pattern, peak = flops.peak_tflops(gpu)
 rows = []
+def usable(rec):
+    # a diverged run records NaN accuracy or loss as null
+    return all(isinstance(rec.get(k), (int, float)) for k in
+               ("epoch_time_s", "eval_time_s", "train_images", "test_acc"))
 for spec in sys.argv[4:]:
     name, prec, metrics, wall_file, summary = spec.split("|")
-    recs = [json.loads(l) for l in open(metrics) if l.strip()]
+    try:
+        recs = [json.loads(l) for l in open(metrics) if l.strip()]
+        bad = [r for r in recs if not usable(r)]
+        if bad:
+            print(f"table: {name}: {len(bad)} epoch record(s) without numbers "
+                  f"(diverged?), e.g. {bad[0]}: row left out", file=sys.stderr)
+            continue
+        wall = float(open(wall_file).read())
+    except (OSError, ValueError) as e:
+        print(f"table: {name}: {e}: row left out", file=sys.stderr)
+        continue
     if not recs:
         continue
-    wall = float(open(wall_file).read())
     train = sum(r["epoch_time_s"] for r in recs)
     evals = sum(r["eval_time_s"] for r in recs)
     images = sum(r["train_images"] for r in recs)
