@@ -561,18 +561,6 @@ int createDescriptors(fcc_cuda_conv2d_plan &p, int64_t padH, int64_t padW,
   return FCC_OK;
 }
 
-// The side stream's cuDNN workspace is sized for filter gradients, and an
-// NHWC plan has one KRSC copy of the filter (transposed on the main stream):
-// forward and data-gradient calls belong on the main stream.
-int refuseSideStream(const char *fn) {
-  if (!onSideStream())
-    return FCC_OK;
-  return setError(FCC_ERR_INVALID,
-                  format("%s: not on the side stream (it runs weight "
-                         "gradients only)",
-                         fn));
-}
-
 // The filter cuDNN reads: w itself (NCHW), or w transposed into the plan's
 // KRSC buffer (NHWC).
 const void *filterForCudnn(const fcc_cuda_conv2d_plan &p, const void *w) {

@@ -967,7 +967,7 @@ extern "C" void fcc_cuda_cast_multi(const fcc_cuda_cast_item *items, int num,
                                     int from, int to, int64_t max_count) {
   const char *fn = "fcc_cuda_cast_multi";
   dim3 grid;
-  if (!multiTensorGrid(fn, num, (max_count + 3) / 4, grid))
+  if (!multiTensorGrid(fn, num, max_count, grid))
     return;
   if (dtypeSize(from) == 0 || dtypeSize(to) == 0) {
     badDtype(fn, dtypeSize(from) == 0 ? from : to);

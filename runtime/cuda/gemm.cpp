@@ -294,12 +294,8 @@ extern "C" int fcc_cuda_gemm(int trans_a, int trans_b, int64_t m, int64_t n,
                     format("%s: the CUDA runtime is not initialised", fn));
   if (dtypeSize(dtype) == 0)
     return setError(FCC_ERR_INVALID, format("%s: unknown dtype %d", fn, dtype));
-  // One cuBLAS(Lt) workspace, and the cuBLAS handle bound to the main stream.
-  if (onSideStream())
-    return setError(FCC_ERR_INVALID,
-                    format("%s: not on the side stream (it runs convolution "
-                           "weight gradients only)",
-                           fn));
+  if (int rc = refuseSideStream(fn))
+    return rc;
   if (m <= 0 || n <= 0)
     return FCC_OK;
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX)

@@ -68,6 +68,20 @@ cudaStream_t stream();
 // Whether stream() is the side stream (per-stream buffers of a plan pick
 // theirs by it).
 bool onSideStream();
+// FCC_OK on the main stream; on the side stream an FCC_ERR_INVALID error
+// naming `fn`. For the calls that must run on the main stream: forward and
+// data-gradient convolutions (the side cuDNN workspace is sized for filter
+// gradients; a plan has one KRSC copy of its filter) and GEMMs (one cuBLAS
+// workspace, the cuBLAS handle bound to the main stream).
+inline int refuseSideStream(const char *fn) {
+  if (!onSideStream())
+    return FCC_OK;
+  return setError(FCC_ERR_INVALID,
+                  format("%s: not on the side stream (convolution forward and "
+                         "data-gradient calls and GEMMs run on the main "
+                         "stream)",
+                         fn));
+}
 // Number of multiprocessors of the current device (launch sizing).
 int multiprocessors();
 

@@ -120,16 +120,6 @@ void fcc_cuda_conv2d_destroy(fcc_cuda_conv2d_plan *p) {
   delete p;
 }
 
-// As conv.cpp and gemm.cpp: the side stream runs weight gradients only.
-static int refuseSideStream(const char *fn) {
-  return onSideStream()
-             ? setError(FCC_ERR_INVALID,
-                        format("%s: not on the side stream (it runs weight "
-                               "gradients only)",
-                               fn))
-             : FCC_OK;
-}
-
 int fcc_cuda_conv2d_forward(fcc_cuda_conv2d_plan *p, const void *x,
                             const void *w, const void *bias, void *y) {
   if (int rc = refuseSideStream("fcc_cuda_conv2d_forward"))
