@@ -382,7 +382,7 @@ part_exact() {
   if ! FCC_CUDNN_EXACT=1 FCC_CUDNN_LOG=1 trainer_run dump-cuda-fp32-exact 120 "$gpu" \
       --data "$WORK/data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0 \
       --timing-cache '' --dump-step "$WORK/step/cuda-fp32-exact"; then
-    record exact FAIL "the CUDA trainer's --dump-step failed"
+    record_failure exact "the CUDA trainer's --dump-step failed"
     return
   fi
   if "$PY" "$SCRIPTS/compare_step.py" "$WORK/step/cuda-fp32-exact" "$WORK/step/cpu-fp32" \
@@ -424,7 +424,7 @@ part_profile() {
     then
       record "profile-$p" info "profile-$p.txt"
     else
-      record "profile-$p" FAIL "ncu or its summary failed; see ncu-$p.log"
+      record_failure "profile-$p" "ncu or its summary failed; see ncu-$p.log"
     fi
   done
   cp "$WORK"/profile/cache-*.tsv "$WORK/logs/" 2>/dev/null
@@ -496,10 +496,11 @@ trainer_run() { # NAME LIMIT TRAINER ARGS...: a trainer with its libraries
 part_step() {
   local data=$1 p
   section "(a) one training step: CUDA trainer vs CPU trainer (--dump-step)"
-  # One timing cache for every run (not $HOME's): a run and its bit-identity
-  # variants must choose the same cuDNN algorithms.
-  local step_flags=(--data "$data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0
-                    --timing-cache "$TIMING_CACHE")
+  # One timing cache for every fcc run (not $HOME's): a run and its
+  # bit-identity variants must choose the same cuDNN algorithms.
+  # (torch_reference.py takes the common flags only.)
+  local common_flags=(--data "$data" --seed "$SEED" --lr-knots 0:1 --momentum 0 --wd 0)
+  local step_flags=("${common_flags[@]}" --timing-cache "$TIMING_CACHE")
   local ready=()
   # fp16-nhwc: the channels-last CUDA trainer against the (NCHW) fp16 CPU
   # trainer, whose dump it shares.
@@ -571,7 +572,7 @@ part_step() {
     rm -rf "$WORK/step/torch-fp64"
     if run_logged dump-torch-fp64 180 "$PY" "$SCRIPTS/torch_reference.py" \
         "${TORCH_DEV[@]}" --recipe bot10 --dump-step "$WORK/step/torch-fp64" \
-        --dump-dtype float64 --init-from "$from" "${step_flags[@]}"; then
+        --dump-dtype float64 --init-from "$from" "${common_flags[@]}"; then
       truth=$WORK/step/torch-fp64
     else
       echo "gpu-check: the float64 PyTorch step failed: judging CUDA against CPU directly"
@@ -640,8 +641,12 @@ part_comm() {
     local dense=${TRAINER[r9bot-cpu-fp32]:-}
     if [ ! -f "$WORK/step/cpu-fp32/manifest.json" ] && [ -n "$dense" ]; then
       rm -rf "$WORK/step/cpu-fp32"
-      trainer_run dump-cpu-fp32 300 "$dense" "${step_flags[@]}" \
-        --dump-step "$WORK/step/cpu-fp32" || true
+      if ! trainer_run dump-cpu-fp32 300 "$dense" "${step_flags[@]}" \
+          --dump-step "$WORK/step/cpu-fp32" && [ "$LAST_RC" = 125 ]; then
+        # without the dense step the direct comparison fails correct code
+        record_failure "comm-$m" "not judged"
+        continue
+      fi
     fi
     # Compression amplifies rounding: a gradient entry that differs by 1e-7
     # may round to the other QSGD level or cross the top-k threshold, and
@@ -688,7 +693,7 @@ part_kernels() {
   elif run_logged kernels 240 env LD_LIBRARY_PATH="$TRAINER_LD" "$b"; then
     record kernels info "tables in kernels.log"
   else
-    record kernels FAIL "exit status $?; see kernels.log"
+    record_failure kernels "exit status $LAST_RC; see kernels.log"
   fi
 }
 
@@ -705,7 +710,7 @@ part_units() {
         --gtest_brief=1; then
       record units ok "cuda_kernels_test passed on the GPU"
     else
-      record units FAIL "cuda_kernels_test failed; see cuda-kernels-test.log"
+      record_failure units "cuda_kernels_test failed; see cuda-kernels-test.log"
     fi
   else
     record units skipped "no cuda_kernels_test in the bundle"
@@ -714,7 +719,7 @@ part_units() {
     if run_logged compress-bench 60 env LD_LIBRARY_PATH="$TRAINER_LD" "$b" --gpu-only; then
       record compress-bench info "GB/s table in compress-bench.log"
     else
-      record compress-bench FAIL "exit status $?"
+      record_failure compress-bench "exit status $LAST_RC"
     fi
   fi
 }
@@ -726,6 +731,7 @@ part_train_fcc() {
   section "(b) fcc: bot10, $EPOCHS epochs, $RUNS run(s), on $data"
   local common=(--data "$data" --epochs "$EPOCHS" --runs "$RUNS" --seed "$SEED" "${LIMITS[@]}"
                 --timing-cache "$TIMING_CACHE")
+  declare -gA TRAINED=()  # fcc runs that finished
   for p in ${FCC_PRECISIONS//,/ }; do
     # P-serial: the trainer of P with FCC_CUDA_SERIAL=1 (weight gradients on
     # the main stream: what the side stream is worth)
@@ -741,6 +747,7 @@ part_train_fcc() {
     rm -f "$WORK/train/$name.jsonl"
     if trainer_run "$name" 180 "${env[@]}" "$exe" "${common[@]}" --metrics "$WORK/train/$name.jsonl"; then
       record "train-$name" ok ""
+      TRAINED[$name]=1
       FCC_RAN=1
       SYSTEMS+=("$name|${base%-nhwc}|$WORK/train/$name.jsonl|$WORK/logs/$name.wall|-")
     else
@@ -753,9 +760,11 @@ part_train_fcc() {
   # must be equal (the step part compares one step outside a graph only).
   for p in ${FCC_PRECISIONS//,/ }; do
     [ "${p%-serial}" != "$p" ] || continue
-    local a=$WORK/train/fcc-cuda-${p%-serial}.jsonl b=$WORK/train/fcc-cuda-$p.jsonl
-    [ "$SMOKE" = 1 ] && { a=$WORK/train/fcc-cpu-${p%-serial}-smoke.jsonl; b=$WORK/train/fcc-cpu-$p-smoke.jsonl; }
-    [ -s "$a" ] && [ -s "$b" ] || continue
+    local na=fcc-cuda-${p%-serial} nb=fcc-cuda-$p
+    [ "$SMOKE" = 1 ] && { na=fcc-cpu-${p%-serial}-smoke; nb=fcc-cpu-$p-smoke; }
+    # both runs finished (a failed one is recorded already)
+    [ -n "${TRAINED[$na]:-}" ] && [ -n "${TRAINED[$nb]:-}" ] || continue
+    local a=$WORK/train/$na.jsonl b=$WORK/train/$nb.jsonl
     local verdict
     if verdict=$("$PY" "$SCRIPTS/same_epochs.py" "$a" "$b"); then
       record "train-${p%-serial}-streams" ok "trained with and without FCC_CUDA_SERIAL=1: $verdict"

@@ -113,6 +113,9 @@ else
   say "using $FCC as built (--no-build)"
 fi
 for f in "$FCC" "$MODELS"; do [ -x "$f" ] || die "no $f (build without --no-build)"; done
+for f in libfcc_trainer.a libfcc_trainer_main.a libfcc_runtime_cpu.a; do
+  [ -f "$BUILD/lib/$f" ] || die "no $BUILD/lib/$f (build without --no-build)"
+done
 
 # --- 2. the output folder ----------------------------------------------------
 MARKER=.fcc-gpu-bundle
