@@ -1721,7 +1721,8 @@ void Emitter::cudaEntryPoints(llvm::raw_ostream &os) {
         "static int WARMED_UP; // the first step ran outside a capture\n\n"
         "static void teardown(void) {\n"
         "  fcc_cuda_synchronize();\n"
-        "  if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n  GRAPH = NULL;\n";
+        "  if (GRAPH) fcc_cuda_graph_destroy(GRAPH);\n  GRAPH = NULL;\n"
+        "  WARMED_UP = 0; // a later setup warms its fresh handles up again\n";
   if (collectives)
     os << "  fcc_comm_cuda_finalize();\n";
   for (const std::string &name : planNames)
