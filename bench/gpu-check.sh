@@ -726,6 +726,11 @@ part_units() {
 
 # -- (b) training -----------------------------------------------------------------
 SYSTEMS=()  # "name|precision|metrics|wall file|summary json or -"
+# The name of fcc's training run of precision P (records, metrics, logs).
+fcc_run_name() {
+  if [ "$SMOKE" = 1 ]; then echo "fcc-cpu-$1-smoke"; else echo "fcc-cuda-$1"; fi
+}
+
 part_train_fcc() {
   local data=$1 p
   section "(b) fcc: bot10, $EPOCHS epochs, $RUNS run(s), on $data"
@@ -738,8 +743,8 @@ part_train_fcc() {
     local base=${p%-serial} env=()
     [ "$base" != "$p" ] && env=(env FCC_CUDA_SERIAL=1)
     local exe=${TRAINER[r9bot-cuda-$base]:-}
-    local name=fcc-cuda-$p
-    [ "$SMOKE" = 1 ] && name=fcc-cpu-$p-smoke
+    local name
+    name=$(fcc_run_name "$p")
     if [ -z "$exe" ]; then
       record "train-$name" skipped "no CUDA trainer for $base in the bundle"
       continue
@@ -760,8 +765,8 @@ part_train_fcc() {
   # must be equal (the step part compares one step outside a graph only).
   for p in ${FCC_PRECISIONS//,/ }; do
     [ "${p%-serial}" != "$p" ] || continue
-    local na=fcc-cuda-${p%-serial} nb=fcc-cuda-$p
-    [ "$SMOKE" = 1 ] && { na=fcc-cpu-${p%-serial}-smoke; nb=fcc-cpu-$p-smoke; }
+    local na nb
+    na=$(fcc_run_name "${p%-serial}") nb=$(fcc_run_name "$p")
     # both runs finished (a failed one is recorded already)
     [ -n "${TRAINED[$na]:-}" ] && [ -n "${TRAINED[$nb]:-}" ] || continue
     local a=$WORK/train/$na.jsonl b=$WORK/train/$nb.jsonl

@@ -566,15 +566,14 @@ bool poolTiles(const FusedGeom &g) {
 }
 
 // Whether the fused kernels may take the pooling window by window: tiled
-// windows (poolTiles) and 32-bit indices: at most 2^30 elements, so that a
-// grid-stride int index (stride at most 2^20 blocks x 1024 threads) cannot
-// pass 2^31 - 1 before the loop ends. FCC_BN_GENERAL=1 in the environment turns this off (the per-element
+// windows (poolTiles) and 32-bit indices (kMaxInt32GridElements).
+// FCC_BN_GENERAL=1 in the environment turns this off (the per-element
 // kernels every geometry can take), for side-by-side measurements
 // (fcc-kernel-bench); it is read at each call, i.e. when a CUDA graph is
 // captured, not when it replays.
 bool tiledFused(const FusedGeom &g, int64_t planes) {
   return !envFlag("FCC_BN_GENERAL") && poolTiles(g) &&
-         planes * g.h * g.w <= (int64_t(1) << 30);
+         planes * g.h * g.w <= kMaxInt32GridElements;
 }
 
 //===----------------------------------------------------------------------===//

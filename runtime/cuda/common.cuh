@@ -129,6 +129,12 @@ inline bool aligned(std::initializer_list<const void *> buffers, size_t bytes) {
   return true;
 }
 
+// The most elements a kernel with a grid-stride int index may take: its
+// stride is at most 2^20 blocks x 1024 threads, so an index below 2^30
+// plus the stride cannot pass 2^31 - 1 before the loop ends (the tiled
+// pooling and fused BatchNorm kernels).
+constexpr int64_t kMaxInt32GridElements = int64_t(1) << 30;
+
 // Whether the environment variable `name` is "1": the kernels' switches
 // for side-by-side measurements (fcc-kernel-bench), read at each call, i.e.
 // when a CUDA graph is captured, not when it replays.
@@ -144,10 +150,9 @@ inline bool envFlag(const char *name) {
 // thread made most blocks empty: resnet9-bot's SGD update (tensors of up
 // to 2.4 M elements) launched about 240k blocks for 25k with work. Four
 // per thread still gives the largest tensor more threads than a GPU holds
-// at once. False when
-// there is nothing to launch, when the runtime is not ready (see ready())
-// and, with a sticky error naming `fn`, when there are more tensors than a
-// grid's y takes.
+// at once. False when there is nothing to launch, when the runtime is not
+// ready (see ready()) and, with a sticky error naming `fn`, when there are
+// more tensors than a grid's y takes.
 inline bool multiTensorGrid(const char *fn, int num, int64_t maxCount,
                             dim3 &grid) {
   if (num <= 0 || maxCount <= 0 || !ready(fn))

@@ -410,16 +410,15 @@ __device__ int64_t firstMaxIndex(const fcc_pool2d_desc &d, const T *plane,
 // window and one thread per window does the whole window: the forward reads
 // it once, the backward finds its first maximum once and writes every tap
 // (the general backward gathers per input element, finding each window's
-// maximum once per tap). Index math in 32 bits, hence the size limit (2^30
-// elements: a grid-stride int index, stride at most 2^20 blocks x 1024
-// threads, cannot pass 2^31 - 1 before the loop ends).
+// maximum once per tap). Index math in 32 bits, hence the size limit
+// (kMaxInt32GridElements).
 bool poolTiles(const fcc_pool2d_desc &d) {
   return d.pad_t == 0 && d.pad_b == 0 && d.pad_l == 0 && d.pad_r == 0 &&
          d.dil_h == 1 && d.dil_w == 1 && d.stride_h == d.kh &&
          d.stride_w == d.kw && d.h == d.oh * d.kh && d.w == d.ow * d.kw;
 }
 bool tiledPool32(const fcc_pool2d_desc &d) {
-  return poolTiles(d) && d.n * d.c * d.h * d.w <= (int64_t(1) << 30);
+  return poolTiles(d) && d.n * d.c * d.h * d.w <= kMaxInt32GridElements;
 }
 
 // The first tap of a tiled window holding its maximum (the first NaN if any

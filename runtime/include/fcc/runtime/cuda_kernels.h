@@ -87,8 +87,9 @@ void fcc_cuda_graph_destroy(void *graph_exec);
  * elementwise kernels, fcc_cuda_copy and fcc_cuda_zero. Convolution forward
  * and data-gradient calls and fcc_cuda_gemm refuse it (one KRSC filter copy
  * per plan, a side workspace sized for filter gradients, one cuBLAS
- * workspace); host transfers run on the main stream. FCC_CUDA_SERIAL=1 (read at fcc_cuda_init) queues everything on the
- * main stream, for A/B measurements. Errors are sticky (reported by
+ * workspace); host transfers run on the main stream. FCC_CUDA_SERIAL=1
+ * (read at fcc_cuda_init) queues everything on the main stream, for A/B
+ * measurements. Errors are sticky (reported by
  * fcc_cuda_synchronize). */
 void fcc_cuda_side_begin(void);
 void fcc_cuda_side_end(void);

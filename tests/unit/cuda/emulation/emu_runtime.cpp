@@ -307,14 +307,14 @@ int fcc_cuda_copy_to_host(void *dst, const void *src, int64_t bytes) {
   std::memcpy(dst, src, size_t(bytes));
   return sticky ? FCC_ERR_BACKEND : FCC_OK;
 }
-// Device copies and zeroing are stream work (on the side stream between
-// side_begin and side_end, recorded into a graph being captured).
+// Device copies and zeroing are stream work, as in context.cpp (through
+// the emulated cudaMemcpyAsync / cudaMemsetAsync above).
 int fcc_cuda_copy(void *dst, const void *src, int64_t bytes) {
-  fcc_emu_enqueue([=] { std::memmove(dst, src, size_t(bytes)); });
+  cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyDefault, stream());
   return FCC_OK;
 }
 int fcc_cuda_zero(void *dst, int64_t bytes) {
-  fcc_emu_enqueue([=] { std::memset(dst, 0, size_t(bytes)); });
+  cudaMemsetAsync(dst, 0, size_t(bytes), stream());
   return FCC_OK;
 }
 void *fcc_cuda_host_alloc(int64_t bytes) {
